@@ -1,0 +1,249 @@
+"""The product's settings in ``app.yaml``, loaded and validated.
+
+Every operator reads its own section through :func:`load_settings`. A missing or malformed value
+raises :class:`SettingsError` whose message names the setting (``attention.classes.spleen.d_max``),
+so that the application stops at start instead of failing half-way through a study.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lnmet.labels import ORGAN_CLASSES
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "app.yaml"
+CONFIG_ENV = "PDAC_LN_CONFIG"  # overrides the path of app.yaml
+
+
+class SettingsError(ValueError):
+    """A setting in app.yaml is missing or invalid; the message names it."""
+
+
+@dataclass(frozen=True)
+class AttentionClass:
+    key: str
+    label: int
+    d_min: float
+    d_max: float
+
+
+@dataclass(frozen=True)
+class AttentionSettings:
+    ramp_mm: float
+    classes: tuple[AttentionClass, ...]
+
+
+@dataclass(frozen=True)
+class SeriesSelectionSettings:
+    min_slices: int
+    rules: dict[str, list[dict[str, Any]]]
+    fallback_on_timing: bool
+
+
+@dataclass(frozen=True)
+class RegistrationSettings:
+    working_spacing_mm: float
+    affine_iterations: int
+    bspline_mesh_mm: float
+    bspline_iterations: int
+    shrink_factors: tuple[int, ...]
+    smoothing_sigmas_mm: tuple[float, ...]
+    sampling_fraction: float
+
+
+@dataclass(frozen=True)
+class LNDetectionSettings:
+    probability_threshold: float
+    min_volume_mm3: float
+    positive_threshold: float | None
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All product settings of app.yaml."""
+
+    app_title: str
+    app_version: str
+    series_selection: SeriesSelectionSettings
+    missing_arterial: str  # "error" or "single_phase"
+    registration: RegistrationSettings
+    attention: AttentionSettings
+    ln_detection: LNDetectionSettings
+    patient_threshold: float | None
+    outputs: dict[str, bool] = field(default_factory=dict)
+    source: str = ""
+
+
+def _get(d: Any, path: str, key: str) -> Any:
+    if not isinstance(d, dict):
+        raise SettingsError(f"app.yaml: '{path}' must be a mapping")
+    if key not in d:
+        raise SettingsError(f"app.yaml: missing setting '{path + '.' if path else ''}{key}'")
+    return d[key]
+
+
+def _number(value: Any, name: str, *, lo: float | None = None, hi: float | None = None,
+            integer: bool = False, allow_none: bool = False) -> Any:
+    if value is None and allow_none:
+        return None
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type:
+        kind = "an integer" if integer else "a number"
+        raise SettingsError(f"app.yaml: setting '{name}' must be {kind}, got {value!r}")
+    if lo is not None and value < lo:
+        raise SettingsError(f"app.yaml: setting '{name}' must be >= {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise SettingsError(f"app.yaml: setting '{name}' must be <= {hi}, got {value!r}")
+    return value
+
+
+def _parse_attention(section: Any) -> AttentionSettings:
+    ramp = _number(_get(section, "attention", "ramp_mm"), "attention.ramp_mm", lo=0.0)
+    classes = _get(section, "attention", "classes")
+    if not isinstance(classes, dict):
+        raise SettingsError("app.yaml: 'attention.classes' must be a mapping of class -> {label, d_min, d_max}")
+    expected = {c.key: c.label for c in ORGAN_CLASSES}
+    unknown = sorted(set(classes) - set(expected))
+    missing = sorted(set(expected) - set(classes))
+    if unknown:
+        raise SettingsError(f"app.yaml: unknown class(es) in 'attention.classes': {', '.join(unknown)}")
+    if missing:
+        raise SettingsError(f"app.yaml: missing class(es) in 'attention.classes': {', '.join(missing)}")
+    parsed = []
+    for c in ORGAN_CLASSES:
+        entry = classes[c.key]
+        base = f"attention.classes.{c.key}"
+        label = _number(_get(entry, base, "label"), f"{base}.label", integer=True)
+        if label != expected[c.key]:
+            raise SettingsError(f"app.yaml: setting '{base}.label' must be {expected[c.key]}, got {label}")
+        d_min = float(_number(_get(entry, base, "d_min"), f"{base}.d_min"))
+        d_max = float(_number(_get(entry, base, "d_max"), f"{base}.d_max"))
+        if d_max < d_min:
+            raise SettingsError(f"app.yaml: setting '{base}.d_max' ({d_max}) must be >= d_min ({d_min})")
+        parsed.append(AttentionClass(c.key, label, d_min, d_max))
+    return AttentionSettings(ramp_mm=float(ramp), classes=tuple(parsed))
+
+
+def _parse_rules(section: Any) -> dict[str, list[dict[str, Any]]]:
+    rules = _get(section, "series_selection", "rules")
+    if not isinstance(rules, dict) or set(rules) - {"arterial", "venous"}:
+        raise SettingsError("app.yaml: 'series_selection.rules' must map 'arterial'/'venous' to lists of conditions")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for phase in ("arterial", "venous"):
+        lst = rules.get(phase, []) or []
+        if not isinstance(lst, list):
+            raise SettingsError(f"app.yaml: 'series_selection.rules.{phase}' must be a list of condition mappings")
+        for i, cond in enumerate(lst):
+            if not isinstance(cond, dict) or not cond:
+                raise SettingsError(f"app.yaml: 'series_selection.rules.{phase}[{i}]' must be a non-empty mapping")
+            for attr, value in cond.items():
+                if isinstance(value, str):
+                    try:
+                        re.compile(value)
+                    except re.error as exc:
+                        raise SettingsError(
+                            f"app.yaml: 'series_selection.rules.{phase}[{i}].{attr}' is not a valid regex: {exc}"
+                        ) from None
+        out[phase] = [dict(c) for c in lst]
+    return out
+
+
+def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
+    """Validate the parsed YAML document and return typed settings."""
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{source}: the document must be a mapping")
+    app = _get(raw, "", "application")
+    title = _get(app, "application", "title")
+    version = str(_get(app, "application", "version"))
+    if not re.fullmatch(r"\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?", version):
+        raise SettingsError(f"app.yaml: setting 'application.version' must be a semantic version, got {version!r}")
+
+    sel = _get(raw, "", "series_selection")
+    selection = SeriesSelectionSettings(
+        min_slices=_number(_get(sel, "series_selection", "min_slices"), "series_selection.min_slices",
+                           lo=2, integer=True),
+        rules=_parse_rules(sel),
+        fallback_on_timing=bool(sel.get("fallback_on_timing", True)),
+    )
+
+    policy = _get(raw, "", "phase_policy")
+    missing_arterial = _get(policy, "phase_policy", "missing_arterial")
+    if missing_arterial not in ("error", "single_phase"):
+        raise SettingsError(
+            f"app.yaml: setting 'phase_policy.missing_arterial' must be 'error' or 'single_phase', got {missing_arterial!r}"
+        )
+
+    reg = _get(raw, "", "registration")
+    shrink = _get(reg, "registration", "shrink_factors")
+    sigmas = _get(reg, "registration", "smoothing_sigmas_mm")
+    if not isinstance(shrink, list) or not shrink or not isinstance(sigmas, list) or len(sigmas) != len(shrink):
+        raise SettingsError(
+            "app.yaml: 'registration.shrink_factors' and 'registration.smoothing_sigmas_mm' must be lists of equal length"
+        )
+    registration = RegistrationSettings(
+        working_spacing_mm=float(_number(_get(reg, "registration", "working_spacing_mm"),
+                                         "registration.working_spacing_mm", lo=0.1, hi=20)),
+        affine_iterations=_number(_get(reg, "registration", "affine_iterations"),
+                                  "registration.affine_iterations", lo=0, integer=True),
+        bspline_mesh_mm=float(_number(_get(reg, "registration", "bspline_mesh_mm"),
+                                      "registration.bspline_mesh_mm", lo=5)),
+        bspline_iterations=_number(_get(reg, "registration", "bspline_iterations"),
+                                   "registration.bspline_iterations", lo=0, integer=True),
+        shrink_factors=tuple(_number(s, "registration.shrink_factors", lo=1, integer=True) for s in shrink),
+        smoothing_sigmas_mm=tuple(float(_number(s, "registration.smoothing_sigmas_mm", lo=0)) for s in sigmas),
+        sampling_fraction=float(_number(_get(reg, "registration", "sampling_fraction"),
+                                        "registration.sampling_fraction", lo=0.001, hi=1.0)),
+    )
+
+    attention = _parse_attention(_get(raw, "", "attention"))
+
+    det = _get(raw, "", "ln_detection")
+    ln_detection = LNDetectionSettings(
+        probability_threshold=float(_number(_get(det, "ln_detection", "probability_threshold"),
+                                            "ln_detection.probability_threshold", lo=0.0, hi=1.0)),
+        min_volume_mm3=float(_number(_get(det, "ln_detection", "min_volume_mm3"),
+                                     "ln_detection.min_volume_mm3", lo=0.0)),
+        positive_threshold=_number(det.get("positive_threshold"), "ln_detection.positive_threshold",
+                                   lo=0.0, hi=1.0, allow_none=True),
+    )
+
+    pc = _get(raw, "", "patient_classifier")
+    patient_threshold = _number(pc.get("threshold"), "patient_classifier.threshold", lo=0.0, hi=1.0,
+                                allow_none=True)
+
+    outputs_raw = _get(raw, "", "outputs")
+    outputs: dict[str, bool] = {}
+    for key in ("seg", "sr", "pdf", "json"):
+        value = _get(outputs_raw, "outputs", key)
+        if not isinstance(value, bool):
+            raise SettingsError(f"app.yaml: setting 'outputs.{key}' must be true or false, got {value!r}")
+        outputs[key] = value
+
+    return Settings(
+        app_title=str(title), app_version=version, series_selection=selection,
+        missing_arterial=missing_arterial, registration=registration, attention=attention,
+        ln_detection=ln_detection, patient_threshold=patient_threshold, outputs=outputs, source=source,
+    )
+
+
+def config_path(path: str | os.PathLike | None = None) -> Path:
+    """The app.yaml in use: the argument, else $PDAC_LN_CONFIG, else the project's own."""
+    return Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+
+
+def load_settings(path: str | os.PathLike | None = None) -> Settings:
+    """Read and validate app.yaml (see :func:`config_path` for which file)."""
+    p = config_path(path)
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise SettingsError(f"configuration file not found: {p}") from None
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{p}: not valid YAML: {exc}") from None
+    return parse_settings(raw, source=str(p))

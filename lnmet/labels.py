@@ -1,0 +1,70 @@
+"""Label values and coded concepts shared by every part of the product.
+
+The ten organ/vessel classes are those of the attention map of Zheng et al. (IJCV 2024), in the
+order of their Table 7; their integer values are the values of the organ label map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StructureClass:
+    """One organ/vessel class of the attention map."""
+
+    label: int  # value in the organ label map
+    key: str  # key in app.yaml's `attention.classes`
+    name: str  # display name
+    snomed_code: str  # SNOMED CT concept for DICOM SEG / SR
+    snomed_meaning: str
+
+
+ORGAN_CLASSES: tuple[StructureClass, ...] = (
+    StructureClass(1, "spleen", "Spleen", "78961009", "Spleen"),
+    StructureClass(2, "esophagus", "Esophagus", "32849002", "Esophagus"),
+    StructureClass(3, "stomach", "Stomach", "69695003", "Stomach"),
+    StructureClass(4, "aorta", "Aorta", "15825003", "Aorta"),
+    StructureClass(5, "pancreas", "Pancreas", "15776009", "Pancreas"),
+    StructureClass(6, "duodenum", "Duodenum", "38848004", "Duodenum"),
+    StructureClass(7, "sma", "Superior mesenteric artery", "42258001", "Superior mesenteric artery"),
+    StructureClass(8, "tc_sa", "Truncus coeliacus & splenic artery", "57850000", "Celiac artery"),
+    StructureClass(9, "lga", "Left gastric artery", "59989006", "Left gastric artery"),
+    StructureClass(10, "cha_pha", "Common & proper hepatic artery", "76015000", "Hepatic artery"),
+)
+
+ORGAN_BY_KEY = {c.key: c for c in ORGAN_CLASSES}
+ORGAN_BY_LABEL = {c.label: c for c in ORGAN_CLASSES}
+NUM_ORGAN_CLASSES = len(ORGAN_CLASSES)
+
+# Values of the full anatomy label map written by the synthetic generator (ground truth only; the
+# first ten equal the organ classes above).
+ANATOMY_LABELS: dict[str, int] = {
+    "background_air": 0,
+    **{c.key: c.label for c in ORGAN_CLASSES},
+    "body_fat": 11,
+    "muscle_wall": 12,
+    "subcutaneous_fat": 13,
+    "bone_cortical": 14,
+    "bone_cancellous": 15,
+    "spinal_canal": 16,
+    "liver": 17,
+    "kidney_left": 18,
+    "kidney_right": 19,
+    "ivc": 20,
+    "portal_splenic_vein": 21,
+    "bowel": 22,
+    "bowel_lumen": 23,
+    "stomach_lumen": 24,
+    "gas": 25,
+    "pdac": 26,
+    "lymph_node": 27,
+    "ln_necrosis": 28,
+    "distractor_nodule": 29,
+    "gallbladder": 30,
+    "paraspinal_muscle": 31,
+}
+
+# Labels of the patient-level class and of LN classes.
+LN_NEGATIVE = 1
+LN_POSITIVE = 2

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Sets up the project on a fresh machine (Python 3.11 + Debian): a virtual environment in .venv with the
+# pinned packages of requirements.txt, and the Debian tools the tests use (dicom3tools for dciodvfy,
+# dcmtk, Orthanc as a loopback PACS, poppler-utils for pdftoppm). Idempotent and quick when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+
+stamp=.venv/.requirements.sha256
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "[setup] creating .venv and installing requirements.txt"
+  "$PYTHON" -m venv .venv
+  .venv/bin/python -m pip install --quiet --upgrade pip
+  # torch first and pinned, so that no other package pulls a CUDA build.
+  .venv/bin/python -m pip install --quiet "$(grep -E '^torch==' requirements.txt)"
+  .venv/bin/python -m pip install --quiet -r requirements.txt
+  echo "$want" > "$stamp"
+fi
+
+# Debian tools used by tests (skipped where already present; needs root or sudo).
+need=()
+command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
+command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
+command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
+command -v pdftoppm >/dev/null 2>&1 || need+=(poppler-utils)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
+  echo "[setup] installing Debian packages: ${need[*]}"
+  if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; }; then
+    echo "[setup] WARNING: could not install ${need[*]}; the tests that need them will be skipped with a message" >&2
+  fi
+fi
+echo "[setup] ready: $(.venv/bin/python --version), $(.venv/bin/python -c 'import torch, monai; print("torch", torch.__version__, "monai", monai.__version__)' 2>/dev/null)"
