@@ -65,6 +65,16 @@ class LNDetectionSettings:
 
 
 @dataclass(frozen=True)
+class ResourceSettings:
+    """The ``resources`` section the MAP packager copies into pkg.json (sizes in bytes)."""
+
+    cpu: float
+    gpu: int
+    memory_bytes: int
+    gpu_memory_bytes: int
+
+
+@dataclass(frozen=True)
 class Settings:
     """All product settings of app.yaml."""
 
@@ -78,6 +88,7 @@ class Settings:
     patient_threshold: float | None
     outputs: dict[str, bool] = field(default_factory=dict)
     source: str = ""
+    resources: ResourceSettings | None = None
 
 
 def _get(d: Any, path: str, key: str) -> Any:
@@ -154,13 +165,53 @@ def _parse_rules(section: Any) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+_QUANTITY = re.compile(r"^(\d+(?:\.\d+)?)\s*(Ki|Mi|Gi|Ti|K|M|G|T)?$")
+_QUANTITY_FACTOR = {None: 1, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
+                    "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def _quantity(value: Any, name: str) -> int:
+    """A memory size such as ``8Gi`` or ``512Mi`` (Kubernetes quantity) in bytes."""
+    m = _QUANTITY.match(str(value).strip()) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+    if m is None:
+        raise SettingsError(f"app.yaml: setting '{name}' must be a memory size such as '8Gi' or '512Mi', got {value!r}")
+    return int(float(m.group(1)) * _QUANTITY_FACTOR[m.group(2)])
+
+
+def _parse_application_formats(app: Any) -> None:
+    """The packager copies ``input-formats``/``output-formats`` into app.json: lists of strings."""
+    for key in ("input-formats", "output-formats"):
+        value = _get(app, "application", key)
+        if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+            raise SettingsError(f"app.yaml: setting 'application.{key}' must be a non-empty list of strings")
+
+
+def _parse_resources(section: Any) -> ResourceSettings:
+    cpu = _number(_get(section, "resources", "cpu"), "resources.cpu", lo=0.1)
+    gpu = _number(_get(section, "resources", "gpu"), "resources.gpu", lo=0, integer=True)
+    memory = _quantity(_get(section, "resources", "memory"), "resources.memory")
+    if memory <= 0:
+        raise SettingsError("app.yaml: setting 'resources.memory' must be > 0")
+    gpu_memory = _quantity(_get(section, "resources", "gpuMemory"), "resources.gpuMemory")
+    return ResourceSettings(cpu=float(cpu), gpu=gpu, memory_bytes=memory, gpu_memory_bytes=gpu_memory)
+
+
 def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
     """Validate the parsed YAML document and return typed settings."""
     if not isinstance(raw, dict):
         raise SettingsError(f"{source}: the document must be a mapping")
     app = _get(raw, "", "application")
     title = _get(app, "application", "title")
-    version = str(_get(app, "application", "version"))
+    if not isinstance(title, str) or not title.strip():
+        raise SettingsError("app.yaml: setting 'application.title' must be a non-empty string")
+    version_raw = _get(app, "application", "version")
+    if not isinstance(version_raw, str):
+        raise SettingsError(
+            f"app.yaml: setting 'application.version' must be a quoted string such as \"1.0.0\", got {version_raw!r}"
+        )
+    version = version_raw
+    _parse_application_formats(app)
+    resources = _parse_resources(_get(raw, "", "resources"))
     if not re.fullmatch(r"\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?", version):
         raise SettingsError(f"app.yaml: setting 'application.version' must be a semantic version, got {version!r}")
 
@@ -229,6 +280,7 @@ def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
         app_title=str(title), app_version=version, series_selection=selection,
         missing_arterial=missing_arterial, registration=registration, attention=attention,
         ln_detection=ln_detection, patient_threshold=patient_threshold, outputs=outputs, source=source,
+        resources=resources,
     )
 
 
