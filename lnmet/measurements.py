@@ -1,0 +1,220 @@
+"""Measurements of lymph nodes and of the tumour on the reference grid, for the report.
+
+Definitions (documented here because readers compare them with a radiologist's):
+
+- **Volume**: number of voxels x voxel volume (mm^3).
+- **Axial diameters**: measured on the axial slice (a slice of the reference grid, i.e. of the
+  venous series, which is axial) where the node's cross-section is largest (ties: the slice
+  nearest the node's centroid). The *long axis* is the largest in-plane Feret (caliper) diameter of
+  the voxel squares, measured edge to edge. The *short axis* is the longest diameter perpendicular
+  to the long axis: the node is cut into strips one pixel wide along the long axis, and the largest
+  edge-to-edge extent of a strip across it is taken (for a convex node this is the longest chord
+  perpendicular to the long axis, as RECIST-style short-axis measurements are made).
+- **Mean HU**: mean venous-phase intensity over the node's voxels.
+- **Centroid**: mean voxel position, in LPS mm.
+- **Nearest organ/vessel** and **distance**: the class (of the ten of ``lnmet.labels``) whose voxels
+  are closest to the node, and the gap in mm between the node's and that structure's voxels taken
+  as boxes (0 when they touch or overlap): the distance between the node's boundary and the
+  structure's boundary.
+- **Tumour**: volume, the largest long-axis diameter over all axial slices, mean HU, centroid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+
+from lnmet.geometry import index_to_physical, voxel_volume_mm3
+from lnmet.labels import ORGAN_BY_LABEL
+
+# The search box around a node for its nearest structure starts this far out and doubles.
+_SEARCH_MARGIN_MM = 30.0
+
+
+@dataclass
+class NodeMeasurement:
+    """Measurements of one LN instance."""
+
+    index: int
+    volume_mm3: float
+    short_axis_mm: float
+    long_axis_mm: float
+    mean_hu_venous: float
+    centroid_mm: tuple[float, float, float]
+    nearest_structure: str  # key of lnmet.labels.ORGAN_CLASSES ("" when no structure exists)
+    distance_mm: float  # NaN when no structure exists
+
+
+@dataclass
+class TumourMeasurement:
+    volume_mm3: float
+    max_axial_diameter_mm: float
+    mean_hu_venous: float
+    centroid_mm: tuple[float, float, float]
+
+
+# ------------------------------------------------------------------------------------------------
+# 2D diameters
+# ------------------------------------------------------------------------------------------------
+
+def _pixel_corners(mask2d: np.ndarray, spacing_yx: tuple[float, float]) -> np.ndarray:
+    """Corners (y, x in mm) of the pixels of a 2D mask, boundary pixels only, unique."""
+    interior = ndimage.binary_erosion(mask2d, structure=np.ones((3, 3), bool), border_value=0)
+    yy, xx = np.nonzero(mask2d & ~interior)
+    sy, sx = spacing_yx
+    pts = []
+    for dy in (-0.5, 0.5):
+        for dx in (-0.5, 0.5):
+            pts.append(np.stack([(yy + dy) * sy, (xx + dx) * sx], axis=1))
+    return np.unique(np.concatenate(pts), axis=0)
+
+
+def axial_diameters(mask2d: np.ndarray, spacing_yx: tuple[float, float]) -> tuple[float, float]:
+    """(long axis, short axis) in mm of a 2D mask [y, x] with pixel spacing (sy, sx); see the
+    module docstring for the definitions. (0, 0) for an empty mask."""
+    m = np.asarray(mask2d, bool)
+    if not m.any():
+        return 0.0, 0.0
+    pts = _pixel_corners(m, spacing_yx)
+    try:
+        hull = pts[ConvexHull(pts).vertices]
+    except (QhullError, ValueError):
+        hull = pts
+    d = hull[:, None, :] - hull[None, :, :]
+    dist2 = (d ** 2).sum(-1)
+    i, j = np.unravel_index(int(np.argmax(dist2)), dist2.shape)
+    long_axis = float(np.sqrt(dist2[i, j]))
+    u = (hull[j] - hull[i]) / long_axis  # unit vector (y, x)
+    v = np.array([-u[1], u[0]])
+    sy, sx = spacing_yx
+    yy, xx = np.nonzero(m)
+    centres = np.stack([yy * sy, xx * sx], axis=1)
+    along = centres @ u
+    across = centres @ v
+    strip = min(sy, sx)
+    bins = np.floor((along - along.min()) / strip).astype(int)
+    # largest extent across, per strip; plus the footprint of one pixel in that direction
+    lo = np.full(bins.max() + 1, np.inf)
+    hi = np.full(bins.max() + 1, -np.inf)
+    np.minimum.at(lo, bins, across)
+    np.maximum.at(hi, bins, across)
+    ok = np.isfinite(lo)
+    footprint = abs(v[0]) * sy + abs(v[1]) * sx
+    short_axis = float((hi[ok] - lo[ok]).max() + footprint)
+    return long_axis, min(short_axis, long_axis)
+
+
+# ------------------------------------------------------------------------------------------------
+# Nearest structure
+# ------------------------------------------------------------------------------------------------
+
+def _nearest_structure(node: np.ndarray, box: tuple[slice, ...], organs: np.ndarray,
+                       spacing_zyx: np.ndarray) -> tuple[int, float]:
+    """(organ label, gap in mm) of the structure nearest to the node voxels ``node`` (bool array of
+    the box ``box`` of the full volume). The search box grows until it is certain to hold the
+    nearest structure; (0, nan) when the volume holds no structure."""
+    shape = np.array(organs.shape)
+    margin_mm = _SEARCH_MARGIN_MM
+    while True:
+        margin = np.ceil(margin_mm / spacing_zyx).astype(int)
+        lo = np.maximum([s.start for s in box] - margin, 0)
+        hi = np.minimum([s.stop for s in box] + margin, shape)
+        sub = organs[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        whole = bool(np.all(lo == 0) and np.all(hi == shape))
+        if sub.any():
+            sub_node = np.zeros(sub.shape, bool)
+            off = np.array([s.start for s in box]) - lo
+            sub_node[off[0]:off[0] + node.shape[0], off[1]:off[1] + node.shape[1],
+                     off[2]:off[2] + node.shape[2]] = node
+            inside = sub_node & (sub > 0)
+            if inside.any():  # overlapping a structure: the most overlapped one, distance 0
+                labels, counts = np.unique(sub[inside], return_counts=True)
+                return int(labels[np.argmax(counts)]), 0.0
+            _, idx = ndimage.distance_transform_edt(sub == 0, sampling=spacing_zyx, return_indices=True)
+            nz = np.nonzero(sub_node)
+            near = idx[:, nz[0], nz[1], nz[2]]  # nearest structure voxel of each node voxel
+            delta = np.abs(near - np.stack(nz)) * spacing_zyx[:, None]
+            gap = np.sqrt((np.maximum(delta - spacing_zyx[:, None], 0.0) ** 2).sum(axis=0))
+            centre = np.sqrt((delta ** 2).sum(axis=0))
+            k = int(np.lexsort((centre, gap))[0])
+            label = int(sub[near[0, k], near[1, k], near[2, k]])
+            if gap[k] + spacing_zyx.max() <= margin_mm or whole:
+                return label, float(gap[k])
+        elif whole:
+            return 0, float("nan")
+        margin_mm *= 2.0
+
+
+# ------------------------------------------------------------------------------------------------
+# Public API
+# ------------------------------------------------------------------------------------------------
+
+def _check_same_grid(a: sitk.Image, b: sitk.Image, what: str) -> None:
+    if a.GetSize() != b.GetSize() or not np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4) \
+            or not np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3) \
+            or not np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-5):
+        raise ValueError(f"{what} is not on the instance map's grid (reference grid): size "
+                         f"{b.GetSize()} vs {a.GetSize()}, spacing {b.GetSpacing()} vs {a.GetSpacing()}")
+
+
+def _largest_axial_slice(mask: np.ndarray) -> int:
+    areas = mask.sum(axis=(1, 2))
+    best = np.flatnonzero(areas == areas.max())
+    zc = np.nonzero(mask)[0].mean()
+    return int(best[np.argmin(np.abs(best - zc))])
+
+
+def measure_lymph_nodes(instances: sitk.Image, venous: sitk.Image, organs: sitk.Image | None
+                        ) -> list[NodeMeasurement]:
+    """Measure every instance of ``instances`` (uint16, reference grid); ``venous`` (HU) and
+    ``organs`` (labels 1-10, or None) must lie on the same grid. Sorted by instance id."""
+    _check_same_grid(instances, venous, "the venous image")
+    inst = sitk.GetArrayViewFromImage(instances)
+    hu = sitk.GetArrayViewFromImage(venous)
+    org = None
+    if organs is not None:
+        _check_same_grid(instances, organs, "the organ label map")
+        org = sitk.GetArrayViewFromImage(organs)
+    sx, sy, sz = instances.GetSpacing()
+    spacing_zyx = np.array([sz, sy, sx], float)
+    vox = voxel_volume_mm3(instances)
+    out: list[NodeMeasurement] = []
+    for idx, box in enumerate(ndimage.find_objects(inst), start=1):
+        if box is None:
+            continue
+        node = inst[box] == idx
+        zyx = np.argwhere(node)
+        z = _largest_axial_slice(node)
+        long_ax, short_ax = axial_diameters(node[z], (sy, sx))
+        centroid = index_to_physical(instances, zyx.mean(axis=0) + [s.start for s in box])
+        label, dist = (0, float("nan")) if org is None else _nearest_structure(node, box, org, spacing_zyx)
+        out.append(NodeMeasurement(
+            index=idx, volume_mm3=float(len(zyx) * vox), short_axis_mm=short_ax, long_axis_mm=long_ax,
+            mean_hu_venous=float(hu[box][node].mean()), centroid_mm=tuple(float(c) for c in centroid),
+            nearest_structure=ORGAN_BY_LABEL[label].key if label in ORGAN_BY_LABEL else "",
+            distance_mm=dist,
+        ))
+    return out
+
+
+def measure_tumour(pdac: sitk.Image, venous: sitk.Image) -> TumourMeasurement | None:
+    """Volume, largest axial long-axis diameter, mean HU and centroid of the tumour mask (non-zero
+    voxels, reference grid); None when the mask is empty."""
+    _check_same_grid(pdac, venous, "the venous image")
+    m = sitk.GetArrayViewFromImage(pdac) != 0
+    if not m.any():
+        return None
+    box = ndimage.find_objects(m.astype(np.uint8))[0]
+    sub = m[box]
+    sx, sy, _ = pdac.GetSpacing()
+    diam = max(axial_diameters(sub[z], (sy, sx))[0] for z in range(sub.shape[0]) if sub[z].any())
+    zyx = np.argwhere(sub).mean(axis=0) + [s.start for s in box]
+    return TumourMeasurement(
+        volume_mm3=float(sub.sum() * voxel_volume_mm3(pdac)), max_axial_diameter_mm=float(diam),
+        mean_hu_venous=float(sitk.GetArrayViewFromImage(venous)[box][sub].mean()),
+        centroid_mm=tuple(float(c) for c in index_to_physical(pdac, zyx)),
+    )

@@ -1,0 +1,84 @@
+"""LN instances from a probability map: resampling to the reference grid, threshold, components,
+minimum volume, deterministic numbering."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+import pytest
+
+from lnmet.geometry import working_grid
+from lnmet.instances import instance_ids, label_components, ln_instances
+
+
+def _reference(size=(80, 80, 40), spacing=(0.75, 0.75, 1.0)) -> sitk.Image:
+    ref = sitk.Image(list(size), sitk.sitkInt16)
+    ref.SetSpacing(spacing)
+    ref.SetOrigin((-30.0, -20.0, 5.0))
+    return ref
+
+
+def _blobs(grid: sitk.Image, spheres: list[tuple[tuple[float, float, float], float]]) -> sitk.Image:
+    """Probability 1 inside spheres (centre in mm, radius mm), 0 outside, on ``grid``."""
+    size = grid.GetSize()
+    z, y, x = np.mgrid[:size[2], :size[1], :size[0]].astype(float)
+    ox, oy, oz = grid.GetOrigin()
+    sx, sy, sz = grid.GetSpacing()
+    X, Y, Z = ox + x * sx, oy + y * sy, oz + z * sz
+    p = np.zeros(z.shape, np.float32)
+    for (cx, cy, cz), r in spheres:
+        p[(X - cx) ** 2 + (Y - cy) ** 2 + (Z - cz) ** 2 <= r * r] = 1.0
+    img = sitk.GetImageFromArray(p)
+    img.CopyInformation(grid)
+    return img
+
+
+def test_instances_on_reference_grid_sorted_by_volume():
+    ref = _reference()
+    work = working_grid(ref, (1.5, 1.5, 1.5))
+    spheres = [((-10.0, 0.0, 25.0), 3.0), ((10.0, 10.0, 20.0), 5.0), ((15.0, -10.0, 30.0), 4.0),
+               ((-20.0, 20.0, 15.0), 1.0)]  # the last one (~4 mm^3) is below the minimum volume
+    inst = ln_instances(_blobs(work, spheres), ref, 0.5, min_volume_mm3=20.0)
+    assert inst.GetPixelID() == sitk.sitkUInt16
+    assert inst.GetSize() == ref.GetSize() and inst.GetSpacing() == ref.GetSpacing()
+    assert inst.GetOrigin() == ref.GetOrigin()
+    arr = sitk.GetArrayFromImage(inst)
+    assert instance_ids(inst) == [1, 2, 3]
+    vols = np.bincount(arr.ravel())[1:] * np.prod(ref.GetSpacing())
+    assert vols[0] > vols[1] > vols[2]
+    # ids follow decreasing volume (radii 3, 5, 4 -> ids 3, 1, 2); each sphere has about its volume
+    for k, ((cx, cy, cz), r) in zip([3, 1, 2], spheres[:3]):
+        idx = ref.TransformPhysicalPointToIndex((cx, cy, cz))
+        assert arr[idx[2], idx[1], idx[0]] == k
+        assert vols[k - 1] == pytest.approx(4 / 3 * np.pi * r ** 3, rel=0.25)
+
+
+def test_instances_match_full_resampling():
+    """The bounding-box shortcut gives the same map as resampling the whole volume."""
+    ref = _reference(size=(60, 50, 30))
+    work = working_grid(ref, (1.5, 1.5, 1.5))
+    rng = np.random.default_rng(0)
+    p = rng.random(sitk.GetArrayViewFromImage(work).shape).astype(np.float32) ** 8  # sparse peaks
+    prob = sitk.GetImageFromArray(p)
+    prob.CopyInformation(work)
+    fast = sitk.GetArrayFromImage(ln_instances(prob, ref, 0.5, 0.0))
+    full = sitk.Resample(prob, ref, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    slow = sitk.GetArrayFromImage(label_components(full > 0.5, 0.0))
+    np.testing.assert_array_equal(fast, slow)
+    assert fast.max() > 3
+
+
+def test_empty_probability_gives_empty_map_and_bad_threshold_is_named():
+    ref = _reference(size=(20, 20, 10))
+    work = working_grid(ref, (1.5, 1.5, 1.5))
+    inst = ln_instances(_blobs(work, []), ref, 0.5, 20.0)
+    assert instance_ids(inst) == [] and inst.GetSize() == ref.GetSize()
+    with pytest.raises(ValueError, match="probability_threshold"):
+        ln_instances(_blobs(work, []), ref, 1.5, 20.0)
+
+
+def test_full_connectivity_joins_diagonal_voxels():
+    m = np.zeros((3, 3, 3), np.uint8)
+    m[0, 0, 0] = m[1, 1, 1] = 1
+    img = sitk.GetImageFromArray(m)
+    assert instance_ids(label_components(img, 0.0)) == [1]
