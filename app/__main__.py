@@ -1,0 +1,21 @@
+"""Entry point, as in every MONAI Deploy app: ``python app -i INPUT -o OUTPUT -m MODELS``.
+
+Without arguments the paths come from ``HOLOSCAN_INPUT_PATH``, ``HOLOSCAN_OUTPUT_PATH`` and
+``HOLOSCAN_MODEL_PATH`` (the SDK's AppContext). Works from the project root (``python app``,
+``python -m app``) and inside a MAP, where the packager runs ``python3 /opt/holoscan/app`` on the
+staged application folder that holds ``app/``, ``operators/`` and ``lnmet/`` side by side.
+"""
+
+import sys
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+# Project layout: <root>/app/__main__.py; staged layout: <stage>/__main__.py beside lnmet/ and app/.
+_ROOT = _HERE if (_HERE / "lnmet").is_dir() else _HERE.parent
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+from app.application import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""The MONAI Deploy application: start-up checks, the operator graph, progress and the summary.
+
+Graph (ports in each operator module's docstring)::
+
+    StudyLoader -> PhaseSelector -> SeriesToVolume -> PhaseRegistration -> OrganSegmentation
+      -> AttentionMap -> LNSegmentation -> LNIdentification -> PDACSegmentation -> PatientClassifier
+      -> SEGBuilder / SRBuilder / PDFReportBuilder / ResultsJSONBuilder -> OutputPublisher
+
+Run: ``python app -i INPUT -o OUTPUT -m MODELS [-l DEBUG]`` or with the ``HOLOSCAN_*`` variables.
+Before the graph runs, :mod:`app.startup` validates app.yaml, verifies every model against
+``model_manifest.json``, checks the input/output folders and picks the device. Each operator's
+``compute`` is timed (one log line per stage, :mod:`lnmet.timing`) and a summary with the total
+time and the peak memory ends the run.
+
+Exit status: 0 success; 1 the study could not be processed (bad input, missing phase, an operator
+failed); 2 bad command-line arguments; 3 a start-up check failed (setting, model, input/output
+folder). On failure the last line on stderr is ``ERROR: <what and where>`` and the output folder is
+left as it was (the publisher writes all outputs atomically at the end; an output folder that the
+run created is removed again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import resource
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from monai.deploy.core import Application, Operator
+
+from app.startup import StartupError, StartupState, run_startup_checks
+from lnmet import timing
+
+logger = logging.getLogger(__name__)
+
+TIMINGS_ENV = "PDAC_LN_TIMINGS"  # optional: write the stage timings as JSON to this path (benchmarks)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STARTUP = 0, 1, 2, 3
+
+
+# --------------------------------------------------------------------------------------------
+# Timing of every operator
+# --------------------------------------------------------------------------------------------
+
+_TIMED: dict[type, type] = {}
+
+
+def timed_operator(cls: type) -> type:
+    """A subclass of the operator class whose ``compute`` runs inside :func:`lnmet.timing.stage`.
+
+    Holoscan calls ``compute`` through the class, so the timing wraps it by subclassing (same
+    name, docstring and ports) rather than by patching instances.
+    """
+    if cls not in _TIMED:
+        def compute(self: Any, op_input: Any, op_output: Any, context: Any) -> None:
+            with timing.stage(self.name, log=logger):
+                cls.compute(self, op_input, op_output, context)
+
+        _TIMED[cls] = type(cls.__name__, (cls,), {
+            "compute": compute, "__doc__": cls.__doc__, "__module__": cls.__module__,
+            "__qualname__": cls.__qualname__,
+        })
+    return _TIMED[cls]
+
+
+# --------------------------------------------------------------------------------------------
+# The graph
+# --------------------------------------------------------------------------------------------
+
+@dataclass
+class Node:
+    """One operator of the graph: where its class lives and how to build it from the start-up state."""
+
+    name: str
+    module: str
+    cls: str
+    build: Callable[[Application, type, StartupState], Operator]
+    models: tuple[str, ...] = ()
+    optional: bool = False  # e.g. a writer disabled in app.yaml `outputs`
+
+
+@dataclass
+class Flow:
+    src: str
+    dst: str
+    ports: set[tuple[str, str]] = field(default_factory=set)
+
+
+def _load_class(node: Node) -> type | None:
+    """The operator class of a node, or None while its module has not landed yet."""
+    try:
+        module = importlib.import_module(node.module)
+    except ModuleNotFoundError as exc:
+        if exc.name == node.module:
+            return None
+        raise
+    return getattr(module, node.cls, None)
+
+
+def _nodes() -> list[Node]:
+    """The graph's operators, in data-flow order."""
+    return []
+
+
+def _flows() -> list[Flow]:
+    """The graph's edges (source port -> destination port)."""
+    return []
+
+
+def required_models() -> tuple[str, ...]:
+    """The model names the graph's operators need (checked against the manifest at start)."""
+    names: list[str] = []
+    for node in _nodes():
+        names.extend(m for m in node.models if m not in names)
+    return tuple(names)
+
+
+def build_graph(app: Application, state: StartupState) -> list[Operator]:
+    """Create the operators that exist and connect them; returns them in order.
+
+    While operators are still being written, the graph is the longest prefix of the intended chain
+    whose operators exist, and a warning names the first missing one.
+    """
+    ops: dict[str, Operator] = {}
+    for node in _nodes():
+        cls = _load_class(node)
+        if cls is None:
+            if node.optional:
+                continue
+            logger.warning("graph incomplete: operator %s.%s not available; stopping the graph before it",
+                           node.module, node.cls)
+            break
+        ops[node.name] = node.build(app, timed_operator(cls), state)
+    if not ops:
+        raise StartupError("no operator of the graph is available (operators/ is empty)")
+    for flow in _flows():
+        if flow.src in ops and flow.dst in ops:
+            app.add_flow(ops[flow.src], ops[flow.dst], flow.ports)
+    logger.info("graph: %s", " -> ".join(ops))
+    return list(ops.values())
+
+
+class PDACLNMetApp(Application):
+    """LN metastasis prediction for PDAC from arterial + venous CT (Zheng et al., IJCV 2024).
+
+    Research use only; not for clinical decisions.
+    """
+
+    def __init__(self, *args: Any, state: StartupState | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.state = state
+        self.operators_built: list[Operator] = []
+
+    def compose(self) -> None:
+        if self.state is None:  # run directly (PDACLNMetApp().run()): do the start-up checks here
+            ctx = Application.init_app_context(self.argv)
+            self.state = run_startup_checks(ctx.input_path, ctx.output_path, ctx.model_path, required_models())
+        self.operators_built = build_graph(self, self.state)
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+
+def _peek_output(argv: list[str]) -> Path:
+    """The output folder the run will use (before the SDK's parser creates it)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--output", "-o")
+    known, _ = parser.parse_known_args(argv[1:])
+    return Path(known.output or os.environ.get("HOLOSCAN_OUTPUT_PATH") or "output").absolute()
+
+
+def _restore_output(path: Path, existed: bool) -> None:
+    """After a failure: remove the output folder if this run created it and it is still empty."""
+    if existed or not path.is_dir():
+        return
+    try:
+        path.rmdir()
+    except OSError:
+        logger.warning("output folder %s was created by this run and is not empty", path)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident memory of this process in MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _summary(state: StartupState | None, total: float, ok: bool) -> None:
+    lines = timing.TIMER.summary_lines(total_seconds=total)
+    status = "finished" if ok else "FAILED"
+    device = state.device if state else "n/a"
+    logger.info("run %s in %.2f s on %s; peak memory %.0f MiB; stages:\n%s",
+                status, total, device, _peak_rss_mib(), "\n".join(lines))
+    if state is not None and ok:
+        logger.info("outputs in %s", state.output_path)
+    out = os.environ.get(TIMINGS_ENV)
+    if out:
+        timing.TIMER.to_json(out, total_seconds=total, ok=ok, device=device, peak_rss_mib=_peak_rss_mib())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the application; returns the exit status (see the module docstring)."""
+    t0 = time.perf_counter()
+    argv = list(sys.argv if argv is None else argv)
+    out_path = _peek_output(argv)
+    out_existed = out_path.exists()
+    state: StartupState | None = None
+    error: str | None = None
+    status = EXIT_OK
+    try:
+        # Holoscan expects [interpreter, script, args...] when argv is given explicitly.
+        app = PDACLNMetApp([sys.executable, *argv])
+        ctx = Application.init_app_context(app.argv)
+        logger.info("input %s, output %s, models %s", ctx.input_path, ctx.output_path, ctx.model_path)
+        with timing.stage("start-up checks", log=logger):
+            state = run_startup_checks(ctx.input_path, ctx.output_path, ctx.model_path, required_models())
+        app.state = state
+        app.run()
+    except SystemExit as exc:  # argparse: bad command line (it printed its own message)
+        _restore_output(out_path, out_existed)
+        return exc.code if isinstance(exc.code, int) and exc.code else EXIT_USAGE
+    except StartupError as exc:
+        status, error = EXIT_STARTUP, _one_line(exc)
+    except Exception as exc:  # an operator failed: Holoscan re-raises its exception from run()
+        logger.debug("failure", exc_info=True)
+        status, error = EXIT_FAILED, f"{type(exc).__name__}: {_one_line(exc)}"
+    if status != EXIT_OK:
+        _restore_output(out_path, out_existed)
+    _summary(state, time.perf_counter() - t0, status == EXIT_OK)
+    if error is not None:
+        print(f"ERROR: {error}", file=sys.stderr, flush=True)  # the last line, for people and callers
+    return status
