@@ -7,7 +7,11 @@ staged application folder that holds ``app/``, ``operators/`` and ``lnmet/`` sid
 """
 
 import sys
-from pathlib import Path
+import time
+
+_STARTED = time.perf_counter()  # the summary's total includes the imports (Holoscan, torch: seconds)
+
+from pathlib import Path  # noqa: E402
 
 _HERE = Path(__file__).resolve().parent
 # Project layout: <root>/app/__main__.py; staged layout: <stage>/__main__.py beside lnmet/ and app/.
@@ -18,4 +22,4 @@ if str(_ROOT) not in sys.path:
 from app.application import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(started=_STARTED))

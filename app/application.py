@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import logging
 import os
 import resource
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from holoscan.conditions import CountCondition
 from monai.deploy.core import Application, Operator
 
 from app.startup import StartupError, StartupState, run_startup_checks
@@ -75,14 +77,20 @@ def timed_operator(cls: type) -> type:
 
 @dataclass
 class Node:
-    """One operator of the graph: where its class lives and how to build it from the start-up state."""
+    """One operator of the graph.
+
+    ``kwargs(state)`` gives the keyword arguments the app can offer the operator; only those its
+    constructor accepts are passed (operators take what they need: ``settings``, ``device``, model
+    paths...). ``models`` names the models it needs (checked against the manifest at start).
+    """
 
     name: str
     module: str
     cls: str
-    build: Callable[[Application, type, StartupState], Operator]
+    kwargs: Callable[[StartupState], dict[str, Any]] = lambda state: {}
     models: tuple[str, ...] = ()
-    optional: bool = False  # e.g. a writer disabled in app.yaml `outputs`
+    source: bool = False  # no upstream operator: runs once (CountCondition)
+    optional: bool = False  # a node the graph does without when its operator is not available
 
 
 @dataclass
@@ -103,14 +111,53 @@ def _load_class(node: Node) -> type | None:
     return getattr(module, node.cls, None)
 
 
+def _accepted_kwargs(cls: type, offered: dict[str, Any]) -> dict[str, Any]:
+    """The offered keyword arguments that ``cls.__init__`` declares (all of them if it takes **kwargs
+    only for the SDK's own arguments, nothing is passed blindly)."""
+    params = inspect.signature(cls.__init__).parameters
+    return {k: v for k, v in offered.items() if k in params}
+
+
+def _common(state: StartupState) -> dict[str, Any]:
+    return {"settings": state.settings, "device": state.device}
+
+
+def _model_path(state: StartupState, name: str) -> str:
+    return state.models[name].file
+
+
 def _nodes() -> list[Node]:
     """The graph's operators, in data-flow order."""
-    return []
+    return [
+        Node("study_loader", "operators.study_loader", "StudyLoaderOperator",
+             lambda st: {"input_folder": st.input_path}, source=True),
+        Node("phase_selector", "operators.phase_selector", "PhaseSelectorOperator", _common),
+        Node("series_to_volume", "operators.series_to_volume", "SeriesToVolumeOperator", _common),
+        Node("phase_registration", "operators.phase_registration", "PhaseRegistrationOperator",
+             lambda st: {**_common(st), **_working_spacing(st)}),
+    ]
+
+
+def _working_spacing(state: StartupState) -> dict[str, Any]:
+    """The working grid's spacing: the organ model's (paper: 0.68 x 0.68 x 0.80 mm)."""
+    for info in state.models.values():
+        spacing = info.metadata.get("spacing_mm")
+        if spacing and info.name == ORGAN_MODEL:
+            return {"target_spacing_mm": tuple(float(s) for s in spacing)}
+    return {}
+
+
+ORGAN_MODEL = "organ_segmentation"
 
 
 def _flows() -> list[Flow]:
     """The graph's edges (source port -> destination port)."""
-    return []
+    return [
+        Flow("study_loader", "phase_selector", {("dicom_series", "dicom_series")}),
+        Flow("phase_selector", "series_to_volume", {("phase_selection", "phase_selection")}),
+        Flow("series_to_volume", "phase_registration",
+             {("venous_volume", "venous_volume"), ("arterial_volume", "arterial_volume")}),
+    ]
 
 
 def required_models() -> tuple[str, ...]:
@@ -136,7 +183,9 @@ def build_graph(app: Application, state: StartupState) -> list[Operator]:
             logger.warning("graph incomplete: operator %s.%s not available; stopping the graph before it",
                            node.module, node.cls)
             break
-        ops[node.name] = node.build(app, timed_operator(cls), state)
+        args = (CountCondition(app, 1),) if node.source else ()
+        kwargs = _accepted_kwargs(cls, node.kwargs(state))
+        ops[node.name] = timed_operator(cls)(app, *args, name=node.name, **kwargs)
     if not ops:
         raise StartupError("no operator of the graph is available (operators/ is empty)")
     for flow in _flows():
@@ -209,9 +258,12 @@ def _summary(state: StartupState | None, total: float, ok: bool) -> None:
         timing.TIMER.to_json(out, total_seconds=total, ok=ok, device=device, peak_rss_mib=_peak_rss_mib())
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the application; returns the exit status (see the module docstring)."""
-    t0 = time.perf_counter()
+def main(argv: list[str] | None = None, started: float | None = None) -> int:
+    """Run the application; returns the exit status (see the module docstring).
+
+    ``started``: ``time.perf_counter()`` at process start, so that the total includes the imports.
+    """
+    t0 = started if started is not None else time.perf_counter()
     argv = list(sys.argv if argv is None else argv)
     out_path = _peek_output(argv)
     out_existed = out_path.exists()

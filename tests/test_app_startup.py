@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from app import startup
-from app_standins import make_standin_models
+from app_support import make_standin_models
 from lnmet import timing
 from lnmet.model_manifest import ModelIntegrityError, build_manifest, read_model_metadata, verify_models
 

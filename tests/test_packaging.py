@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from app_standins import make_standin_models
+from app_support import make_standin_models
 from lnmet.model_manifest import sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent

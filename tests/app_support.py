@@ -1,4 +1,6 @@
-"""Stand-in model files for the application tests (never committed to models/).
+"""Helpers of the application tests: stand-in model files and running ``python app``.
+
+Stand-in models are never committed to models/.
 
 Small TorchScript files with complete metadata, written with :func:`lnmet.model_io.save_model`,
 and a manifest made from them, so that start-up checks, failure paths and packaging can be tested
@@ -7,6 +9,9 @@ before (and independently of) the bundled models.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -39,3 +44,28 @@ def make_standin_models(root: Path, names: tuple[str, ...] | list[str] = DEFAULT
     manifest = root / "model_manifest.json"
     write_manifest(build_manifest(models), manifest)
     return models, manifest
+
+
+def _big_stack() -> None:  # Holoscan wants a 32 MB stack (as scripts/run_tests.sh sets)
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    want = 32 * 1024 * 1024
+    if hard == resource.RLIM_INFINITY or hard >= want:
+        resource.setrlimit(resource.RLIMIT_STACK, (want, hard))
+
+
+def run_app(args: list[str], env: dict[str, str] | None = None, timeout: float = 600,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``python app ARGS`` from the project root in a subprocess (a real Holoscan run)."""
+    root = Path(__file__).resolve().parent.parent
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("PDAC_LN_", "HOLOSCAN_"))}
+    base.update(env or {})
+    return subprocess.run([sys.executable, str(root / "app"), *args], capture_output=True, text=True,
+                          timeout=timeout, env=base, cwd=cwd or root, preexec_fn=_big_stack)
+
+
+def last_error_line(done: subprocess.CompletedProcess) -> str:
+    """The last stderr line (the app's one-line ``ERROR: ...``)."""
+    lines = done.stderr.strip().splitlines()
+    return lines[-1] if lines else ""
