@@ -245,17 +245,29 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _peak_gpu_mib(device: str) -> float | None:
+    """Peak GPU memory allocated by torch in this process, in MiB (None on CPU)."""
+    if device != "cuda":
+        return None
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
 def _summary(state: StartupState | None, total: float, ok: bool) -> None:
     lines = timing.TIMER.summary_lines(total_seconds=total)
     status = "finished" if ok else "FAILED"
     device = state.device if state else "n/a"
-    logger.info("run %s in %.2f s on %s; peak memory %.0f MiB; stages:\n%s",
-                status, total, device, _peak_rss_mib(), "\n".join(lines))
+    gpu = _peak_gpu_mib(device)
+    gpu_text = f", peak GPU memory {gpu:.0f} MiB" if gpu is not None else ""
+    logger.info("run %s in %.2f s on %s; peak memory %.0f MiB%s; stages (wall time):\n%s",
+                status, total, device, _peak_rss_mib(), gpu_text, "\n".join(lines))
     if state is not None and ok:
         logger.info("outputs in %s", state.output_path)
     out = os.environ.get(TIMINGS_ENV)
     if out:
-        timing.TIMER.to_json(out, total_seconds=total, ok=ok, device=device, peak_rss_mib=_peak_rss_mib())
+        timing.TIMER.to_json(out, total_seconds=total, ok=ok, device=device, peak_rss_mib=_peak_rss_mib(),
+                             peak_gpu_mib=gpu)
 
 
 def main(argv: list[str] | None = None, started: float | None = None) -> int:
