@@ -18,6 +18,9 @@ class StructureClass:
     name: str  # display name
     snomed_code: str  # SNOMED CT concept for DICOM SEG / SR
     snomed_meaning: str
+    # Optional SNOMED CT modifier (code, meaning) post-coordinated with the concept above, e.g. a
+    # laterality where the DICOM context groups have no concept of their own for the structure.
+    snomed_modifier: tuple[str, str] | None = None
 
 
 ORGAN_CLASSES: tuple[StructureClass, ...] = (
@@ -28,8 +31,11 @@ ORGAN_CLASSES: tuple[StructureClass, ...] = (
     StructureClass(5, "pancreas", "Pancreas", "15776009", "Pancreas"),
     StructureClass(6, "duodenum", "Duodenum", "38848004", "Duodenum"),
     StructureClass(7, "sma", "Superior mesenteric artery", "42258001", "Superior mesenteric artery"),
-    StructureClass(8, "tc_sa", "Truncus coeliacus & splenic artery", "57850000", "Celiac artery"),
-    StructureClass(9, "lga", "Left gastric artery", "59989006", "Left gastric artery"),
+    # Codes and meanings as in DICOM PS3.16 CID 4 / CID 7151 (checked against pydicom's tables):
+    # 57850000 is "Truncus coeliacus"; the DICOM context groups have no left gastric artery concept,
+    # so it is "Gastric artery" (23771002) with the laterality modifier "Left" (7771000).
+    StructureClass(8, "tc_sa", "Truncus coeliacus & splenic artery", "57850000", "Truncus coeliacus"),
+    StructureClass(9, "lga", "Left gastric artery", "23771002", "Gastric artery", ("7771000", "Left")),
     StructureClass(10, "cha_pha", "Common & proper hepatic artery", "76015000", "Hepatic artery"),
 )
 
@@ -63,6 +69,17 @@ ANATOMY_LABELS: dict[str, int] = {
     "distractor_nodule": 29,
     "gallbladder": 30,
     "paraspinal_muscle": 31,
+    "duodenum_lumen": 32,
+    "stomach_gas": 33,
+}
+
+# Anatomy labels that belong to an organ class in the organ label map (lumen and tumour included).
+ANATOMY_TO_ORGAN: dict[int, int] = {
+    **{c.label: c.label for c in ORGAN_CLASSES},
+    24: 3,  # stomach lumen -> stomach
+    33: 3,  # stomach gas -> stomach
+    32: 6,  # duodenum lumen -> duodenum
+    26: 5,  # PDAC -> pancreas
 }
 
 # Labels of the patient-level class and of LN classes.
