@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,9 +64,10 @@ class SyntheticStudy:
 
 
 def _uid(*parts: Any) -> str:
-    from pydicom.uid import generate_uid
-
-    return generate_uid(prefix=None, entropy_srcs=["pdac-ln-met synthetic", *map(str, parts)])
+    """A deterministic UUID-derived UID (2.25.<128-bit integer>) from the given parts."""
+    digest = hashlib.sha256("|".join(["pdac-ln-met synthetic", *map(str, parts)]).encode()).digest()
+    value = int.from_bytes(digest[:16], "big") >> 1  # 127 bits: fits the 64-character UID limit
+    return f"2.25.{value}"
 
 
 def _header(rng: np.random.Generator, seed: int) -> dict[str, Any]:
