@@ -1,0 +1,128 @@
+"""Model files: TorchScript with a ``metadata.json`` extra file.
+
+Every bundled model (``models/<name>/model.ts``) is one TorchScript file carrying what the app needs
+to use it: spacing, patch size, intensity normalisation, channels, classes, version, and what it
+was trained on (models trained on the synthetic studies say so). :func:`save_model` traces a module
+in eval mode and writes the file atomically; :func:`load_model` reads it back and validates the
+metadata, raising :class:`ModelFileError` naming the file when anything is missing or corrupted.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+METADATA_FILE = "metadata.json"
+REQUIRED_KEYS: tuple[str, ...] = (
+    "name", "version", "architecture", "spacing_mm", "patch_size", "in_channels", "channel_names",
+    "normalization", "classes", "num_classes", "trained_on", "training_command",
+    "synthetic_training_data", "created",
+)
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, unreadable, or its metadata is incomplete; the message names it."""
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file (as listed in the model manifest)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def validate_metadata(metadata: Any, source: str = "metadata") -> dict[str, Any]:
+    """Check the required keys and their basic types; returns the metadata."""
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"{source}: metadata must be a JSON object, got {type(metadata).__name__}")
+    missing = [k for k in REQUIRED_KEYS if k not in metadata]
+    if missing:
+        raise ModelFileError(f"{source}: metadata lacks the required key(s) {', '.join(missing)}")
+
+    def _numbers(key: str, integer: bool) -> None:
+        v = metadata[key]
+        ok = isinstance(v, (list, tuple)) and len(v) in (2, 3) and all(
+            isinstance(x, int if integer else (int, float)) and not isinstance(x, bool) and x > 0 for x in v)
+        if not ok:
+            kind = "positive integers" if integer else "positive numbers"
+            raise ModelFileError(f"{source}: metadata '{key}' must be a list of 2 or 3 {kind} [x, y(, z)], got {v!r}")
+
+    _numbers("spacing_mm", False)
+    _numbers("patch_size", True)
+    if not isinstance(metadata["in_channels"], int) or metadata["in_channels"] < 1:
+        raise ModelFileError(f"{source}: metadata 'in_channels' must be a positive integer")
+    if not isinstance(metadata["channel_names"], list) or len(metadata["channel_names"]) != metadata["in_channels"]:
+        raise ModelFileError(f"{source}: metadata 'channel_names' must list in_channels ({metadata['in_channels']}) names")
+    if not isinstance(metadata["num_classes"], int) or metadata["num_classes"] < 1:
+        raise ModelFileError(f"{source}: metadata 'num_classes' must be a positive integer")
+    if not isinstance(metadata["synthetic_training_data"], bool):
+        raise ModelFileError(f"{source}: metadata 'synthetic_training_data' must be true or false")
+    if not isinstance(metadata["normalization"], (list, dict)):
+        raise ModelFileError(f"{source}: metadata 'normalization' must be a list (per channel) or an object")
+    return metadata
+
+
+def save_model(module: torch.nn.Module, path: str | os.PathLike, metadata: dict[str, Any],
+               example_inputs: tuple[torch.Tensor, ...]) -> str:
+    """Trace ``module`` in eval mode with ``example_inputs`` and write it with its metadata to
+    ``path`` (atomically). ``created`` is filled in when absent. Returns the file's SHA-256."""
+    path = Path(path)
+    meta = dict(metadata)
+    meta.setdefault("created", _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat())
+    validate_metadata(meta, source=str(path))
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            traced = torch.jit.trace(module, tuple(example_inputs), check_trace=False)
+    finally:
+        module.train(was_training)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".ts", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.jit.save(traced, tmp, _extra_files={METADATA_FILE: json.dumps(meta, indent=1, sort_keys=True)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return sha256_file(path)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The validated metadata of a model file, without keeping the module."""
+    return load_model(path)[1]
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"
+               ) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
+    """Load a model file; returns the TorchScript module (eval mode, on ``device``) and its
+    validated metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    extra = {METADATA_FILE: ""}
+    try:
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except Exception as exc:  # torch raises RuntimeError/ValueError for corrupted archives
+        raise ModelFileError(f"{path}: not a readable TorchScript model file ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    raw = extra[METADATA_FILE]
+    if not raw:
+        raise ModelFileError(f"{path}: the model file has no {METADATA_FILE}")
+    try:
+        metadata = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ModelFileError(f"{path}: {METADATA_FILE} is not valid JSON ({exc})") from None
+    validate_metadata(metadata, source=str(path))
+    module.eval()
+    return module, metadata
