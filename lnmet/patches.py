@@ -137,3 +137,22 @@ def extract_tumour_patches(images: Sequence[sitk.Image], mask: sitk.Image, patch
             areas.append(float(area[s] * spacing_mm ** 2))
     return TumourPatches(images=np.stack(imgs).astype(np.float32), masks=np.stack(msks), planes=planes,
                          slice_index=slices, areas_mm2=areas, spacing_mm=float(spacing_mm))
+
+
+def crop_centred(array: np.ndarray, centre_zyx: Sequence[float], size_zyx: Sequence[int],
+                 pad_value: float) -> np.ndarray:
+    """A box of ``size_zyx`` voxels of ``array`` (``[..., Z, Y, X]``, leading axes kept) centred on
+    ``centre_zyx`` (voxel ``size // 2`` of the box is the rounded centre), padded with
+    ``pad_value`` where it leaves the array. Used for the LN identification crops."""
+    lead = array.ndim - 3
+    start = [int(np.floor(c + 0.5)) - s // 2 for c, s in zip(centre_zyx, size_zyx)]
+    out = np.full(array.shape[:lead] + tuple(int(s) for s in size_zyx), pad_value, dtype=array.dtype)
+    src, dst = [slice(None)] * lead, [slice(None)] * lead
+    for s0, sz, n in zip(start, size_zyx, array.shape[lead:]):
+        a, b = max(s0, 0), min(s0 + int(sz), n)
+        if b <= a:
+            return out
+        src.append(slice(a, b))
+        dst.append(slice(a - s0, b - s0))
+    out[tuple(dst)] = array[tuple(src)]
+    return out

@@ -9,17 +9,34 @@ the bundled file is the only thing needed; the whole network is then fine-tuned.
 
 Inputs: the 2-channel image crop [B, 2, Z, Y, X] (normalised, arterial and venous) centred on a node
 and the matching attention crop [B, 1, Z, Y, X]. Output: logits [B, 2] (negative, positive).
+
+Also here: :class:`LNIdentifier` (a model file ready for batched inference on node crops),
+:func:`node_centres` (instance centroids of the reference grid as voxel positions of a working
+grid) and :class:`LNPipeline`, the whole LN chain used by training and evaluation scripts
+(attention -> LN segmentation -> instances -> identification -> largest positive LN volume),
+the same steps as the operators of the application.
 """
 
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
+import numpy as np
+import SimpleITK as sitk
 import torch
+from scipy import ndimage
 from torch import Tensor, nn
 
+from lnmet.geometry import index_to_physical, physical_to_index, resample_image, resample_labels, working_grid
+from lnmet.model_io import load_model
 from lnmet.networks.segmentation import SegmentationUNet, load_segmentation_unet
+from lnmet.normalization import normalize_ct
+from lnmet.patches import crop_centred
+
+log = logging.getLogger(__name__)
 
 # The paper's crop (voxels, x y z) at its spacing 0.68 x 0.68 x 0.80 mm.
 PAPER_CROP_SIZE = (96, 96, 80)
@@ -97,3 +114,226 @@ def default_crop_size(backbone: SegmentationUNet, spacing_mm_xyz: tuple[float, f
         vox = n * s_paper / s
         out.append(int(k * max(1, -(-int(round(vox)) // k))))
     return tuple(out)  # type: ignore[return-value]
+
+
+def make_crops(image_hu: np.ndarray, attention: np.ndarray | None, centres_zyx: Sequence[Sequence[float]],
+               crop_zyx: Sequence[int], normalization: list[dict[str, Any]], pad_hu: float = -1024.0
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised image crops [N, C, z, y, x] and attention crops [N, 1, z, y, x] (zeros when no
+    attention) centred on ``centres_zyx`` (voxel indices of the model's grid). Outside the volume
+    the image is padded with ``pad_hu`` (air) before normalisation and the attention with 0."""
+    n = len(centres_zyx)
+    c = image_hu.shape[0]
+    imgs = np.empty((n, c) + tuple(crop_zyx), np.float32)
+    atts = np.zeros((n, 1) + tuple(crop_zyx), np.float32)
+    for i, centre in enumerate(centres_zyx):
+        imgs[i] = normalize_ct(crop_centred(image_hu, centre, crop_zyx, pad_hu), normalization)
+        if attention is not None:
+            atts[i, 0] = crop_centred(attention, centre, crop_zyx, 0.0)
+    return imgs, atts
+
+
+class LNIdentifier:
+    """An LN identification model file (``models/ln_cls/model.ts``) ready for batched inference."""
+
+    def __init__(self, module: torch.jit.ScriptModule, metadata: dict[str, Any], device: torch.device,
+                 path: str = ""):
+        self.module = module
+        self.metadata = metadata
+        self.device = device
+        self.path = path
+        if metadata.get("architecture", {}).get("type") != "LNClassifier":
+            raise ValueError(f"{path or 'model'}: not an LN identification model (architecture "
+                             f"{metadata.get('architecture', {}).get('type')!r}, expected 'LNClassifier')")
+        if "decision_threshold" not in metadata:
+            raise ValueError(f"{path or 'model'}: metadata lacks 'decision_threshold'")
+
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device | None = None) -> "LNIdentifier":
+        dev = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        module, metadata = load_model(path, device=dev)
+        return cls(module, metadata, dev, str(path))
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata["name"])
+
+    @property
+    def spacing_mm(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in self.metadata["spacing_mm"])  # type: ignore[return-value]
+
+    @property
+    def crop_zyx(self) -> tuple[int, int, int]:
+        x, y, z = self.metadata["patch_size"]
+        return (int(z), int(y), int(x))
+
+    @property
+    def channel_names(self) -> list[str]:
+        return list(self.metadata["channel_names"])
+
+    @property
+    def uses_attention(self) -> bool:
+        return bool(self.metadata["architecture"]["backbone"].get("attention", False))
+
+    @property
+    def threshold(self) -> float:
+        """Decision threshold on the positive probability chosen on validation data."""
+        return float(self.metadata["decision_threshold"])
+
+    def predict(self, image_hu: np.ndarray, attention: np.ndarray | None, centres_zyx: Sequence[Sequence[float]],
+                batch_size: int = 8) -> np.ndarray:
+        """Positive-class probabilities [N] of the nodes centred at ``centres_zyx`` (voxel indices of
+        ``image_hu`` [C, Z, Y, X], HU on the model's grid, channels as ``channel_names``)."""
+        if image_hu.ndim != 4 or image_hu.shape[0] != len(self.channel_names):
+            raise ValueError(f"model {self.name}: expected [{len(self.channel_names)}, Z, Y, X] input "
+                             f"({', '.join(self.channel_names)}), got {image_hu.shape}")
+        if self.uses_attention and attention is None:
+            raise ValueError(f"model {self.name} is attention-guided and needs the attention map")
+        if attention is not None and attention.shape != image_hu.shape[1:]:
+            raise ValueError(f"model {self.name}: attention shape {attention.shape} differs from the image's "
+                             f"{image_hu.shape[1:]}")
+        out = np.empty(len(centres_zyx), np.float32)
+        for b0 in range(0, len(centres_zyx), max(1, batch_size)):
+            centres = centres_zyx[b0:b0 + batch_size]
+            imgs, atts = make_crops(image_hu, attention, centres, self.crop_zyx, self.metadata["normalization"])
+            with torch.no_grad():
+                logits = self.module(torch.from_numpy(imgs).to(self.device), torch.from_numpy(atts).to(self.device))
+                out[b0:b0 + len(centres)] = torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+        return out
+
+
+def node_centres(instances: sitk.Image, grid: sitk.Image) -> tuple[list[int], np.ndarray]:
+    """Ids of the instances of ``instances`` and their centroids as continuous voxel positions
+    [N, (z, y, x)] of ``grid`` (e.g. the working grid the identification model runs on)."""
+    arr = sitk.GetArrayViewFromImage(instances)
+    ids, centres = [], []
+    for idx, box in enumerate(ndimage.find_objects(arr), start=1):
+        if box is None:
+            continue
+        zyx = np.argwhere(arr[box] == idx).mean(axis=0) + [s.start for s in box]
+        ids.append(idx)
+        centres.append(physical_to_index(grid, index_to_physical(instances, zyx)))
+    return ids, (np.array(centres) if centres else np.zeros((0, 3)))
+
+
+@dataclass
+class LNPipelineResult:
+    """What the LN chain found in one study (instances on the reference grid)."""
+
+    probability: sitk.Image  # LN probability, working grid (float32)
+    attention: sitk.Image  # attention map, working grid (float32)
+    instances: sitk.Image  # uint16 instance map, reference grid
+    ids: list[int]
+    volumes_mm3: np.ndarray  # per id
+    probabilities: np.ndarray  # positive-class probability per id
+    positive: np.ndarray  # bool per id
+    threshold: float
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def largest_positive_volume_mm3(self) -> float:
+        """Volume of the largest positive LN (paper section 3.2); 0 when none is positive."""
+        vols = self.volumes_mm3[self.positive]
+        return float(vols.max()) if vols.size else 0.0
+
+
+def _on_grid(image: sitk.Image, grid: sitk.Image) -> bool:
+    return (image.GetSize() == grid.GetSize() and np.allclose(image.GetSpacing(), grid.GetSpacing(), atol=1e-4)
+            and np.allclose(image.GetOrigin(), grid.GetOrigin(), atol=1e-3)
+            and np.allclose(image.GetDirection(), grid.GetDirection(), atol=1e-5))
+
+
+def channel_stack(names: Sequence[str], arterial: np.ndarray | None, venous: np.ndarray) -> np.ndarray:
+    """Model input channels [C, Z, Y, X] by channel name (*arterial* / *venous*); the venous image
+    fills the arterial channel in single-phase mode (``arterial`` None)."""
+    out = []
+    for name in names:
+        low = name.lower()
+        if "arterial" in low:
+            out.append(venous if arterial is None else arterial)
+        elif "venous" in low:
+            out.append(venous)
+        else:
+            raise ValueError(f"unknown model input channel {name!r} (expected *arterial* or *venous*)")
+    return np.stack(out).astype(np.float32, copy=False)
+
+
+class LNPipeline:
+    """LN segmentation model + identification model + the app.yaml thresholds, run on one study whose
+    phases are co-registered on the venous (reference) grid, with an organ label map on that grid."""
+
+    def __init__(self, segmentation: Any, identifier: LNIdentifier, probability_threshold: float,
+                 min_volume_mm3: float, attention_settings: Any, positive_threshold: float | None = None):
+        self.segmentation = segmentation  # lnmet.inference.SegmentationModel
+        self.identifier = identifier
+        self.probability_threshold = float(probability_threshold)
+        self.min_volume_mm3 = float(min_volume_mm3)
+        self.attention_settings = attention_settings
+        self.threshold = float(identifier.threshold if positive_threshold is None else positive_threshold)
+
+    @classmethod
+    def load(cls, ln_seg_path: str | Path, ln_cls_path: str | Path, settings: Any,
+             device: str | torch.device | None = None) -> "LNPipeline":
+        """From the two model files and :class:`lnmet.config.Settings`."""
+        from lnmet.inference import SegmentationModel
+
+        det = settings.ln_detection
+        return cls(SegmentationModel.load(ln_seg_path, device), LNIdentifier.load(ln_cls_path, device),
+                   det.probability_threshold, det.min_volume_mm3, settings.attention, det.positive_threshold)
+
+    def run(self, venous: sitk.Image, arterial: sitk.Image | None, organs: sitk.Image,
+            batch_size: int = 8) -> LNPipelineResult:
+        """``venous`` (reference grid), ``arterial`` (co-registered on it, or None: single phase),
+        ``organs`` (labels 1-10 on the reference grid)."""
+        import time
+
+        from lnmet.attention import attention_map
+        from lnmet.instances import ln_instances
+
+        seconds: dict[str, float] = {}
+        t = time.perf_counter()
+        grid = working_grid(venous, self.segmentation.spacing_mm)
+        same = _on_grid(venous, grid)
+        ven_w = venous if same else resample_image(venous, grid)
+        art_w = None if arterial is None else (arterial if same else resample_image(arterial, grid))
+        org_w = organs if same else resample_labels(organs, grid, smooth=False)
+        attention = attention_map(org_w, self.attention_settings)
+        att = sitk.GetArrayFromImage(attention)
+        image = channel_stack(self.segmentation.channel_names,
+                              None if art_w is None else sitk.GetArrayFromImage(art_w),
+                              sitk.GetArrayFromImage(ven_w))
+        seconds["prepare"] = time.perf_counter() - t
+        t = time.perf_counter()
+        probs, _ = self.segmentation.predict_probabilities(
+            image, att if self.segmentation.uses_attention else None,
+            spacing_zyx=tuple(grid.GetSpacing()[::-1]))
+        prob = sitk.GetImageFromArray(probs[1].astype(np.float32))
+        prob.CopyInformation(grid)
+        seconds["segmentation"] = time.perf_counter() - t
+        t = time.perf_counter()
+        instances = ln_instances(prob, venous, self.probability_threshold, self.min_volume_mm3)
+        seconds["instances"] = time.perf_counter() - t
+        t = time.perf_counter()
+        ids, probabilities = identify_instances(self.identifier, instances, grid, image, att, batch_size)
+        seconds["identification"] = time.perf_counter() - t
+        counts = np.bincount(sitk.GetArrayViewFromImage(instances).ravel())
+        vox = float(np.prod(venous.GetSpacing()))
+        volumes = np.array([counts[i] * vox for i in ids], float)
+        return LNPipelineResult(probability=prob, attention=attention, instances=instances, ids=ids,
+                                volumes_mm3=volumes, probabilities=probabilities,
+                                positive=probabilities >= self.threshold, threshold=self.threshold, seconds=seconds)
+
+
+def identify_instances(identifier: LNIdentifier, instances: sitk.Image, grid: sitk.Image, image_hu: np.ndarray,
+                       attention: np.ndarray | None, batch_size: int = 8) -> tuple[list[int], np.ndarray]:
+    """Positive probabilities of every instance of ``instances`` (reference grid), from crops of
+    ``image_hu`` [C, Z, Y, X] / ``attention`` [Z, Y, X] on ``grid`` (which must have the
+    identification model's spacing). Returns (ids, probabilities)."""
+    if not np.allclose(grid.GetSpacing(), identifier.spacing_mm, rtol=1e-3):
+        raise ValueError(f"LN identification model {identifier.name} runs at {list(identifier.spacing_mm)} mm; the "
+                         f"images given are at {list(grid.GetSpacing())} mm")
+    ids, centres = node_centres(instances, grid)
+    if not ids:
+        return [], np.zeros(0, np.float32)
+    return ids, identifier.predict(image_hu, attention if identifier.uses_attention else None, centres, batch_size)
