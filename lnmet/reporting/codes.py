@@ -1,0 +1,97 @@
+"""Coded concepts used in the DICOM SEG and SR.
+
+Standard concepts come from DICOM PS3.16 (context groups named beside each); they were checked
+against pydicom's copy of the DICOM tables (``pydicom.sr.codedict.codes``). Where DICOM has no
+concept for what we state (the distance from a node to its nearest organ, the decision threshold,
+the method of the patient-level classifier, notices), the concept comes from this product's own
+private coding scheme ``99LNMET``, declared in the Coding Scheme Identification Sequence of the SR.
+"""
+
+from __future__ import annotations
+
+from highdicom.sr import CodedConcept
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+
+from lnmet.labels import ORGAN_BY_KEY, StructureClass
+
+# ---------------------------------------------------------------- SEG categories / types (CID 7150/7151)
+ANATOMICAL_STRUCTURE = codes.SCT.AnatomicalStructure  # 91723000, CID 7150
+MORPHOLOGICALLY_ABNORMAL_STRUCTURE = codes.SCT.MorphologicallyAbnormalStructure  # 49755003, CID 7150
+NEOPLASM = codes.SCT.Neoplasm  # 108369006, CID 7151
+NEOPLASM_SECONDARY = codes.SCT.NeoplasmSecondary  # 14799000 "Neoplasm, Secondary" (metastasis), CID 7151
+LYMPH_NODE = codes.SCT.LymphNode  # 59441001, CID 7151 / 7166
+PANCREAS = codes.SCT.Pancreas  # 15776009
+ABDOMEN = codes.SCT.Abdomen  # 818981001
+
+# ---------------------------------------------------------------- SR measurement names and units
+VOLUME = codes.SCT.Volume  # 118565006, CID 7469
+SHORT_AXIS = codes.SCT.ShortAxis  # 103340004, CID 7470
+LONG_AXIS = codes.SCT.LongAxis  # 103339001, CID 7470
+DIAMETER = codes.SCT.Diameter  # 81827009, CID 7470
+ATTENUATION = codes.DCM.AttenuationCoefficient  # 112031, with derivation "Mean"
+MEAN = codes.SCT.Mean  # 373098007, CID 7464
+PROBABILITY_OF_CANCER = codes.DCM.ProbabilityOfCancer  # 111047, CID 6048
+DISTANCE = codes.DCM.Distance  # 121206
+METASTASIS = codes.SCT.Metastasis  # 128462008
+PRESENT = codes.SCT.Present  # 52101004, CID 240
+ABSENT = codes.SCT.Absent  # 272519000, CID 240
+PRESENCE_UNDETERMINED = codes.DCM.PresenceUndetermined  # 121059
+
+UNIT_MM3 = codes.UCUM.CubicMillimeter
+UNIT_MM = codes.UCUM.Millimeter
+UNIT_HU = codes.UCUM.HounsfieldUnit
+UNIT_NONE = codes.UCUM.NoUnits  # "1": probabilities and thresholds are dimensionless
+
+# Procedure reported (TID 1500 row 4, CID 100).
+PROCEDURE_REPORTED = codes.LN.CTUnspecifiedBodyRegion  # 25045-6
+DEVICE_OBSERVER = codes.DCM.Device
+# TID 1500 row 12: the report-level "Qualitative Evaluations" container.
+QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+ALGORITHM_FAMILY = codes.DCM.ArtificialIntelligence  # CID 7162
+
+# ---------------------------------------------------------------- private scheme 99LNMET
+PRIVATE_SCHEME = "99LNMET"
+PRIVATE_SCHEME_NAME = "PDAC lymph node metastasis research application concepts"
+
+
+def _private(value: str, meaning: str) -> CodedConcept:
+    return CodedConcept(value, PRIVATE_SCHEME, meaning)
+
+
+DISTANCE_TO_NEAREST = _private("LNM001", "Distance to nearest organ or vessel")
+NEAREST_STRUCTURE = _private("LNM002", "Nearest organ or vessel")
+DECISION_THRESHOLD = _private("LNM003", "Decision threshold")
+LARGEST_POSITIVE_LN_VOLUME = _private("LNM004", "Volume of largest metastatic lymph node")
+RESEARCH_USE_NOTICE = _private("LNM010", "Research use notice")
+MODEL_USED = _private("LNM011", "Model used")
+SINGLE_PHASE_STATEMENT = _private("LNM012", "Single-phase analysis")
+SERIES_USED = _private("LNM013", "Series used")
+PATIENT_LEVEL_STATEMENT = _private("LNM014", "Patient-level result statement")
+TUMOUR_STATEMENT = _private("LNM015", "Tumour segmentation statement")
+PATIENT_METHODS = {
+    "combined": _private("LNM020", "Tumour and lymph node classifier (Zheng et al. 2024)"),
+    "tumour_only": _private("LNM021", "Tumour-only classifier"),
+    "nodes_only": _private("LNM022", "Lymph-node-only classifier"),
+}
+
+
+def coding_scheme_identification() -> Dataset:
+    """An item of the Coding Scheme Identification Sequence declaring ``99LNMET``."""
+    item = Dataset()
+    item.CodingSchemeDesignator = PRIVATE_SCHEME
+    item.CodingSchemeName = PRIVATE_SCHEME_NAME
+    item.CodingSchemeResponsibleOrganization = "lnmet project"
+    return item
+
+
+def structure_concept(key: str) -> CodedConcept:
+    """The SNOMED CT concept of an organ/vessel class (``lnmet.labels`` key)."""
+    cls: StructureClass = ORGAN_BY_KEY[key]
+    return CodedConcept(cls.snomed_code, "SCT", cls.snomed_meaning)
+
+
+def structure_modifier(key: str) -> CodedConcept | None:
+    """The SNOMED CT modifier post-coordinated with the class's concept, if it has one."""
+    mod = ORGAN_BY_KEY[key].snomed_modifier
+    return CodedConcept(mod[0], "SCT", mod[1]) if mod else None

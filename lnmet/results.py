@@ -1,0 +1,193 @@
+"""Everything the output builders need about one analysed study, in one object.
+
+The last analysis operators hand an :class:`AnalysisResults` to the four output builders (SEG, SR,
+PDF, results.json). It holds the label maps on the *reference grid* (the venous series' own grid,
+the grid of every DICOM output), the findings, the patient-level prediction, the models used and
+what happened during the run. :meth:`AnalysisResults.validate` checks that these pieces agree
+(same grid, LN indices present in the LN instance map, ...) so that a builder never writes an
+object that contradicts another one.
+
+:class:`PdfDocument` is what the PDF builder hands to the publisher and to the results.json
+builder: the PDF bytes and the same PDF as a DICOM Encapsulated PDF dataset.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+
+from lnmet.labels import ORGAN_CLASSES
+from lnmet.types import (
+    LymphNodeFinding,
+    ModelInfo,
+    PatientPrediction,
+    PhaseVolume,
+    SeriesRef,
+    TumourFinding,
+)
+
+
+class AnalysisResultsError(ValueError):
+    """The analysis results are inconsistent; the message names the part and what was expected."""
+
+
+@dataclass
+class RunInfo:
+    """What happened during the run, as reported in every output (no patient identifiers)."""
+
+    app_name: str
+    app_version: str
+    single_phase: bool
+    phase_selection_log: list[str] = field(default_factory=list)
+    device: str = "cpu"
+    timings_s: dict[str, float] = field(default_factory=dict)  # stage name -> wall seconds
+    warnings: list[str] = field(default_factory=list)
+    started_at: str | None = None  # ISO 8601, local time of the run start
+
+
+@dataclass
+class AnalysisResults:
+    """The complete result of one study, as the output builders consume it.
+
+    All label maps lie on the venous reference grid (``venous.image``):
+    ``organs`` uint8 with values 1-10 of :data:`lnmet.labels.ORGAN_CLASSES`; ``pdac_mask`` uint8 0/1;
+    ``ln_instances`` uint16 whose value is :attr:`LymphNodeFinding.index`.
+    """
+
+    venous: PhaseVolume
+    arterial: SeriesRef | None
+    organs: sitk.Image
+    pdac_mask: sitk.Image
+    tumour: TumourFinding
+    ln_instances: sitk.Image
+    lymph_nodes: list[LymphNodeFinding]
+    patient: PatientPrediction
+    models: list[ModelInfo]
+    run: RunInfo
+    _headers: list[Dataset] | None = field(default=None, init=False, repr=False, compare=False)
+
+    # ------------------------------------------------------------------ derived views
+    @property
+    def reference(self) -> sitk.Image:
+        """The reference grid (the venous image)."""
+        return self.venous.image
+
+    @property
+    def synthetic_training_data(self) -> bool:
+        """True when any model used was trained on synthetic data (then every output says so)."""
+        return any(bool(m.metadata.get("synthetic_training_data", False)) for m in self.models)
+
+    @property
+    def positive_nodes(self) -> list[LymphNodeFinding]:
+        return [n for n in self.lymph_nodes if n.positive]
+
+    @property
+    def negative_nodes(self) -> list[LymphNodeFinding]:
+        return [n for n in self.lymph_nodes if not n.positive]
+
+    def source_headers(self) -> list[Dataset]:
+        """The venous source instances' headers (no pixel data), in ``source_files`` order; read once."""
+        if self._headers is None:
+            headers = []
+            for path in self.venous.source_files:
+                try:
+                    headers.append(pydicom.dcmread(path, stop_before_pixels=True))
+                except Exception as exc:  # noqa: BLE001 - re-raised with the file named
+                    raise AnalysisResultsError(
+                        f"cannot read venous source instance {path}: {exc}") from exc
+            self._headers = headers
+        return self._headers
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> None:
+        """Raise :class:`AnalysisResultsError` naming the first inconsistency found."""
+        ref = self.reference
+        n_slices = ref.GetSize()[2]
+        if len(self.venous.source_files) != n_slices or len(self.venous.sop_instance_uids) != n_slices:
+            raise AnalysisResultsError(
+                f"venous series {self.venous.series.series_instance_uid}: {n_slices} slices in the "
+                f"volume but {len(self.venous.source_files)} source files and "
+                f"{len(self.venous.sop_instance_uids)} SOP instance UIDs; expected one per slice")
+        for name, img, pixel_ids in (
+            ("organs", self.organs, (sitk.sitkUInt8,)),
+            ("pdac_mask", self.pdac_mask, (sitk.sitkUInt8,)),
+            ("ln_instances", self.ln_instances, (sitk.sitkUInt16, sitk.sitkUInt8)),
+        ):
+            _check_same_grid(name, img, ref)
+            if img.GetPixelID() not in pixel_ids:
+                raise AnalysisResultsError(
+                    f"{name}: pixel type {img.GetPixelIDTypeAsString()}, expected "
+                    f"{' or '.join(sitk.GetPixelIDValueAsString(p) for p in pixel_ids)}")
+        organ_values = np.unique(sitk.GetArrayViewFromImage(self.organs))
+        if organ_values.size and (organ_values.min() < 0 or organ_values.max() > 10):
+            raise AnalysisResultsError(
+                f"organs: label values {organ_values.tolist()}, expected 0 and 1-10 (lnmet.labels.ORGAN_CLASSES)")
+        pdac_values = np.unique(sitk.GetArrayViewFromImage(self.pdac_mask))
+        if not set(pdac_values.tolist()) <= {0, 1}:
+            raise AnalysisResultsError(f"pdac_mask: values {pdac_values.tolist()}, expected 0/1")
+        present = set(np.unique(sitk.GetArrayViewFromImage(self.ln_instances)).tolist()) - {0}
+        indices = [n.index for n in self.lymph_nodes]
+        if len(set(indices)) != len(indices):
+            raise AnalysisResultsError(f"lymph_nodes: duplicate indices {sorted(indices)}")
+        if present != set(indices):
+            raise AnalysisResultsError(
+                f"ln_instances holds node values {sorted(present)} but lymph_nodes lists indices "
+                f"{sorted(indices)}; expected the same set")
+        uids = [n.tracking_uid for n in self.lymph_nodes]
+        if len(set(uids)) != len(uids):
+            raise AnalysisResultsError("lymph_nodes: tracking UIDs must be unique")
+        organ_keys = {c.key for c in ORGAN_CLASSES}
+        for n in self.lymph_nodes:
+            if n.nearest_structure not in organ_keys and n.nearest_structure != "":
+                raise AnalysisResultsError(
+                    f"lymph node {n.index}: nearest_structure {n.nearest_structure!r}, expected a key of "
+                    "lnmet.labels.ORGAN_CLASSES (or '' when no organ/vessel was segmented)")
+            attrs = ["volume_mm3", "short_axis_mm", "long_axis_mm", "mean_hu_venous", "probability_positive"]
+            if n.nearest_structure:
+                attrs.append("distance_mm")  # NaN allowed only when there is no structure
+            for attr in attrs:
+                v = getattr(n, attr)
+                if v is None or not math.isfinite(float(v)):
+                    raise AnalysisResultsError(f"lymph node {n.index}: {attr} is {v!r}, expected a finite number")
+            if not 0.0 <= n.probability_positive <= 1.0:
+                raise AnalysisResultsError(
+                    f"lymph node {n.index}: probability_positive {n.probability_positive} outside [0, 1]")
+        if self.tumour.found != bool(pdac_values.max(initial=0)):
+            raise AnalysisResultsError(
+                f"tumour.found is {self.tumour.found} but the PDAC mask is "
+                f"{'non-empty' if pdac_values.max(initial=0) else 'empty'}")
+        p = self.patient.probability
+        if p is not None and not 0.0 <= p <= 1.0:
+            raise AnalysisResultsError(f"patient probability {p} outside [0, 1]")
+        if self.run.single_phase != (self.arterial is None):
+            raise AnalysisResultsError(
+                f"run.single_phase is {self.run.single_phase} but the arterial series is "
+                f"{'missing' if self.arterial is None else 'present'}")
+
+
+def _check_same_grid(name: str, img: sitk.Image, ref: sitk.Image) -> None:
+    same = (img.GetSize() == ref.GetSize()
+            and np.allclose(img.GetSpacing(), ref.GetSpacing(), atol=1e-4)
+            and np.allclose(img.GetOrigin(), ref.GetOrigin(), atol=1e-3)
+            and np.allclose(img.GetDirection(), ref.GetDirection(), atol=1e-5))
+    if not same:
+        raise AnalysisResultsError(
+            f"{name}: not on the venous reference grid (size {img.GetSize()} vs {ref.GetSize()}, "
+            f"spacing {img.GetSpacing()} vs {ref.GetSpacing()}, origin {img.GetOrigin()} vs "
+            f"{ref.GetOrigin()}); resample it onto the reference grid first")
+
+
+@dataclass
+class PdfDocument:
+    """The human-readable report: the PDF file's bytes and its DICOM Encapsulated PDF instance."""
+
+    pdf_bytes: bytes
+    dataset: Dataset
+    page_count: int
+    key_images: list[dict[str, Any]] = field(default_factory=list)  # what each key image shows
