@@ -90,7 +90,6 @@ class Node:
     kwargs: Callable[[StartupState], dict[str, Any]] = lambda state: {}
     models: tuple[str, ...] = ()
     source: bool = False  # no upstream operator: runs once (CountCondition)
-    optional: bool = False  # a node the graph does without when its operator is not available
 
 
 @dataclass
@@ -122,12 +121,29 @@ def _common(state: StartupState) -> dict[str, Any]:
     return {"settings": state.settings, "device": state.device}
 
 
-def _model_path(state: StartupState, name: str) -> str:
-    return state.models[name].file
+def _with_model(name: str) -> Callable[[StartupState], dict[str, Any]]:
+    """Settings, device and the verified file of model ``name``."""
+    return lambda st: {**_common(st), "model_path": st.models[name].file}
+
+
+def _writer(key: str) -> Callable[[StartupState], dict[str, Any]]:
+    """A builder, enabled by app.yaml ``outputs.<key>``."""
+    return lambda st: {**_common(st), "enabled": st.settings.outputs.get(key, True)}
+
+
+ORGAN_MODEL, LN_SEG_MODEL, PDAC_MODEL = "organ_seg", "ln_seg", "pdac_seg"
+LN_CLS_MODEL, PATIENT_MODEL = "ln_cls", "patient_cls"
+
+
+def _working_spacing(state: StartupState) -> dict[str, Any]:
+    """The working grid's spacing is the organ model's (paper: 0.68 x 0.68 x 0.80 mm)."""
+    info = state.models.get(ORGAN_MODEL)
+    spacing = info.metadata.get("spacing_mm") if info else None
+    return {"target_spacing_mm": tuple(float(v) for v in spacing)} if spacing else {}
 
 
 def _nodes() -> list[Node]:
-    """The graph's operators, in data-flow order."""
+    """The graph's operators, in data-flow (topological) order."""
     return [
         Node("study_loader", "operators.study_loader", "StudyLoaderOperator",
              lambda st: {"input_folder": st.input_path}, source=True),
@@ -135,54 +151,92 @@ def _nodes() -> list[Node]:
         Node("series_to_volume", "operators.series_to_volume", "SeriesToVolumeOperator", _common),
         Node("phase_registration", "operators.phase_registration", "PhaseRegistrationOperator",
              lambda st: {**_common(st), **_working_spacing(st)}),
+        Node("organ_segmentation", "operators.organ_segmentation", "OrganSegmentationOperator",
+             _with_model(ORGAN_MODEL), models=(ORGAN_MODEL,)),
+        Node("attention_map", "operators.attention_map", "AttentionMapOperator", _common),
+        Node("ln_segmentation", "operators.ln_segmentation", "LNSegmentationOperator",
+             _with_model(LN_SEG_MODEL), models=(LN_SEG_MODEL,)),
+        Node("ln_identification", "operators.ln_identification", "LNIdentificationOperator",
+             _with_model(LN_CLS_MODEL), models=(LN_CLS_MODEL,)),
+        Node("pdac_segmentation", "operators.pdac_segmentation", "PDACSegmentationOperator",
+             _with_model(PDAC_MODEL), models=(PDAC_MODEL,)),
+        Node("patient_classifier", "operators.patient_classifier", "PatientClassifierOperator",
+             _with_model(PATIENT_MODEL), models=(PATIENT_MODEL,)),
+        Node("seg_builder", "operators.seg_builder", "SEGBuilderOperator", _writer("seg")),
+        Node("sr_builder", "operators.sr_builder", "SRBuilderOperator", _writer("sr")),
+        Node("pdf_report_builder", "operators.pdf_report_builder", "PDFReportBuilderOperator", _writer("pdf")),
+        Node("results_json_builder", "operators.results_json_builder", "ResultsJSONBuilderOperator",
+             _writer("json")),
+        Node("output_publisher", "operators.output_publisher", "OutputPublisherOperator",
+             lambda st: {"output_folder": st.output_path}),
     ]
-
-
-def _working_spacing(state: StartupState) -> dict[str, Any]:
-    """The working grid's spacing: the organ model's (paper: 0.68 x 0.68 x 0.80 mm)."""
-    for info in state.models.values():
-        spacing = info.metadata.get("spacing_mm")
-        if spacing and info.name == ORGAN_MODEL:
-            return {"target_spacing_mm": tuple(float(s) for s in spacing)}
-    return {}
-
-
-ORGAN_MODEL = "organ_segmentation"
 
 
 def _flows() -> list[Flow]:
     """The graph's edges (source port -> destination port)."""
+    reg = {("registered_phases", "registered_phases")}
     return [
         Flow("study_loader", "phase_selector", {("dicom_series", "dicom_series")}),
         Flow("phase_selector", "series_to_volume", {("phase_selection", "phase_selection")}),
         Flow("series_to_volume", "phase_registration",
              {("venous_volume", "venous_volume"), ("arterial_volume", "arterial_volume")}),
+        Flow("phase_registration", "organ_segmentation", reg),
+        Flow("organ_segmentation", "attention_map", {("organs_working", "organs_working")}),
+        Flow("phase_registration", "ln_segmentation", reg),
+        Flow("attention_map", "ln_segmentation", {("attention", "attention")}),
+        Flow("phase_registration", "ln_identification", reg),
+        Flow("ln_segmentation", "ln_identification", {("ln_probability", "ln_probability")}),
+        Flow("organ_segmentation", "ln_identification", {("organs", "organs")}),
+        Flow("phase_registration", "pdac_segmentation", reg),
+        Flow("phase_registration", "patient_classifier", reg),
+        Flow("pdac_segmentation", "patient_classifier", {("pdac", "pdac"), ("pdac_working", "pdac_working")}),
+        Flow("ln_identification", "patient_classifier", {("ln_findings", "ln_findings")}),
+        Flow("patient_classifier", "seg_builder", {("analysis_results", "analysis_results")}),
+        Flow("patient_classifier", "sr_builder", {("analysis_results", "analysis_results")}),
+        Flow("patient_classifier", "pdf_report_builder", {("analysis_results", "analysis_results")}),
+        Flow("patient_classifier", "results_json_builder", {("analysis_results", "analysis_results")}),
+        Flow("seg_builder", "sr_builder", {("seg_dataset", "seg_dataset")}),
+        Flow("seg_builder", "results_json_builder", {("seg_dataset", "seg_dataset")}),
+        Flow("sr_builder", "results_json_builder", {("sr_dataset", "sr_dataset")}),
+        Flow("pdf_report_builder", "results_json_builder", {("pdf_document", "pdf_document")}),
+        Flow("seg_builder", "output_publisher", {("seg_dataset", "seg_dataset")}),
+        Flow("sr_builder", "output_publisher", {("sr_dataset", "sr_dataset")}),
+        Flow("pdf_report_builder", "output_publisher", {("pdf_document", "pdf_document")}),
+        Flow("results_json_builder", "output_publisher", {("results_document", "results_document")}),
     ]
 
 
 def required_models() -> tuple[str, ...]:
-    """The model names the graph's operators need (checked against the manifest at start)."""
+    """The models the graph's available operators need (each must be in the manifest at start)."""
     names: list[str] = []
     for node in _nodes():
-        names.extend(m for m in node.models if m not in names)
+        if node.models and _load_class(node) is not None:
+            names.extend(m for m in node.models if m not in names)
     return tuple(names)
 
 
-def build_graph(app: Application, state: StartupState) -> list[Operator]:
+def build_graph(app: Application, state: StartupState, missing: list[str] | None = None) -> list[Operator]:
     """Create the operators that exist and connect them; returns them in order.
 
-    While operators are still being written, the graph is the longest prefix of the intended chain
-    whose operators exist, and a warning names the first missing one.
+    While operators are still being written, a node is left out (with a warning) when its operator
+    or one of its upstream operators is missing.
     """
     ops: dict[str, Operator] = {}
+    upstream: dict[str, set[str]] = {}
+    for flow in _flows():
+        upstream.setdefault(flow.dst, set()).add(flow.src)
     for node in _nodes():
         cls = _load_class(node)
         if cls is None:
-            if node.optional:
-                continue
-            logger.warning("graph incomplete: operator %s.%s not available; stopping the graph before it",
-                           node.module, node.cls)
-            break
+            logger.warning("graph incomplete: operator %s.%s not available", node.module, node.cls)
+            if missing is not None:
+                missing.append(node.name)
+            continue
+        if not upstream.get(node.name, set()) <= set(ops):
+            logger.warning("graph incomplete: %s left out (its upstream operator is missing)", node.name)
+            if missing is not None:
+                missing.append(node.name)
+            continue
         args = (CountCondition(app, 1),) if node.source else ()
         kwargs = _accepted_kwargs(cls, node.kwargs(state))
         ops[node.name] = timed_operator(cls)(app, *args, name=node.name, **kwargs)
@@ -205,12 +259,13 @@ class PDACLNMetApp(Application):
         super().__init__(*args, **kwargs)
         self.state = state
         self.operators_built: list[Operator] = []
+        self.missing_operators: list[str] = []
 
     def compose(self) -> None:
         if self.state is None:  # run directly (PDACLNMetApp().run()): do the start-up checks here
             ctx = Application.init_app_context(self.argv)
             self.state = run_startup_checks(ctx.input_path, ctx.output_path, ctx.model_path, required_models())
-        self.operators_built = build_graph(self, self.state)
+        self.operators_built = build_graph(self, self.state, self.missing_operators)
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,6 +346,10 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
             state = run_startup_checks(ctx.input_path, ctx.output_path, ctx.model_path, required_models())
         app.state = state
         app.run()
+        if app.missing_operators:
+            status = EXIT_FAILED
+            error = (f"graph incomplete, no outputs written: {', '.join(app.missing_operators)} "
+                     "not available")
     except SystemExit as exc:  # argparse: bad command line (it printed its own message)
         _restore_output(out_path, out_existed)
         return exc.code if isinstance(exc.code, int) and exc.code else EXIT_USAGE

@@ -20,26 +20,60 @@ from lnmet.model_io import save_model
 from lnmet.model_manifest import build_manifest, write_manifest
 
 DEFAULT_NAMES = ("standin_a", "standin_b")
+TINY_FILTERS = (4, 8, 16, 32)
+TINY_STRIDES = (1, 2, 2, (1, 2, 2))
+TWO_PHASES = ["CT_arterial", "CT_venous"]
 
 
 def standin_metadata(name: str) -> dict:
     return {
-        "name": name, "version": "0.0.1", "architecture": "Conv3d 1x1 stand-in",
+        "name": name, "version": "0.0.1", "architecture": {"type": "Conv3d 1x1 stand-in"},
         "spacing_mm": [3.0, 3.0, 3.0], "patch_size": [16, 16, 16], "in_channels": 1,
-        "channel_names": ["venous"], "normalization": [{"clip_hu": [-100, 240], "mean": 0.0, "std": 1.0}],
-        "classes": ["background", "foreground"], "num_classes": 2,
-        "trained_on": "nothing: test stand-in", "training_command": "none",
+        "channel_names": ["CT_venous"], "normalization": [{"clip_hu": [-100, 240], "mean": 0.0, "std": 1.0}],
+        "classes": {"background": 0, "foreground": 1}, "num_classes": 2,
+        "trained_on": "nothing: untrained test stand-in", "training_command": "none",
         "synthetic_training_data": True,
     }
 
 
+def _standin_segmentation(name: str, path: Path) -> None:
+    """An untrained tiny SegmentationUNet with the metadata layout of the real model ``name``."""
+    from lnmet.labels import ORGAN_CLASSES
+    from lnmet.networks import SegmentationUNet
+
+    classes = {"organ_seg": {"background": 0, **{c.key: c.label for c in ORGAN_CLASSES}},
+               "ln_seg": {"background": 0, "lymph_node": 1},
+               "pdac_seg": {"background": 0, "pdac": 1}}[name]
+    attention = name == "ln_seg"
+    net = SegmentationUNet(len(TWO_PHASES), len(classes), TINY_FILTERS, TINY_STRIDES, attention=attention)
+    meta = {**standin_metadata(name), "architecture": net.architecture(), "patch_size": [32, 32, 16],
+            "in_channels": len(TWO_PHASES), "channel_names": TWO_PHASES,
+            "normalization": [{"clip_hu": [-200, 300], "mean": 40.0, "std": 80.0}] * 2,
+            "classes": classes, "num_classes": len(classes)}
+    example = [torch.zeros(1, len(TWO_PHASES), 16, 32, 32)]
+    if attention:
+        example.append(torch.ones(1, 1, 16, 32, 32))
+    save_model(net, path, meta, tuple(example))
+
+
+STANDIN_BUILDERS = {"organ_seg": _standin_segmentation, "ln_seg": _standin_segmentation,
+                    "pdac_seg": _standin_segmentation}
+
+
 def make_standin_models(root: Path, names: tuple[str, ...] | list[str] = DEFAULT_NAMES) -> tuple[Path, Path]:
-    """Write ``root/models/<name>/model.ts`` for each name and ``root/model_manifest.json``."""
+    """Write ``root/models/<name>/model.ts`` for each name and ``root/model_manifest.json``.
+
+    Names of the application's models get an untrained tiny network of the real architecture (so
+    the operators load them); other names a 1x1 convolution.
+    """
     models = root / "models"
     torch.manual_seed(0)
     for name in names:
-        save_model(torch.nn.Conv3d(1, 2, 1), models / name / "model.ts", standin_metadata(name),
-                   (torch.zeros(1, 1, 4, 4, 4),))
+        path = models / name / "model.ts"
+        if name in STANDIN_BUILDERS:
+            STANDIN_BUILDERS[name](name, path)
+        else:
+            save_model(torch.nn.Conv3d(1, 2, 1), path, standin_metadata(name), (torch.zeros(1, 1, 4, 4, 4),))
     models.mkdir(parents=True, exist_ok=True)
     manifest = root / "model_manifest.json"
     write_manifest(build_manifest(models), manifest)
