@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,9 @@ def save_model(module: torch.nn.Module, path: str | os.PathLike, metadata: dict[
     was_training = module.training
     module.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # shape checks inside MONAI/torch layers are constant for a given network: expected
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             traced = torch.jit.trace(module, tuple(example_inputs), check_trace=False)
     finally:
         module.train(was_training)
