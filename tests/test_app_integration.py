@@ -28,13 +28,14 @@ ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 
 
 @pytest.fixture(scope="session")
-def app_run(tiny_study_dir, tmp_path_factory) -> dict:
+def app_run(request, tmp_path_factory) -> dict:
     models = ROOT / "models"
     if not (ROOT / MANIFEST_NAME).is_file() or not any(models.iterdir()):
         pytest.skip("bundled models not there yet (models/ and model_manifest.json)")
     missing = [m for m in required_models() if not (models / m).is_dir()]
     if missing:
         pytest.skip(f"bundled model(s) missing: {', '.join(missing)}")
+    tiny_study_dir = request.getfixturevalue("tiny_study_dir")
     out = tmp_path_factory.mktemp("app_out") / "results"
     done = run_app(["-i", str(tiny_study_dir / "dicom"), "-o", str(out), "-m", str(models)], timeout=900)
     gt = json.loads((tiny_study_dir / "ground_truth" / "study.json").read_text())
