@@ -13,7 +13,8 @@ Before the graph runs, :mod:`app.startup` validates app.yaml, verifies every mod
 time and the peak memory ends the run.
 
 Exit status: 0 success; 1 the study could not be processed (bad input, missing phase, an operator
-failed); 2 bad command-line arguments; 3 a start-up check failed (setting, model, input/output
+failed, or the graph is incomplete because an operator module is missing); 2 bad command-line
+arguments; 3 a start-up check failed (setting, model, input/output
 folder). On failure the last line on stderr is ``ERROR: <what and where>`` and the output folder is
 left as it was (the publisher writes all outputs atomically at the end; an output folder that the
 run created is removed again).
