@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from holoscan.conditions import CountCondition
-from monai.deploy.core import Application, Operator
+from monai.deploy.core import Application, Operator, parse_args
 
 from app.startup import StartupError, StartupState, run_startup_checks
 from lnmet import timing
@@ -333,6 +333,13 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     """
     t0 = started if started is not None else time.perf_counter()
     argv = list(sys.argv if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv[1:]):
+        # Holoscan's parser would print only its own options; show the application's.
+        print("PDAC lymph-node metastasis prediction from arterial + venous CT (research use only).\n"
+              "Writes SEG/seg.dcm, SR/sr.dcm, PDF/report.pdf, PDF/report.dcm and results.json.\n")
+        print("Paths default to HOLOSCAN_INPUT_PATH, HOLOSCAN_OUTPUT_PATH and HOLOSCAN_MODEL_PATH;\n"
+              "settings come from $PDAC_LN_CONFIG, else HOLOSCAN_CONFIG_PATH, else the app's app.yaml.\n")
+        parse_args(["python app", "--help"])  # the SDK's own argument parser (exits 0)
     out_path = _peek_output(argv)
     out_existed = out_path.exists()
     state: StartupState | None = None
