@@ -14,8 +14,7 @@ time and the peak memory ends the run.
 
 Exit status: 0 success; 1 the study could not be processed (bad input, missing phase, an operator
 failed, or the graph is incomplete because an operator module is missing); 2 bad command-line
-arguments; 3 a start-up check failed (setting, model, input/output
-folder). On failure the last line on stderr is ``ERROR: <what and where>`` and the output folder is
+arguments; 3 a start-up check failed (setting, model, input/output folder). On failure the last line on stderr is ``ERROR: <what and where>`` and the output folder is
 left as it was (the publisher writes all outputs atomically at the end; an output folder that the
 run created is removed again).
 """
@@ -112,8 +111,8 @@ def _load_class(node: Node) -> type | None:
 
 
 def _accepted_kwargs(cls: type, offered: dict[str, Any]) -> dict[str, Any]:
-    """The offered keyword arguments that ``cls.__init__`` declares (all of them if it takes **kwargs
-    only for the SDK's own arguments, nothing is passed blindly)."""
+    """The offered keyword arguments that ``cls.__init__`` declares by name (an operator's
+    ``**kwargs`` go to the SDK's Operator, so nothing is passed through them)."""
     params = inspect.signature(cls.__init__).parameters
     return {k: v for k, v in offered.items() if k in params}
 
