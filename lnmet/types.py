@@ -127,3 +127,20 @@ class ModelInfo:
     sha256: str
     trained_on: str
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LNFindings:
+    """Output of LN identification for the patient classifier: the LN instance map and the nodes
+    (reference grid), the organ label map they were measured against, and the model used."""
+
+    ln_instances: sitk.Image  # uint16, reference grid; values = LymphNodeFinding.index
+    lymph_nodes: list[LymphNodeFinding]
+    organs: sitk.Image  # uint8 labels 1-10, reference grid
+    threshold: float  # probability threshold that made a node positive
+    model: ModelInfo | None = None  # the LN identification model
+
+    @property
+    def largest_positive_volume_mm3(self) -> float:
+        """Volume of the largest positive LN (paper section 3.2); 0 when none is positive."""
+        return max((n.volume_mm3 for n in self.lymph_nodes if n.positive), default=0.0)

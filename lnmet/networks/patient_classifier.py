@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import ResNet
@@ -141,3 +142,125 @@ class PatientClassifier(nn.Module):
         return cls(in_channels=arch["in_channels"], block_inplanes=arch["block_inplanes"], mode=arch["mode"],
                    tel_dim=arch.get("tel_dim", 64), tel_codewords=arch.get("tel_codewords", 8),
                    num_classes=arch.get("num_classes", 2))
+
+
+# ------------------------------------------------------------------------------------------------
+# The nodes-only rule (ClsbyLNSeg) and the model file wrapper used at inference
+# ------------------------------------------------------------------------------------------------
+
+def nodes_only_score(volume_mm3: float | np.ndarray, threshold_mm3: float) -> float | np.ndarray:
+    """Score in [0, 1) of the nodes-only rule (paper's ClsbyLNSeg): ``v / (v + t)`` with ``v`` the
+    largest positive LN volume and ``t`` the volume threshold, so the score is 0.5 exactly at the
+    threshold and ranks patients as the volume does (same AUC). Not a calibrated probability."""
+    t = max(float(threshold_mm3), 1e-6)
+    v = np.maximum(np.asarray(volume_mm3, dtype=np.float64), 0.0)
+    out = v / (v + t)
+    return float(out) if out.ndim == 0 else out
+
+
+class NodesOnlyRule(nn.Module):
+    """The nodes-only rule as a module with the classifier's interface (exported for
+    ``--mode nodes_only``): logits [0, log(v / t)], i.e. softmax = ``nodes_only_score``."""
+
+    def __init__(self, threshold_mm3: float):
+        super().__init__()
+        self.register_buffer("threshold", torch.tensor([max(float(threshold_mm3), 1e-6)]))
+
+    def forward(self, image: Tensor, mask: Tensor, volume: Tensor) -> Tensor:
+        v = volume.reshape(-1, 1).to(torch.float32).clamp_min(1e-6)
+        logit = torch.log(v) - torch.log(self.threshold)
+        return torch.cat([torch.zeros_like(logit), logit], dim=1)
+
+
+def normalize_patches(images: np.ndarray, normalization: list[dict[str, Any]]) -> np.ndarray:
+    """Normalise patches [N, C, H, W] (HU) channel by channel (:func:`lnmet.normalization.normalize_ct`)."""
+    from lnmet.normalization import normalize_ct
+
+    chw_first = np.ascontiguousarray(np.moveaxis(images, 1, 0))  # [C, N, H, W]
+    return np.ascontiguousarray(np.moveaxis(normalize_ct(chw_first, normalization), 0, 1))
+
+
+class PatientModel:
+    """A patient-level model file (``models/patient_cls/model.ts``) ready for inference."""
+
+    def __init__(self, module: Any, metadata: dict[str, Any], device: torch.device, path: str = ""):
+        self.module = module
+        self.metadata = metadata
+        self.device = device
+        self.path = path
+        for key in ("mode", "decision_threshold", "nodes_only_threshold_mm3"):
+            if key not in metadata:
+                raise ValueError(f"{path or 'model'}: patient classifier metadata lacks '{key}'")
+        if metadata["mode"] not in MODES:
+            raise ValueError(f"{path or 'model'}: unknown mode {metadata['mode']!r} (expected one of {MODES})")
+
+    @classmethod
+    def load(cls, path: str | Any, device: str | torch.device | None = None) -> "PatientModel":
+        from lnmet.model_io import load_model
+
+        dev = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        module, metadata = load_model(path, device=dev)
+        return cls(module, metadata, dev, str(path))
+
+    @property
+    def mode(self) -> str:
+        return str(self.metadata["mode"])
+
+    @property
+    def threshold(self) -> float:
+        """Decision threshold on the patient score (best balanced accuracy on validation data)."""
+        return float(self.metadata["decision_threshold"])
+
+    @property
+    def nodes_only_threshold_mm3(self) -> float:
+        return float(self.metadata["nodes_only_threshold_mm3"])
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.metadata["patch_size"][0])
+
+    @property
+    def spacing_mm(self) -> float:
+        return float(self.metadata["spacing_mm"][0])
+
+    @property
+    def channel_names(self) -> list[str]:
+        return list(self.metadata["channel_names"])
+
+    def patches(self, venous: Any, arterial: Any | None, pdac: Any, arterial_transform: Any | None = None) -> Any:
+        """The 9 tumour patches with this model's patch size and spacing (channels by name; the
+        venous image fills an arterial channel in single-phase mode)."""
+        from lnmet.patches import extract_tumour_patches
+
+        images, transforms = [], []
+        for name in self.channel_names:
+            if "arterial" in name.lower() and arterial is not None:
+                images.append(arterial)
+                transforms.append(arterial_transform)
+            elif "arterial" in name.lower() or "venous" in name.lower():
+                images.append(venous)
+                transforms.append(None)
+            else:
+                raise ValueError(f"{self.path}: unknown input channel {name!r} (expected *arterial* or *venous*)")
+        return extract_tumour_patches(images, pdac, patch_size=self.patch_size, spacing_mm=self.spacing_mm,
+                                      transforms=transforms)
+
+    def predict_patches(self, images_hu: np.ndarray, masks: np.ndarray, volume_mm3: float) -> np.ndarray:
+        """Positive probability of each patch ([N, C, P, P] HU, [N, 1, P, P] masks)."""
+        x = torch.from_numpy(normalize_patches(images_hu, self.metadata["normalization"])).to(self.device)
+        m = torch.from_numpy(np.asarray(masks, np.float32)).to(self.device)
+        v = torch.full((x.shape[0], 1), float(volume_mm3), dtype=torch.float32, device=self.device)
+        with torch.no_grad():
+            return torch.softmax(self.module(x, m, v).float(), dim=1)[:, 1].cpu().numpy()
+
+    def predict(self, venous: Any, arterial: Any | None, pdac: Any, largest_positive_volume_mm3: float,
+                arterial_transform: Any | None = None) -> tuple[float, np.ndarray]:
+        """Patient score (mean of the 9 patch probabilities; the nodes-only score in ``nodes_only``
+        mode) and the per-patch probabilities. Raises :class:`lnmet.patches.NoTumourError` when the
+        PDAC mask is empty (the caller falls back to the nodes-only rule)."""
+        if self.mode == "nodes_only":
+            return float(nodes_only_score(largest_positive_volume_mm3, self.nodes_only_threshold_mm3)), np.zeros(0)
+        p = self.patches(venous, arterial, pdac, arterial_transform)
+        probs = self.predict_patches(p.images, p.masks, largest_positive_volume_mm3)
+        return float(probs.mean()), probs

@@ -1,0 +1,136 @@
+"""Patient-level prediction on a generated study: mean of the 9 patch probabilities with the LN
+volume, the model's or app.yaml's threshold, the nodes-only fallback with its statement when no
+tumour is found, the exported nodes-only rule, the AnalysisResults handed to the builders."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from evaluation.organ_segmentation import registered_from_study
+from lnmet.config import load_settings
+from lnmet.model_io import save_model
+from lnmet.networks.patient_classifier import (NodesOnlyRule, PatientClassifier, PatientModel, nodes_only_score,
+                                               normalize_patches)
+from lnmet.types import LNFindings, LymphNodeFinding
+from operators.patient_classifier import NO_TUMOUR_STATEMENT, assemble_results, classify_patient
+
+NORM = [{"channel": "CT_venous", "clip_hu": [-200.0, 300.0], "mean": 60.0, "std": 80.0}]
+
+
+def patient_metadata(mode: str, architecture: dict, threshold: float = 0.4, nodes_t: float = 300.0) -> dict:
+    return {"name": "patient_cls", "version": "0.0.1", "mode": mode, "architecture": architecture,
+            "spacing_mm": [3.0, 3.0], "patch_size": [32, 32], "in_channels": 1, "channel_names": ["CT_venous"],
+            "normalization": NORM, "classes": {"negative": 0, "positive": 1}, "num_classes": 2,
+            "decision_threshold": threshold, "nodes_only_threshold_mm3": nodes_t, "trained_on": "unit test",
+            "training_command": "tests", "synthetic_training_data": True}
+
+
+def write_patient_model(path, mode="combined", seed=0) -> PatientClassifier:
+    torch.manual_seed(seed)
+    net = PatientClassifier(1, (4, 8, 16, 32), mode=mode).eval()
+    with torch.no_grad():  # a volume branch with a visible effect in eval mode
+        net.volume_branch[0].running_var.fill_(1e4)
+        net.volume_branch[1].weight.normal_(0, 1.0)
+    example = (torch.zeros(1, 1, 32, 32), torch.zeros(1, 1, 32, 32), torch.zeros(1, 1))
+    save_model(net, path, patient_metadata(mode, net.architecture()), example)
+    return net
+
+
+def _node(index: int, volume: float, positive: bool) -> LymphNodeFinding:
+    return LymphNodeFinding(index=index, tracking_uid=f"1.2.3.{index}", volume_mm3=volume, short_axis_mm=5.0,
+                            long_axis_mm=8.0, mean_hu_venous=40.0, centroid_mm=(0.0, 0.0, 0.0),
+                            nearest_structure="pancreas", distance_mm=2.0, probability_positive=0.9 if positive
+                            else 0.1, positive=positive)
+
+
+def test_prediction_with_tumour(tiny_study, tmp_path):
+    net = write_patient_model(tmp_path / "p.ts")
+    model = PatientModel.load(tmp_path / "p.ts", "cpu")
+    settings = load_settings()
+    registered = registered_from_study(tiny_study, (3.0, 3.0, 3.0))
+    nodes = [_node(1, 400.0, True), _node(2, 900.0, False), _node(3, 150.0, True)]
+    tumour, pred = classify_patient(registered, tiny_study.pdac, nodes, model, settings)
+    assert tumour.found and tumour.volume_mm3 == pytest.approx(tiny_study.patient["tumour"]["volume_mm3"], rel=0.05)
+    assert tumour.statement == "" and pred.statement == ""
+    assert pred.method == "combined" and pred.largest_positive_ln_volume_mm3 == 400.0
+    # the mean of the 9 patch probabilities of the network, volume of the largest *positive* node
+    p = model.patches(tiny_study.venous, None, tiny_study.pdac)
+    assert p.images.shape == (9, 1, 32, 32)
+    with torch.no_grad():
+        logits = net(torch.from_numpy(normalize_patches(p.images, NORM)), torch.from_numpy(p.masks),
+                     torch.full((9, 1), 400.0))
+    assert pred.probability == pytest.approx(float(torch.softmax(logits, 1)[:, 1].mean()), abs=1e-5)
+    assert pred.threshold == 0.4 and pred.positive == (pred.probability >= 0.4)
+    # the LN volume changes the patient's probability
+    _, other = classify_patient(registered, tiny_study.pdac, [_node(1, 5000.0, True)], model, settings)
+    assert other.probability != pytest.approx(pred.probability, abs=1e-6)
+    # app.yaml's threshold overrides the model's
+    s2 = dataclasses.replace(settings, patient_threshold=0.99)
+    assert classify_patient(registered, tiny_study.pdac, nodes, model, s2)[1].threshold == 0.99
+
+
+
+def test_no_tumour_falls_back_to_the_nodes_only_rule(tiny_study, tmp_path):
+    write_patient_model(tmp_path / "p.ts")
+    model = PatientModel.load(tmp_path / "p.ts", "cpu")
+    registered = registered_from_study(tiny_study, (3.0, 3.0, 3.0))
+    empty = sitk.Image(tiny_study.pdac.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(tiny_study.pdac)
+    for volume, expect in ((450.0, True), (120.0, False), (0.0, False)):
+        tumour, pred = classify_patient(registered, empty, [_node(1, volume, True), _node(2, 2000.0, False)],
+                                        model, load_settings())
+        assert not tumour.found and tumour.statement == NO_TUMOUR_STATEMENT
+        assert pred.method == "nodes_only" and pred.statement == NO_TUMOUR_STATEMENT
+        assert pred.positive is expect  # threshold 300 mm^3 stored in the model
+        assert pred.probability == pytest.approx(volume / (volume + 300.0))
+        assert pred.positive == (pred.probability >= pred.threshold)
+
+
+def test_nodes_only_model_and_rule(tmp_path, tiny_study):
+    rule = NodesOnlyRule(250.0)
+    v = torch.tensor([[0.0], [250.0], [1000.0]])
+    probs = torch.softmax(rule(torch.zeros(3, 1, 8, 8), torch.zeros(3, 1, 8, 8), v), 1)[:, 1]
+    np.testing.assert_allclose(probs.numpy(), nodes_only_score(v.numpy()[:, 0], 250.0), atol=1e-6)
+    assert probs[1] == pytest.approx(0.5)
+    save_model(rule, tmp_path / "n.ts", patient_metadata("nodes_only", {"type": "NodesOnlyRule"}, 0.5, 250.0),
+               (torch.zeros(1, 1, 32, 32), torch.zeros(1, 1, 32, 32), torch.zeros(1, 1)))
+    model = PatientModel.load(tmp_path / "n.ts", "cpu")
+    registered = registered_from_study(tiny_study, (3.0, 3.0, 3.0))
+    tumour, pred = classify_patient(registered, tiny_study.pdac, [_node(1, 260.0, True)], model, load_settings())
+    assert tumour.found and pred.method == "nodes_only" and pred.positive and pred.statement == ""
+
+
+def test_analysis_results_for_the_builders(tiny_study, tiny_study_dir, tmp_path):
+    from lnmet.measurements import measure_lymph_nodes
+    from lnmet.reporting.standin import load_phase
+    from lnmet.types import RegisteredPhases
+
+    write_patient_model(tmp_path / "p.ts")
+    model = PatientModel.load(tmp_path / "p.ts", "cpu")
+    settings = load_settings()
+    venous = load_phase(tiny_study_dir / "dicom" / "venous", "venous")
+    arterial = load_phase(tiny_study_dir / "dicom" / "arterial", "arterial")
+    registered = RegisteredPhases(venous=venous, arterial=arterial, working_venous=venous.image,
+                                  working_arterial=arterial.image, transform=sitk.Transform(), single_phase=False)
+    ref = venous.image
+
+    def on_ref(img, pixel):
+        out = sitk.Cast(img, pixel)
+        out.CopyInformation(ref)
+        return out
+
+    instances, organs, pdac = (on_ref(tiny_study.ln_instances, sitk.sitkUInt16), on_ref(tiny_study.organs, sitk.sitkUInt8),
+                               on_ref(tiny_study.pdac, sitk.sitkUInt8))
+    nodes = [dataclasses.replace(_node(m.index, m.volume_mm3, m.index == 1), nearest_structure=m.nearest_structure,
+                                 distance_mm=m.distance_mm) for m in measure_lymph_nodes(instances, ref, organs)]
+    findings = LNFindings(ln_instances=instances, lymph_nodes=nodes, organs=organs, threshold=0.5)
+    tumour, pred = classify_patient(registered, pdac, nodes, model, settings)
+    results = assemble_results(registered, findings, pdac, tumour, pred, [], settings)
+    assert results.patient is pred and results.tumour is tumour and len(results.lymph_nodes) == len(nodes)
+    assert pred.largest_positive_ln_volume_mm3 == pytest.approx(findings.largest_positive_volume_mm3)
+    assert results.arterial is arterial.series and not results.run.single_phase
