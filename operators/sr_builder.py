@@ -9,7 +9,7 @@ Content tree (TID 1500 "Imaging Measurement Report", see docs/OUTPUTS.md for eve
 
 - observation context: the device observer is the application (name, version, manufacturer);
   procedure reported: CT;
-- image library: the venous source images;
+- image library (TID 1600): the venous slices through the tumour's and each node's centre;
 - imaging measurements:
     * the PDAC tumour (TID 1411, referencing the SEG's PDAC segment): volume, maximum axial
       diameter, mean attenuation; or, when no tumour was found, a TID 1501 group "Neoplasm: Absent";
@@ -72,6 +72,21 @@ def _node_evaluations(node: LymphNodeFinding) -> list[hd.sr.QualitativeEvaluatio
     if node.nearest_structure:
         out.append(hd.sr.QualitativeEvaluation(codes.NEAREST_STRUCTURE, codes.structure_concept(node.nearest_structure)))
     return out
+
+
+def library_images(results: AnalysisResults, headers: list[Dataset]) -> list[Dataset]:
+    """The venous instances of the TID 1600 image library: the slices through the tumour's and each
+    node's centre (the whole series is referenced by the evidence sequence already; listing its
+    hundreds of slices here would only make the SR large and slow to build)."""
+    ref = results.reference
+    points = [results.tumour.centroid_mm] if results.tumour.found and results.tumour.centroid_mm else []
+    points += [n.centroid_mm for n in sorted(results.lymph_nodes, key=lambda n: n.index)]
+    slices = []
+    for point in points:
+        k = int(round(ref.TransformPhysicalPointToContinuousIndex([float(v) for v in point])[2]))
+        if 0 <= k < len(headers) and k not in slices:
+            slices.append(k)
+    return [headers[k] for k in sorted(slices or [0])]
 
 
 def _series_text(ref: SeriesRef) -> str:
@@ -185,7 +200,7 @@ def build_sr(results: AnalysisResults, seg: Dataset | None) -> hd.sr.Comprehensi
                                                       observer_identifying_attributes=device))
     report = hd.sr.MeasurementReport(
         observation_context=context, procedure_reported=codes.PROCEDURE_REPORTED,
-        imaging_measurements=groups, referenced_images=headers)
+        imaging_measurements=groups, referenced_images=library_images(results, headers))
 
     notes = hd.sr.ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
     items = [_text(codes.RESEARCH_USE_NOTICE, research_notice(results.synthetic_training_data))]
