@@ -1,0 +1,88 @@
+"""A few iterations of the patient classifier training command on generated tiny studies: the LN
+chain runs once and is cached, the training loss falls, the model file carries the thresholds, and
+the nodes-only mode exports its rule."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lnmet.model_io import read_metadata, save_model
+from lnmet.networks.ln_classifier import LNClassifier, LNIdentifier
+from lnmet.networks.patient_classifier import PatientModel
+from synthetic.nnunet import export_nnunet
+from test_ln_classifier_network import write_seg_model
+from training import train_patient_classifier as tpc
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("patient_cohort")
+    export_nnunet(root, [0, 1, 2, 3], preset="tiny")  # 2 negative, 2 positive patients
+    seg = write_seg_model(root / "ln_seg_tmp.ts", spacing=3.0, patch_xyz=(64, 64, 40))
+    with torch.no_grad():  # a quick LN model: the whole tiny volume in one window
+        seg.heads[0].conv.conv.bias.copy_(torch.tensor([4.0, -4.0]))
+    from test_ln_classifier_network import seg_metadata
+
+    save_model(seg, root / "ln_seg.ts", seg_metadata(seg, 3.0, (64, 64, 40)),
+               (torch.zeros(1, 2, 40, 64, 64), torch.ones(1, 1, 40, 64, 64)))
+    net, meta = LNClassifier.from_segmentation_model(root / "ln_seg.ts")
+    meta = dict(meta, name="ln_cls", architecture=net.architecture((16, 16, 16)), patch_size=[16, 16, 16],
+                classes={"negative": 0, "positive": 1}, decision_threshold=0.5)
+    save_model(net, root / "ln_cls.ts", meta, (torch.zeros(1, 2, 16, 16, 16), torch.ones(1, 1, 16, 16, 16)))
+    return root
+
+
+def _args(cohort, tmp_path, mode="combined", extra=()):
+    return ["--data", str(cohort), "--ln-seg-model", str(cohort / "ln_seg.ts"), "--ln-cls-model",
+            str(cohort / "ln_cls.ts"), "--mode", mode, "--out", str(tmp_path / mode / "model.ts"),
+            "--cache", str(cohort / "cache"), "--patch-size", "32", "--patch-spacing", "3",
+            "--block-inplanes", "4", "8", "16", "32", "--iterations", "15", "--batch-size", "8", "--lr", "0.02",
+            "--val-fraction", "0.25", "--val-every", "5", "--threads", "2", "--no-augmentation", *extra]
+
+
+def test_training_caches_ln_volumes_and_reduces_the_loss(cohort, tmp_path, monkeypatch):
+    summary = tpc.main(_args(cohort, tmp_path))
+    assert summary["final_train_loss"] < summary["initial_train_loss"]
+    caches = list((cohort / "cache").glob("ln_volumes_*.json"))
+    assert len(caches) == 1
+    cached = json.loads(caches[0].read_text())
+    assert sorted(cached) == ["SYN000000", "SYN000001", "SYN000002", "SYN000003"]
+    assert all(c["largest_positive_volume_mm3"] >= 0 for c in cached.values())
+    meta = read_metadata(tmp_path / "combined" / "model.ts")
+    assert meta["mode"] == "combined" and meta["architecture"]["block_inplanes"] == [4, 8, 16, 32]
+    assert meta["patch_size"] == [32, 32] and meta["spacing_mm"] == [3.0, 3.0]
+    assert 0.0 <= meta["decision_threshold"] <= 1.0 and meta["nodes_only_threshold_mm3"] > 0
+    assert meta["ln_volume_source"]["ln_cls_sha256"] and meta["synthetic_training_data"] is True
+    assert meta["validation"]["patients"] == 2
+    model = PatientModel.load(tmp_path / "combined" / "model.ts", "cpu")
+    assert model.mode == "combined" and model.patch_size == 32
+
+    # re-training reads the cached volumes instead of running the LN chain again
+    def no_chain(*a, **k):
+        raise AssertionError("the LN chain ran although its volumes are cached")
+
+    monkeypatch.setattr(LNIdentifier, "load", no_chain)
+    again = tpc.main(_args(cohort, tmp_path, "tumour_only"))
+    assert again["mode"] == "tumour_only"
+    assert read_metadata(tmp_path / "tumour_only" / "model.ts")["architecture"]["mode"] == "tumour_only"
+
+
+def test_nodes_only_mode_exports_the_rule(cohort, tmp_path):
+    summary = tpc.main(_args(cohort, tmp_path, "nodes_only"))
+    meta = read_metadata(tmp_path / "nodes_only" / "model.ts")
+    assert meta["mode"] == "nodes_only" and meta["architecture"]["type"] == "NodesOnlyRule"
+    assert meta["nodes_only_threshold_mm3"] == pytest.approx(summary["nodes_only_threshold_mm3"])
+    model = PatientModel.load(tmp_path / "nodes_only" / "model.ts", "cpu")
+    t = model.nodes_only_threshold_mm3
+    assert model.predict(None, None, None, 2 * t)[0] == pytest.approx(2 / 3)
+
+
+def test_missing_labels_are_named(tmp_path):
+    (tmp_path / "Dataset503_PancreasTumour" / "labelsTr").mkdir(parents=True)
+    (tmp_path / "Dataset503_PancreasTumour" / "labelsTr" / "SYN1.nii.gz").write_bytes(b"")
+    (tmp_path / "patients.json").write_text(json.dumps({"SYN1": {"metastasis_positive": "yes"}}))
+    with pytest.raises(ValueError, match="metastasis_positive"):
+        tpc.read_patients(tmp_path)
