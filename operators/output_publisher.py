@@ -26,13 +26,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from monai.deploy.core import Fragment, Operator, OperatorSpec
 from pydicom.dataset import Dataset
 
 from lnmet.reporting import PDF_DICOM_PATH, PDF_PATH, RESULTS_JSON_PATH, SEG_PATH, SR_PATH
 from lnmet.results import PdfDocument
 from operators.results_json_builder import validate_results_document
-
-from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 logger = logging.getLogger(__name__)
 

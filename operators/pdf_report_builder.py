@@ -29,6 +29,7 @@ import math
 import re
 from datetime import datetime
 
+from monai.deploy.core import Fragment, Operator, OperatorSpec
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian, generate_uid
@@ -52,8 +53,6 @@ from lnmet.labels import ORGAN_BY_KEY
 from lnmet.reporting import RESEARCH_NOTICE, SYNTHETIC_NOTICE, dicom_common
 from lnmet.reporting.keyimages import KeyImage, render_key_images
 from lnmet.results import AnalysisResults, PdfDocument
-
-from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 logger = logging.getLogger(__name__)
 

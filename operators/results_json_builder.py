@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+from monai.deploy.core import Fragment, Operator, OperatorSpec
 from pydicom.dataset import Dataset
 
 from lnmet.reporting import (
@@ -36,8 +37,6 @@ from lnmet.results import AnalysisResults, PdfDocument
 from lnmet.types import SeriesRef
 from operators.seg_builder import LN_NEGATIVE_KEY, LN_POSITIVE_KEY, PDAC_KEY, omitted_segments, segment_numbers
 from operators.sr_builder import ln_tracking_id
-
-from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 logger = logging.getLogger(__name__)
 

@@ -21,14 +21,13 @@ from dataclasses import dataclass
 import highdicom as hd
 import numpy as np
 import SimpleITK as sitk
+from monai.deploy.core import Fragment, Operator, OperatorSpec
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from lnmet.labels import ORGAN_CLASSES
 from lnmet.reporting import codes, dicom_common, style
 from lnmet.results import AnalysisResults, AnalysisResultsError
-
-from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 logger = logging.getLogger(__name__)
 

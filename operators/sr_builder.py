@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 
 import highdicom as hd
+from monai.deploy.core import Fragment, Operator, OperatorSpec
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.uid import generate_uid
@@ -39,8 +40,6 @@ from lnmet.reporting import codes, dicom_common, research_notice
 from lnmet.results import AnalysisResults, AnalysisResultsError
 from lnmet.types import LymphNodeFinding, SeriesRef
 from operators.seg_builder import LN_NEGATIVE_KEY, LN_POSITIVE_KEY, PDAC_KEY, segment_numbers
-
-from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 logger = logging.getLogger(__name__)
 
