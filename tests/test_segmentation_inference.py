@@ -20,6 +20,15 @@ from lnmet.networks import SegmentationUNet
 PATCH_XYZ = [16, 16, 8]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine two threads contend badly (several times slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _write_model(path, attention: bool, spacing=(3.0, 3.0, 3.0), seed: int = 0) -> SegmentationModel:
     torch.manual_seed(seed)
     net = SegmentationUNet(2, 2, (4, 8, 16), (1, 2, 2), attention=attention).eval()

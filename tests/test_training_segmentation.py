@@ -1,0 +1,255 @@
+"""The shared segmentation training command on a tiny generated dataset, its parts, and the
+segmentation operators running the exported files in a Holoscan graph."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from monai.losses import DiceLoss
+
+from lnmet.labels import ORGAN_BY_LABEL
+from lnmet.model_io import load_model
+from training.datasets import TASKS, list_cases, load_cases, read_dataset_json, split_cases
+from training.losses import CETverskyLoss, deep_supervision_weights, paper_tversky_to_monai
+from training.sampling import PatchSampler, build_augmentation
+from training.train_segmentation import main as train_main
+
+SMALL = ["--spacing", "3", "3", "3", "--patch-size", "32", "32", "16", "--filters", "4", "8", "16",
+         "--threads", "1", "--log-every", "5", "--val-overlap", "0"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine two threads contend badly (several times slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_nnunet(tmp_path_factory):
+    """Three tiny generated studies exported in nnU-Net's raw layout (the generator's exporter)."""
+    from synthetic.nnunet import export_nnunet
+
+    out = tmp_path_factory.mktemp("nnunet")
+    export_nnunet(out, range(0, 3), "tiny")
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_nnunet, tmp_path_factory):
+    """Organ, LN (attention), LN baseline and PDAC models trained for a few iterations."""
+    root = tmp_path_factory.mktemp("trained")
+    runs = {
+        "organ_seg": ["--dataset", str(tiny_nnunet / "Dataset501_PancreasOrgans"), "--task", "organs",
+                      "--iterations", "30", "--lr", "0.01"],
+        "ln_seg": ["--dataset", str(tiny_nnunet / "Dataset502_PancreasLymphNodes"), "--task", "lymph_nodes",
+                   "--iterations", "10"],
+        "ln_seg_baseline": ["--dataset", str(tiny_nnunet / "Dataset502_PancreasLymphNodes"), "--task",
+                            "lymph_nodes", "--no-attention", "--iterations", "4", "--val-fraction", "0"],
+        "pdac_seg": ["--dataset", str(tiny_nnunet / "Dataset503_PancreasTumour"), "--task", "pdac",
+                     "--iterations", "4", "--val-fraction", "0"],
+    }
+    summaries = {}
+    for name, args in runs.items():
+        extra = SMALL + ([] if "--val-fraction" in args else ["--val-fraction", "0.34"])
+        summaries[name] = train_main(args + extra + ["--out", str(root / "models" / name / "model.ts"),
+                                                     "--checkpoint", str(root / "ck" / f"{name}.pt")])
+    return root, summaries
+
+
+def test_organ_training_loss_falls_and_metadata(trained, tiny_nnunet):
+    root, summaries = trained
+    s = summaries["organ_seg"]
+    losses = [h["loss"] for h in s["history"]]
+    assert s["iterations"] == 30 and len(losses) == 6
+    assert losses[-1] < losses[0] * 0.9, losses
+    assert set(s["validation"]["dice"]) <= {c.key for c in ORGAN_BY_LABEL.values()} and s["validation"]["cases"] == 1
+    _, meta = load_model(root / "models" / "organ_seg" / "model.ts")
+    assert meta["name"] == "organ_seg" and meta["task"] == "organs" and meta["num_classes"] == 11
+    assert meta["spacing_mm"] == [3.0, 3.0, 3.0] and meta["patch_size"] == [32, 32, 16]
+    assert meta["architecture"]["filters"] == [4, 8, 16] and meta["architecture"]["attention"] is False
+    assert meta["channel_names"] == ["CT_arterial", "CT_venous"] and len(meta["normalization"]) == 2
+    assert meta["synthetic_training_data"] is True and "synthetic/" in meta["trained_on"]
+    assert "seeds 0-2" in meta["trained_on"] and "2 training + 1 validation" in meta["trained_on"]
+    assert meta["training_command"].startswith("python -m training.train_segmentation ")
+    assert "--task organs" in meta["training_command"]
+    assert meta["training"]["loss"] == "dice_ce" and meta["training"]["iterations"] == 30
+
+
+def test_lymph_node_models_attention_flags_and_sampling(trained):
+    root, summaries = trained
+    _, meta = load_model(root / "models" / "ln_seg" / "model.ts")
+    _, base = load_model(root / "models" / "ln_seg_baseline" / "model.ts")
+    assert meta["architecture"]["attention"] is True and meta["training"]["informative_negative_selection"] is True
+    assert base["architecture"]["attention"] is False and base["training"]["informative_negative_selection"] is False
+    assert meta["training"]["loss"] == "ce_tversky" and meta["training"]["tversky_alpha_beta_paper_eq4"] == [0.5, 1.5]
+    assert "instance_recall" in summaries["ln_seg"]["validation"]
+    assert summaries["ln_seg"]["sampler"]["patches"] == 10 * 2
+
+
+def test_resume_continues_from_the_checkpoint(tiny_nnunet, tmp_path):
+    args = ["--dataset", str(tiny_nnunet / "Dataset503_PancreasTumour"), "--task", "pdac", "--val-fraction", "0",
+            "--spacing", "3", "3", "3", "--patch-size", "32", "32", "16", "--filters", "4", "8", "16",
+            "--threads", "1", "--log-every", "1", "--checkpoint", str(tmp_path / "ck.pt"),
+            "--out", str(tmp_path / "m" / "model.ts")]
+    first = train_main(args + ["--iterations", "3"])
+    assert first["iterations"] == 3
+    state = torch.load(tmp_path / "ck.pt", map_location="cpu", weights_only=False)
+    assert state["iteration"] == 3
+    second = train_main(args + ["--iterations", "5", "--resume"])
+    assert second["iterations"] == 5
+    assert [h["iteration"] for h in second["history"]] == [1, 2, 3, 4, 5]
+
+
+def _source_operator(registered):
+    from monai.deploy.core import Operator
+
+    class Source(Operator):
+        def setup(self, spec):
+            spec.output("registered_phases")
+
+        def compute(self, op_input, op_output, context):
+            op_output.emit(registered, "registered_phases")
+
+    return Source
+
+
+def _sink_operator(ports, store):
+    from monai.deploy.core import Operator
+
+    class Sink(Operator):
+        def setup(self, spec):
+            for p in ports:
+                spec.input(p)
+
+        def compute(self, op_input, op_output, context):
+            for p in ports:
+                store[p] = op_input.receive(p)
+
+    return Sink
+
+
+def test_exported_models_run_in_the_operators(trained, tiny_study):
+    """Organ -> attention -> LN and PDAC operators in a Holoscan graph, on a generated study."""
+    from holoscan.conditions import CountCondition
+    from monai.deploy.core import Application
+
+    from evaluation.organ_segmentation import registered_from_study
+    from operators.attention_map import AttentionMapOperator
+    from operators.ln_segmentation import LNSegmentationOperator
+    from operators.organ_segmentation import OrganSegmentationOperator
+    from operators.pdac_segmentation import PDACSegmentationOperator
+
+    root, _ = trained
+    models = root / "models"
+    registered = registered_from_study(tiny_study, (3.0, 3.0, 3.0), "perfect")
+    store: dict = {}
+    ports = ["organs", "organs_working", "attention", "ln_probability", "pdac", "pdac_working"]
+
+    class App(Application):
+        def compose(self):
+            src = _source_operator(registered)(self, CountCondition(self, 1), name="src")
+            organs = OrganSegmentationOperator(self, model_path=models / "organ_seg" / "model.ts", name="organs")
+            att = AttentionMapOperator(self, name="attention")
+            ln = LNSegmentationOperator(self, model_path=models, name="ln")  # folder: <models>/ln_seg/model.ts
+            pdac = PDACSegmentationOperator(self, model_path=models / "pdac_seg" / "model.ts", name="pdac")
+            sink = _sink_operator(ports, store)(self, name="sink")
+            self.add_flow(src, organs, {("registered_phases", "registered_phases")})
+            self.add_flow(src, ln, {("registered_phases", "registered_phases")})
+            self.add_flow(src, pdac, {("registered_phases", "registered_phases")})
+            self.add_flow(organs, att, {("organs_working", "organs_working")})
+            self.add_flow(att, ln, {("attention", "attention")})
+            self.add_flow(organs, sink, {("organs", "organs"), ("organs_working", "organs_working")})
+            self.add_flow(att, sink, {("attention", "attention")})
+            self.add_flow(ln, sink, {("ln_probability", "ln_probability")})
+            self.add_flow(pdac, sink, {("pdac", "pdac"), ("pdac_working", "pdac_working")})
+
+    App().run()
+    assert set(store) == set(ports)
+    ref = tiny_study.venous
+    for name in ("organs", "pdac"):
+        img = store[name]
+        assert img.GetSize() == ref.GetSize() and img.GetPixelID() == sitk.sitkUInt8
+        assert np.allclose(img.GetSpacing(), ref.GetSpacing()) and np.allclose(img.GetOrigin(), ref.GetOrigin())
+    organs = sitk.GetArrayFromImage(store["organs"])
+    assert set(np.unique(organs)) <= {0} | set(ORGAN_BY_LABEL) and (organs > 0).any()
+    prob = sitk.GetArrayFromImage(store["ln_probability"])
+    att = sitk.GetArrayFromImage(store["attention"])
+    assert prob.dtype == np.float32 and prob.min() >= 0 and prob.max() <= 1
+    assert prob.shape == att.shape == sitk.GetArrayFromImage(store["organs_working"]).shape
+    assert np.ptp(prob[att == 0]) < 1e-5  # zero attention: the known constant
+
+
+def test_sampler_foreground_and_informative_negative_selection(tiny_nnunet):
+    from lnmet.config import load_settings
+
+    ds = tiny_nnunet / "Dataset502_PancreasLymphNodes"
+    meta = read_dataset_json(ds)
+    cases = load_cases(ds, list_cases(ds, meta), meta, TASKS["lymph_nodes"], (3.0, 3.0, 3.0),
+                       load_settings().attention)
+    assert all(c.attention is not None and c.instances is not None for c in cases)
+    norm = [{"clip_hu": [-200, 300], "mean": 50.0, "std": 100.0}] * 2
+    ins = PatchSampler(cases, (8, 16, 16), norm, foreground_fraction=0.33, informative_only=True, seed=1)
+    plain = PatchSampler(cases, (8, 16, 16), norm, foreground_fraction=0.33, informative_only=False, seed=1)
+    ins_empty = plain_empty = 0
+    for _ in range(30):
+        for i, s in enumerate(ins.batch(3)):
+            assert s["image"].shape == (2, 8, 16, 16) and s["label"].shape == s["attention"].shape == (1, 8, 16, 16)
+            assert s["image"].min() >= -2.5 and s["image"].max() <= 2.5  # normalised with the clip
+            ins_empty += int(s["attention"].max() == 0)
+        b = plain.batch(3)
+        assert b[2]["label"].max() == 1  # nnU-Net: the last of 3 samples is forced to hold foreground
+        plain_empty += sum(int(s["attention"].max() == 0) for s in b)
+    assert ins_empty == 0 and plain_empty > 0
+
+
+def test_augmentation_keeps_labels_and_shapes():
+    aug = build_augmentation(with_attention=True, seed=0)
+    rng = np.random.default_rng(0)
+    label = np.zeros((1, 16, 24, 24), np.float32)
+    label[0, 4:12, 6:18, 6:18] = 1
+    for _ in range(10):
+        s = aug({"image": rng.normal(size=(2, 16, 24, 24)).astype(np.float32), "label": label.copy(),
+                 "attention": np.ones((1, 16, 24, 24), np.float32)})
+        assert tuple(s["image"].shape) == (2, 16, 24, 24) and tuple(s["label"].shape) == (1, 16, 24, 24)
+        assert set(np.unique(np.asarray(s["label"]))) <= {0.0, 1.0}
+
+
+def test_tversky_follows_the_paper_convention():
+    assert paper_tversky_to_monai(0.5, 1.5) == (0.25, 0.75)
+    target = torch.zeros(1, 1, 4, 4, 4)
+    target[..., :2, :, :] = 1  # 32 foreground voxels
+    big = 20.0
+    miss = torch.zeros(1, 2, 4, 4, 4)  # predicts half the foreground: 16 FN
+    miss[:, 0] = big
+    miss[:, 1, :1] = 2 * big
+    extra = torch.zeros(1, 2, 4, 4, 4)  # predicts all foreground + 16 background voxels: 16 FP
+    extra[:, 0] = big
+    extra[:, 1, :3] = 2 * big
+    paper = CETverskyLoss(0.5, 1.5)
+    # Eq. 4: FN weighs more than FP (beta 1.5 > alpha 0.5)
+    assert paper.tversky(miss, target) > paper.tversky(extra, target) > 0
+    np.testing.assert_allclose(float(paper.tversky(miss, target)), 1 - 2 * 16 / (2 * 16 + 1.5 * 16), atol=1e-3)
+    np.testing.assert_allclose(float(paper.tversky(extra, target)), 1 - 2 * 32 / (2 * 32 + 0.5 * 16), atol=1e-3)
+    # alpha = beta = 1 in the paper's form is the Dice loss
+    dice_like = CETverskyLoss(1.0, 1.0)
+    logits = torch.randn(2, 2, 4, 4, 4)
+    tgt = (torch.rand(2, 1, 4, 4, 4) > 0.7).float()
+    dl = DiceLoss(include_background=False, to_onehot_y=True, softmax=True, batch=True, smooth_nr=1e-5, smooth_dr=1e-5)
+    ce = torch.nn.functional.cross_entropy(logits, tgt[:, 0].long())
+    torch.testing.assert_close(dice_like(logits, tgt), ce + dl(logits, tgt))
+
+
+def test_deep_supervision_weights_and_split():
+    w = deep_supervision_weights(4)
+    np.testing.assert_allclose(w, np.array([1, 0.5, 0.25, 0]) / 1.75)
+    assert deep_supervision_weights(1) == [1.0]
+    train, val = split_cases([f"SYN{i:06d}" for i in range(10)], 0.2, seed=0)
+    assert len(val) == 2 and not set(train) & set(val) and len(train) == 8
+    assert split_cases([f"SYN{i:06d}" for i in range(10)], 0.2, seed=0) == (train, val)
