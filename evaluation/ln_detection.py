@@ -1,0 +1,326 @@
+"""LN detection and identification on held-out generated studies (issue 5), with the paper's definitions.
+
+For each study (seeds from ``--seed-start``, default 100000: never a training seed; preset ``train``,
+1.5 mm, the bundled models' grid) the LN chain of the app runs: attention map from the organ labels
+(predicted by the bundled organ model, or the ground truth with ``--organs gt``), the LN segmentation
+model, instances (app.yaml thresholds), the LN identification model. The arterial phase is the
+generator's perfectly aligned one (isolates the LN models from the registration). Printed:
+
+- class-agnostic detection: instance recall, precision and F1 (a ground-truth LN is detected when
+  its IoU with a predicted instance is >= 0.3; counts pooled over the studies), voxel Dice (mean over
+  studies and pooled); goals recall >= 0.8 with precision >= 0.5;
+- LN identification AUC, sensitivity and specificity (at the model's stored threshold, or app.yaml's
+  override) on the ground-truth instances and on the segmented ones (a segmented instance takes the
+  class of the GT node it matches, unmatched ones count as negatives); 95% bootstrap CI of the AUC;
+  goal AUC >= 0.85 on ground-truth instances;
+- the same detection figures for the plain baseline without attention (``--baseline-model``, trained
+  by ``training.train_segmentation --no-attention``), side by side; goal: attention at least as
+  precise as the baseline.
+
+Generated studies (nnU-Net layout) and the predictions (per model checksum) are cached under
+``--cache``, so a second run only computes what changed.
+
+    python -m evaluation.ln_detection --count 20 --cache build/eval/ln \\
+        [--models models] [--baseline-model build/models/ln_seg_plain.ts] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from lnmet.attention import attention_map  # noqa: E402
+from lnmet.config import Settings, load_settings  # noqa: E402
+from lnmet.geometry import resample_image, resample_labels, working_grid  # noqa: E402
+from lnmet.inference import SegmentationModel, resolve_model_path  # noqa: E402
+from lnmet.instances import ln_instances  # noqa: E402
+from lnmet.metrics import bootstrap_ci, detection_scores, dice, match_instances, roc_auc  # noqa: E402
+from lnmet.model_io import sha256_file  # noqa: E402
+from lnmet.networks.ln_classifier import LNIdentifier, channel_stack, identify_instances  # noqa: E402
+
+log = logging.getLogger("evaluation.ln_detection")
+
+FIRST_HELD_OUT_SEED = 100000
+RECALL_GOAL, PRECISION_GOAL, AUC_GOAL = 0.8, 0.5, 0.85
+LN_DATASET = "Dataset502_PancreasLymphNodes"
+
+
+# ------------------------------------------------------------------------------------------------
+# Cached cohort and predictions (shared with evaluation.patient_prediction)
+# ------------------------------------------------------------------------------------------------
+
+def ensure_cohort(cache: Path, seeds: Sequence[int], preset: str) -> tuple[Path, list[str]]:
+    """Generate (once) the studies of ``seeds`` in nnU-Net layout under ``cache/data_<preset>``;
+    returns that folder and the case ids in seed order."""
+    from synthetic import generate_study  # noqa: F401  (fails early when the generator is missing)
+    from synthetic.nnunet import export_nnunet
+
+    data = cache / f"data_{preset}"
+    pj = data / "patients.json"
+    patients = json.loads(pj.read_text()) if pj.is_file() else {}
+    have = {int(v["seed"]): k for k, v in patients.items()}
+    todo = [s for s in seeds if s not in have]
+    if todo:
+        print(f"generating {len(todo)} held-out studies (preset {preset}) into {data} ...", flush=True)
+        export_nnunet(data, todo, preset=preset, workers=max(1, min(2, os.cpu_count() or 1)))
+        patients = json.loads(pj.read_text())
+        have = {int(v["seed"]): k for k, v in patients.items()}
+    return data, [have[s] for s in seeds]
+
+
+def read_case(data: Path, case: str) -> dict[str, Any]:
+    """Images and ground truth of a cached case (reference grid = the venous image's)."""
+    ln = data / LN_DATASET
+
+    def rd(p: Path) -> sitk.Image:
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: missing from the evaluation cache (delete the cache folder to regenerate)")
+        return sitk.ReadImage(str(p))
+
+    return {
+        "arterial": sitk.Cast(rd(ln / "imagesTr" / f"{case}_0000.nii.gz"), sitk.sitkFloat32),
+        "venous": sitk.Cast(rd(ln / "imagesTr" / f"{case}_0001.nii.gz"), sitk.sitkFloat32),
+        "organs_gt": rd(ln / "organsTr" / f"{case}.nii.gz"),
+        "instances_gt": rd(ln / "instancesTr" / f"{case}.nii.gz"),
+        "nodes": json.loads((ln / "lymph_nodes" / f"{case}.json").read_text()),
+        "pdac_gt": rd(data / "Dataset503_PancreasTumour" / "labelsTr" / f"{case}.nii.gz"),
+    }
+
+
+def _cached_image(path: Path, compute) -> sitk.Image:
+    if path.is_file():
+        return sitk.ReadImage(str(path))
+    img = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".tmp_" + path.name)
+    sitk.WriteImage(img, str(tmp), useCompression=True)
+    os.replace(tmp, path)
+    return img
+
+
+def predicted_organs(cache: Path, case: str, model: SegmentationModel | None, sha: str, c: dict[str, Any]) -> sitk.Image:
+    """Organ labels on the reference grid: the organ model's (cached) or the ground truth."""
+    if model is None:
+        return c["organs_gt"]
+
+    def compute() -> sitk.Image:
+        from training.train_patient_classifier import predicted_labels
+
+        return sitk.Cast(predicted_labels(model, c["venous"], c["arterial"]), sitk.sitkUInt8)
+
+    return _cached_image(cache / "pred" / f"organs_{sha[:12]}" / f"{case}.nii.gz", compute)
+
+
+def working_inputs(model_spacing: Sequence[float], c: dict[str, Any], organs: sitk.Image,
+                   settings: Settings) -> tuple[sitk.Image, np.ndarray, np.ndarray, np.ndarray]:
+    """Working grid, venous and arterial arrays on it and the attention map from ``organs``."""
+    grid = working_grid(c["venous"], model_spacing)
+    ven = sitk.GetArrayFromImage(resample_image(c["venous"], grid))
+    art = sitk.GetArrayFromImage(resample_image(c["arterial"], grid))
+    att = sitk.GetArrayFromImage(attention_map(resample_labels(organs, grid, smooth=False), settings.attention))
+    return grid, ven, art, att
+
+
+def ln_probability(cache: Path, case: str, model: SegmentationModel, sha: str, organ_tag: str, grid: sitk.Image,
+                   ven: np.ndarray, art: np.ndarray, att: np.ndarray) -> tuple[sitk.Image, float | None]:
+    """LN probability on the working grid (cached per model and organ source) and the seconds taken
+    when computed now."""
+    seconds: list[float] = []
+
+    def compute() -> sitk.Image:
+        t = time.perf_counter()
+        probs, _ = model.predict_probabilities(channel_stack(model.channel_names, art, ven),
+                                               att if model.uses_attention else None,
+                                               spacing_zyx=tuple(grid.GetSpacing()[::-1]))
+        seconds.append(time.perf_counter() - t)
+        img = sitk.GetImageFromArray(probs[1].astype(np.float32))
+        img.CopyInformation(grid)
+        return img
+
+    img = _cached_image(cache / "pred" / f"ln_{sha[:12]}_{organ_tag}" / f"{case}.nii.gz", compute)
+    return img, (seconds[0] if seconds else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# Per study
+# ------------------------------------------------------------------------------------------------
+
+def detection_counts(pred: np.ndarray, gt: np.ndarray) -> dict[str, Any]:
+    m = match_instances(pred, gt)
+    return {"gt": m.n_gt, "detected": m.n_detected, "pred": m.n_pred, "true_positive_pred": m.n_true_positive_pred,
+            "dice": dice(pred > 0, gt > 0), "inter": int(np.logical_and(pred > 0, gt > 0).sum()),
+            "pred_voxels": int((pred > 0).sum()), "gt_voxels": int((gt > 0).sum()), "match": m}
+
+
+def evaluate_case(cache: Path, case: str, data: Path, models: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    c = read_case(data, case)
+    organs = predicted_organs(cache, case, models["organ"], models["organ_sha"], c)
+    gt = sitk.GetArrayFromImage(c["instances_gt"]).astype(np.int64)
+    table = {int(r["id"]): bool(r["positive"]) for r in c["nodes"]}
+    det = settings.ln_detection
+    out: dict[str, Any] = {"case": case}
+    ident: LNIdentifier = models["ln_cls"]
+    grid, ven, art, att = working_inputs(models["ln_seg"].spacing_mm, c, organs, settings)
+    image = channel_stack(ident.channel_names, art, ven)
+    for key in ("ln_seg", "baseline"):
+        model = models.get(key)
+        if model is None:
+            continue
+        prob, secs = ln_probability(cache, case, model, models[key + "_sha"], models["organ_tag"], grid, ven, art, att)
+        inst = ln_instances(prob, c["venous"], det.probability_threshold, det.min_volume_mm3)
+        arr = sitk.GetArrayFromImage(inst).astype(np.int64)
+        counts = detection_counts(arr, gt)
+        m = counts.pop("match")
+        out[key] = {**counts, "seconds": secs}
+        if key == "ln_seg":  # identification on the segmented instances
+            ids, probs = identify_instances(ident, inst, grid, image, att, batch_size=8)
+            labels = [table.get(m.pred_to_gt.get(i, -1), False) for i in ids]
+            out["segmented_nodes"] = {"probabilities": [float(p) for p in probs], "labels": labels}
+    # identification on the ground-truth instances
+    ids, probs = identify_instances(ident, c["instances_gt"], grid, image, att, batch_size=8)
+    out["gt_nodes"] = {"probabilities": [float(p) for p in probs], "labels": [table[i] for i in ids]}
+    return out
+
+
+def summarize_detection(rows: Sequence[dict[str, Any]], key: str) -> dict[str, Any]:
+    rs = [r[key] for r in rows if key in r]
+    if not rs:
+        return {}
+    tot = {k: sum(r[k] for r in rs) for k in ("gt", "detected", "pred", "true_positive_pred", "inter",
+                                               "pred_voxels", "gt_voxels")}
+    s = detection_scores(tot["gt"], tot["detected"], tot["pred"], tot["true_positive_pred"])
+    pooled = 2 * tot["inter"] / max(tot["pred_voxels"] + tot["gt_voxels"], 1)
+    return {**s, "dice_mean": float(np.mean([r["dice"] for r in rs])), "dice_pooled": pooled, **tot,
+            "studies": len(rs)}
+
+
+def summarize_identification(rows: Sequence[dict[str, Any]], key: str, threshold: float, seed: int = 0) -> dict[str, Any]:
+    y = np.array([lab for r in rows for lab in r[key]["labels"]], bool)
+    p = np.array([q for r in rows for q in r[key]["probabilities"]], float)
+    out: dict[str, Any] = {"nodes": int(y.size), "positive": int(y.sum()), "threshold": threshold}
+    if y.size == 0:
+        return out
+    pred = p >= threshold
+    out["sensitivity"] = float((pred & y).sum() / y.sum()) if y.sum() else float("nan")
+    out["specificity"] = float((~pred & ~y).sum() / (~y).sum()) if (~y).sum() else float("nan")
+    out["auc"] = roc_auc(y, p)
+    out["auc_ci95"] = bootstrap_ci(roc_auc, y, p, n_resamples=1000, seed=seed) if 0 < y.sum() < y.size else None
+    return out
+
+
+def _fmt(v: Any) -> str:
+    return "  n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:5.3f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--seed-start", type=int, default=FIRST_HELD_OUT_SEED)
+    p.add_argument("--preset", default="train")
+    p.add_argument("--models", default=str(ROOT / "models"), help="models folder (<name>/model.ts)")
+    p.add_argument("--ln-seg-model", help="LN segmentation model file (default: <models>/ln_seg/model.ts)")
+    p.add_argument("--ln-cls-model", help="LN identification model file (default: <models>/ln_cls/model.ts)")
+    p.add_argument("--baseline-model", help="plain LN segmentation model without attention (ablation)")
+    p.add_argument("--organs", choices=["model", "gt"], default="model",
+                   help="attention from the organ model's labels (as the app) or the ground truth")
+    p.add_argument("--cache", default=str(ROOT / "build" / "eval" / "ln_detection"))
+    p.add_argument("--device")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--json", help="also write the results to this file")
+    args = p.parse_args(argv)
+    if args.seed_start < FIRST_HELD_OUT_SEED:
+        p.error(f"--seed-start must be >= {FIRST_HELD_OUT_SEED}: seeds below are training seeds")
+    if args.count < 1:
+        p.error("--count must be >= 1")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    settings = load_settings()
+    cache = Path(args.cache)
+    seeds = list(range(args.seed_start, args.seed_start + args.count))
+    data, cases = ensure_cohort(cache, seeds, args.preset)
+
+    seg_path = Path(args.ln_seg_model) if args.ln_seg_model else resolve_model_path("ln_seg", args.models)
+    cls_path = Path(args.ln_cls_model) if args.ln_cls_model else resolve_model_path("ln_cls", args.models)
+    models: dict[str, Any] = {"ln_seg": SegmentationModel.load(seg_path, args.device), "ln_seg_sha": sha256_file(seg_path),
+                              "ln_cls": LNIdentifier.load(cls_path, args.device), "organ": None, "organ_sha": "",
+                              "organ_tag": "gtorgans"}
+    if args.organs == "model":
+        organ_path = resolve_model_path("organ_seg", args.models)
+        models["organ"] = SegmentationModel.load(organ_path, args.device)
+        models["organ_sha"] = sha256_file(organ_path)
+        models["organ_tag"] = "organs" + models["organ_sha"][:8]
+    if args.baseline_model:
+        models["baseline"] = SegmentationModel.load(args.baseline_model, args.device)
+        models["baseline_sha"] = sha256_file(args.baseline_model)
+        if models["baseline"].uses_attention:
+            print("WARNING: the baseline model given uses attention; the ablation expects a plain model")
+    threshold = float(models["ln_cls"].threshold if settings.ln_detection.positive_threshold is None
+                      else settings.ln_detection.positive_threshold)
+    for key in ("ln_seg", "ln_cls", "baseline"):
+        if key in models and models[key] is not None:
+            meta = models[key].metadata
+            print(f"{key}: {meta['name']} {meta['version']} ({meta.get('trained_on', '')})")
+
+    rows = []
+    for seed, case in zip(seeds, cases):
+        t = time.perf_counter()
+        r = evaluate_case(cache, case, data, models, settings)
+        rows.append(r)
+        a = r["ln_seg"]
+        line = (f"seed {seed}: GT {a['gt']} nodes, detected {a['detected']}, predicted {a['pred']} "
+                f"({a['true_positive_pred']} true), Dice {a['dice']:.3f}")
+        if "baseline" in r:
+            b = r["baseline"]
+            line += f" | baseline: detected {b['detected']}, predicted {b['pred']} ({b['true_positive_pred']} true)"
+        print(line + f" [{time.perf_counter() - t:.1f} s]", flush=True)
+
+    det = {k: summarize_detection(rows, k) for k in ("ln_seg", "baseline")}
+    ident = {"gt_instances": summarize_identification(rows, "gt_nodes", threshold),
+             "segmented_instances": summarize_identification(rows, "segmented_nodes", threshold)}
+    print(f"\nLN detection over {len(rows)} held-out studies (seeds {seeds[0]}-{seeds[-1]}, preset {args.preset}, "
+          f"organs {'predicted' if args.organs == 'model' else 'ground truth'}; IoU >= 0.3):")
+    print(f"  {'':<28s}{'attention':>10s}{'baseline':>10s}")
+    for name, k in (("instance recall", "recall"), ("instance precision", "precision"), ("F1", "f1"),
+                    ("voxel Dice (mean per study)", "dice_mean"), ("voxel Dice (pooled)", "dice_pooled")):
+        print(f"  {name:<28s}{_fmt(det['ln_seg'].get(k)):>10s}{_fmt(det['baseline'].get(k)) if det['baseline'] else '       -':>10s}")
+    print(f"  {'GT nodes / predicted':<28s}{det['ln_seg']['gt']:>5d}/{det['ln_seg']['pred']:<4d}"
+          + (f"{det['baseline']['gt']:>5d}/{det['baseline']['pred']:<4d}" if det["baseline"] else ""))
+    print(f"\nLN identification (threshold {threshold:.3f}):")
+    for name, k in (("on ground-truth instances", "gt_instances"), ("on segmented instances", "segmented_instances")):
+        s = ident[k]
+        ci = s.get("auc_ci95")
+        print(f"  {name:<28s} AUC {_fmt(s.get('auc'))}" + (f" [{ci[0]:.3f}-{ci[1]:.3f}]" if ci else "")
+              + f"  sensitivity {_fmt(s.get('sensitivity'))}  specificity {_fmt(s.get('specificity'))}"
+              f"  ({s['nodes']} nodes, {s['positive']} positive)")
+    goals = {
+        "recall_at_least_0.8": bool(det["ln_seg"]["recall"] >= RECALL_GOAL),
+        "precision_at_least_0.5": bool(det["ln_seg"]["precision"] >= PRECISION_GOAL),
+        "identification_auc_gt_at_least_0.85": bool(ident["gt_instances"].get("auc", 0) >= AUC_GOAL),
+    }
+    if det["baseline"]:
+        goals["attention_precision_at_least_baseline"] = bool(det["ln_seg"]["precision"] >= det["baseline"]["precision"])
+    print("\nGoals: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in goals.items()))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"detection": det, "identification": ident, "goals": goals,
+                                               "studies": rows}, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
