@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from holoscan.conditions import CountCondition
-from monai.deploy.core import Application, Operator, parse_args
+from monai.deploy.core import Application, ConditionType, Operator, parse_args
 
 from app.startup import StartupError, StartupState, run_startup_checks
 from lnmet import timing
@@ -187,6 +187,7 @@ def _flows() -> list[Flow]:
         Flow("phase_registration", "ln_identification", reg),
         Flow("ln_segmentation", "ln_identification", {("ln_probability", "ln_probability")}),
         Flow("organ_segmentation", "ln_identification", {("organs", "organs")}),
+        Flow("attention_map", "ln_identification", {("attention", "attention")}),
         Flow("phase_registration", "pdac_segmentation", reg),
         Flow("phase_registration", "patient_classifier", reg),
         Flow("pdac_segmentation", "patient_classifier", {("pdac", "pdac"), ("pdac_working", "pdac_working")}),
@@ -245,8 +246,21 @@ def build_graph(app: Application, state: StartupState, missing: list[str] | None
     for flow in _flows():
         if flow.src in ops and flow.dst in ops:
             app.add_flow(ops[flow.src], ops[flow.dst], flow.ports)
+            for _, in_port in flow.ports:
+                _require_message(ops[flow.dst], in_port)
     logger.info("graph: %s", " -> ".join(ops))
     return list(ops.values())
+
+
+def _require_message(op: Operator, port: str) -> None:
+    """Make a connected input that the operator declared optional (ConditionType.NONE) wait for its
+    message: otherwise the operator may run before a slower upstream branch has delivered it."""
+    spec = op.spec.inputs.get(port)
+    if spec is None:
+        return
+    kinds = [c[0] for c in spec.conditions]
+    if ConditionType.NONE in kinds and ConditionType.MESSAGE_AVAILABLE not in kinds:
+        spec.condition(ConditionType.MESSAGE_AVAILABLE, min_size=1)
 
 
 class PDACLNMetApp(Application):
@@ -353,10 +367,15 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
             state = run_startup_checks(ctx.input_path, ctx.output_path, ctx.model_path, required_models())
         app.state = state
         app.run()
+        ran = {r.name for r in timing.TIMER.records if r.ok}
+        idle = [op.name for op in app.operators_built if op.name not in ran]
         if app.missing_operators:
             status = EXIT_FAILED
             error = (f"graph incomplete, no outputs written: {', '.join(app.missing_operators)} "
                      "not available")
+        elif idle:  # Holoscan ends a graph whose operators wait for messages that never come
+            status = EXIT_FAILED
+            error = f"the graph stopped before these operators ran: {', '.join(idle)}; no outputs written"
     except SystemExit as exc:  # argparse: bad command line (it printed its own message)
         _restore_output(out_path, out_existed)
         return exc.code if isinstance(exc.code, int) and exc.code else EXIT_USAGE

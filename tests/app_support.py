@@ -56,8 +56,37 @@ def _standin_segmentation(name: str, path: Path) -> None:
     save_model(net, path, meta, tuple(example))
 
 
+def _standin_ln_classifier(name: str, path: Path) -> None:
+    """An untrained LN identification model on a tiny attention-guided backbone."""
+    from lnmet.networks.ln_classifier import LNClassifier
+
+    seg = path.parent.parent.parent / f".{name}_backbone.ts"  # outside models/
+    _standin_segmentation("ln_seg", seg)
+    net, seg_meta = LNClassifier.from_segmentation_model(seg)
+    crop = (16, 16, 16)
+    meta = {**seg_meta, "name": name, "architecture": net.architecture(crop), "patch_size": list(crop),
+            "classes": {"negative": 0, "positive": 1}, "num_classes": 2, "decision_threshold": 0.5,
+            "trained_on": "nothing: untrained test stand-in"}
+    save_model(net.eval(), path, meta, (torch.zeros(1, len(TWO_PHASES), *crop), torch.ones(1, 1, *crop)))
+    seg.unlink()
+
+
+def _standin_patient_classifier(name: str, path: Path) -> None:
+    """An untrained tiny patient classifier (combined mode: tumour patches + LN volume)."""
+    from lnmet.networks.patient_classifier import PatientClassifier
+
+    net = PatientClassifier(1, (4, 8, 16, 32), mode="combined").eval()
+    meta = {**standin_metadata(name), "mode": "combined", "architecture": net.architecture(),
+            "spacing_mm": [3.0, 3.0], "patch_size": [32, 32], "in_channels": 1, "channel_names": ["CT_venous"],
+            "normalization": [{"channel": "CT_venous", "clip_hu": [-200.0, 300.0], "mean": 60.0, "std": 80.0}],
+            "classes": {"negative": 0, "positive": 1}, "num_classes": 2, "decision_threshold": 0.5,
+            "nodes_only_threshold_mm3": 300.0}
+    save_model(net, path, meta, (torch.zeros(1, 1, 32, 32), torch.zeros(1, 1, 32, 32), torch.zeros(1, 1)))
+
+
 STANDIN_BUILDERS = {"organ_seg": _standin_segmentation, "ln_seg": _standin_segmentation,
-                    "pdac_seg": _standin_segmentation}
+                    "pdac_seg": _standin_segmentation, "ln_cls": _standin_ln_classifier,
+                    "patient_cls": _standin_patient_classifier}
 
 
 def make_standin_models(root: Path, names: tuple[str, ...] | list[str] = DEFAULT_NAMES) -> tuple[Path, Path]:

@@ -53,6 +53,16 @@ def test_flows_name_declared_ports(composed):
     assert checked >= 4, "the intake part of the graph at least must be wired"
 
 
+def test_connected_optional_inputs_wait_for_their_message(composed):
+    """Inputs an operator declares optional but the graph connects must not be read before they arrive."""
+    for (_, dst), ports in _edges(composed).items():
+        op = next(o for o in composed.operators_built if o.name == dst)
+        for ins in ports.values():
+            for name in ins:
+                kinds = [c[0] for c in op.spec.inputs[name].conditions]
+                assert ConditionType.MESSAGE_AVAILABLE in kinds or ConditionType.NONE not in kinds, f"{dst}.{name}"
+
+
 def test_every_required_input_is_connected(composed):
     received: dict[str, set[str]] = {}
     for (_, dst), ports in _edges(composed).items():
@@ -70,8 +80,8 @@ def test_every_output_is_consumed_unless_its_consumer_is_missing(composed):
         sent.setdefault(src, set()).update(ports)
     expected_consumers = {(f.src, out): f.dst for f in _flows() for out, _ in f.ports}
     for op in composed.operators_built:
-        for name in op.spec.outputs:
-            if name in sent.get(op.name, set()):
+        for name, port in op.spec.outputs.items():
+            if name in sent.get(op.name, set()) or any(c[0] == ConditionType.NONE for c in port.conditions):
                 continue
             consumer = expected_consumers.get((op.name, name))
             assert consumer is not None, f"{op.name}.{name} is produced but no flow takes it"
