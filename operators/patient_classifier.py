@@ -3,13 +3,14 @@
 Ports:
 
 - inputs ``registered_phases`` (:class:`lnmet.types.RegisteredPhases`), ``pdac`` (``sitk.Image``
-  uint8 0/1 on the reference grid) and the LN result, either ``lymph_nodes``
-  (``list[lnmet.types.LymphNodeFinding]``) or ``ln_findings`` (:class:`lnmet.types.LNFindings`);
-  ``pdac_working`` is accepted and not needed;
+  uint8 0/1 on the reference grid) and ``ln_findings`` (:class:`lnmet.types.LNFindings`: the nodes
+  with the LN instance and organ maps, from the LN identification operator); ``pdac_working`` is
+  accepted (optional) and not needed;
 - outputs ``tumour`` (:class:`lnmet.types.TumourFinding`), ``patient_prediction``
-  (:class:`lnmet.types.PatientPrediction`) and, when ``ln_findings`` came in (it carries the organ and
-  LN instance maps), ``analysis_results`` (:class:`lnmet.results.AnalysisResults`) for the output
-  builders.
+  (:class:`lnmet.types.PatientPrediction`) and ``analysis_results``
+  (:class:`lnmet.results.AnalysisResults`, validated) for the output builders. The models listed in
+  it are the ``models`` argument (the app's verified models) or, without it, the two this operator
+  knows (LN identification and patient classifier).
 
 The 9 tumour patches of the PDAC mask go through the patient model (``patient_cls``: the
 ``model_path`` argument, else ``<app context models>/patient_cls/model.ts``) with the volume of the
@@ -105,8 +106,8 @@ def assemble_results(registered: RegisteredPhases, findings: LNFindings, pdac: s
 
 
 class PatientClassifierOperator(Operator):
-    """Inputs ``registered_phases``, ``pdac``, ``lymph_nodes`` or ``ln_findings`` (``pdac_working``
-    optional); outputs ``tumour``, ``patient_prediction``, ``analysis_results``."""
+    """Inputs ``registered_phases``, ``pdac``, ``ln_findings`` (``pdac_working`` optional); outputs
+    ``tumour``, ``patient_prediction``, ``analysis_results``."""
 
     def __init__(self, fragment: Fragment, *args: Any, model_path: str | Path | None = None,
                  app_context: Any = None, device: str | None = None, settings: Settings | None = None,
@@ -123,8 +124,7 @@ class PatientClassifierOperator(Operator):
     def setup(self, spec: OperatorSpec) -> None:
         spec.input("registered_phases")
         spec.input("pdac")
-        spec.input("lymph_nodes").condition(ConditionType.NONE)
-        spec.input("ln_findings").condition(ConditionType.NONE)
+        spec.input("ln_findings")
         spec.input("pdac_working").condition(ConditionType.NONE)
         spec.output("tumour").condition(ConditionType.NONE)
         spec.output("patient_prediction").condition(ConditionType.NONE)
@@ -134,18 +134,11 @@ class PatientClassifierOperator(Operator):
         registered = op_input.receive("registered_phases")
         pdac = op_input.receive("pdac")
         findings = op_input.receive("ln_findings")
-        nodes = op_input.receive("lymph_nodes")
         op_input.receive("pdac_working")
-        if findings is None and nodes is None:
-            raise ValueError("PatientClassifierOperator: neither 'ln_findings' nor 'lymph_nodes' was received; "
-                             "connect one of them to the LN identification operator")
-        if nodes is None:
-            nodes = findings.lymph_nodes
-        tumour, prediction = classify_patient(registered, pdac, nodes, self._model, self._settings)
+        tumour, prediction = classify_patient(registered, pdac, findings.lymph_nodes, self._model, self._settings)
         op_output.emit(tumour, "tumour")
         op_output.emit(prediction, "patient_prediction")
-        if findings is not None:
-            models = self._models if self._models is not None else (
-                [m for m in (findings.model, self._info) if m is not None])
-            op_output.emit(assemble_results(registered, findings, pdac, tumour, prediction, models, self._settings,
-                                            str(self._model.device)), "analysis_results")
+        models = self._models if self._models is not None else (
+            [m for m in (findings.model, self._info) if m is not None])
+        op_output.emit(assemble_results(registered, findings, pdac, tumour, prediction, models, self._settings,
+                                        str(self._model.device)), "analysis_results")

@@ -134,3 +134,85 @@ def test_analysis_results_for_the_builders(tiny_study, tiny_study_dir, tmp_path)
     assert results.patient is pred and results.tumour is tumour and len(results.lymph_nodes) == len(nodes)
     assert pred.largest_positive_ln_volume_mm3 == pytest.approx(findings.largest_positive_volume_mm3)
     assert results.arterial is arterial.series and not results.run.single_phase
+
+
+# ------------------------------------------------------------------------------------ the graph
+def test_operators_run_as_a_graph(tiny_study, tiny_study_dir, tmp_path):
+    """LN identification -> patient classifier in a Holoscan graph, with the ports of the app."""
+    import sys
+
+    from holoscan.conditions import CountCondition
+    from monai.deploy.core import Application, Operator, OperatorSpec
+
+    from lnmet.reporting.standin import load_phase
+    from lnmet.types import RegisteredPhases
+    from operators.ln_identification import LNIdentificationOperator
+    from operators.patient_classifier import PatientClassifierOperator
+    from lnmet.networks.ln_classifier import LNClassifier
+    from test_ln_classifier_network import write_seg_model
+
+    write_seg_model(tmp_path / "ln_seg.ts", spacing=3.0)
+    net, seg_meta = LNClassifier.from_segmentation_model(tmp_path / "ln_seg.ts")
+    save_model(net, tmp_path / "ln_cls" / "model.ts",
+               dict(seg_meta, name="ln_cls", architecture=net.architecture((16, 16, 16)), patch_size=[16, 16, 16],
+                    classes={"negative": 0, "positive": 1}, decision_threshold=0.0),  # every node positive
+               (torch.zeros(1, 2, 16, 16, 16), torch.ones(1, 1, 16, 16, 16)))
+    write_patient_model(tmp_path / "patient_cls" / "model.ts")
+
+    venous = load_phase(tiny_study_dir / "dicom" / "venous", "venous")
+    arterial = load_phase(tiny_study_dir / "dicom" / "arterial", "arterial")
+    ref = venous.image
+    aligned = sitk.Cast(tiny_study.arterial_aligned, sitk.sitkFloat32)
+    aligned.CopyInformation(ref)
+    registered = RegisteredPhases(venous=venous, arterial=arterial, working_venous=ref, working_arterial=aligned,
+                                  transform=sitk.Transform(), single_phase=False)
+
+    def on_ref(img, pixel):
+        out = sitk.Cast(img, pixel)
+        out.CopyInformation(ref)
+        return out
+
+    inputs = {"registered_phases": registered, "ln_probability": on_ref(tiny_study.ln_instances > 0, sitk.sitkFloat32),
+              "organs": on_ref(tiny_study.organs, sitk.sitkUInt8), "pdac": on_ref(tiny_study.pdac, sitk.sitkUInt8)}
+    received: dict = {}
+
+    class Source(Operator):
+        def setup(self, spec: OperatorSpec) -> None:
+            for k in inputs:
+                spec.output(k)
+
+        def compute(self, op_input, op_output, context) -> None:
+            for k, v in inputs.items():
+                op_output.emit(v, k)
+
+    class Sink(Operator):
+        def setup(self, spec: OperatorSpec) -> None:
+            for k in ("tumour", "patient_prediction", "analysis_results", "lymph_nodes"):
+                spec.input(k)
+
+        def compute(self, op_input, op_output, context) -> None:
+            for k in ("tumour", "patient_prediction", "analysis_results", "lymph_nodes"):
+                received[k] = op_input.receive(k)
+
+    class App(Application):
+        def compose(self) -> None:
+            src = Source(self, CountCondition(self, 1), name="source")
+            ln = LNIdentificationOperator(self, model_path=tmp_path, name="ln_identification")
+            pc = PatientClassifierOperator(self, model_path=tmp_path, name="patient_classifier")
+            sink = Sink(self, name="sink")
+            reg = ("registered_phases", "registered_phases")
+            self.add_flow(src, ln, {reg, ("ln_probability", "ln_probability"), ("organs", "organs")})
+            self.add_flow(src, pc, {reg, ("pdac", "pdac")})
+            self.add_flow(ln, pc, {("ln_findings", "ln_findings")})
+            self.add_flow(ln, sink, {("lymph_nodes", "lymph_nodes")})
+            self.add_flow(pc, sink, {("tumour", "tumour"), ("patient_prediction", "patient_prediction"),
+                                     ("analysis_results", "analysis_results")})
+
+    App([sys.executable]).run()
+    nodes = received["lymph_nodes"]
+    assert nodes and all(n.positive for n in nodes)
+    results = received["analysis_results"]
+    assert results.lymph_nodes == nodes and results.tumour.found
+    assert {m.name for m in results.models} == {"ln_cls", "patient_cls"}
+    pred = received["patient_prediction"]
+    assert pred.method == "combined" and pred.largest_positive_ln_volume_mm3 == max(n.volume_mm3 for n in nodes)
