@@ -207,6 +207,11 @@ def test_sampler_foreground_and_informative_negative_selection(tiny_nnunet):
         assert b[2]["label"].max() == 1  # nnU-Net: the last of 3 samples is forced to hold foreground
         plain_empty += sum(int(s["attention"].max() == 0) for s in b)
     assert ins_empty == 0 and plain_empty > 0
+    # single-phase exposure: the venous patch in the arterial channel too
+    single = PatchSampler(cases, (8, 16, 16), norm, single_phase_fraction=1.0, phase_channels=(0, 1), seed=2)
+    s = single.batch(1)[0]
+    np.testing.assert_array_equal(s["image"][0], s["image"][1])
+    assert not np.array_equal(plain.batch(1)[0]["image"][0], plain.batch(1)[0]["image"][1])
 
 
 def test_augmentation_keeps_labels_and_shapes():

@@ -35,6 +35,7 @@ class Preset:
     momentum: float = 0.99
     foreground_fraction: float = 0.33  # nnU-Net's oversample_foreground_percent
     augmentation: bool = True
+    single_phase_fraction: float = 0.0  # share of patches with the venous image in the arterial channel
     overlap: float = 0.5  # sliding-window overlap at validation/inference
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -100,6 +101,7 @@ SMALL = Preset(
     optimizer="adamw",
     learning_rate=3e-3,
     weight_decay=1e-4,
+    single_phase_fraction=0.1,
 )
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (PAPER, SMALL)}

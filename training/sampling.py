@@ -6,6 +6,9 @@
 * "Informative negative selection" (Zheng et al. 2024, section 3.1.1) for the attention-guided LN
   model: a patch is only used when some attention in it is > 0 (random placement is retried, then
   the patch is centred on a random voxel with attention > 0).
+* Single-phase exposure: with probability ``single_phase_fraction`` the arterial channel of a patch
+  is replaced by the venous one, as the app feeds a venous-only study (before normalisation, so
+  the model sees exactly what inference gives it).
 * Augmentation with MONAI dictionary transforms, cheap enough for a CPU: small rotations (mostly
   in the axial plane) and scaling, intensity scale/shift, Gaussian noise, contrast (gamma). No
   mirroring: left/right flips would break the anatomy the attention map encodes.
@@ -53,7 +56,8 @@ class PatchSampler:
     """Draws training patches from cached cases (see the module docstring for the rules)."""
 
     def __init__(self, cases: Sequence[CaseData], patch_zyx: Sequence[int], normalization: list[dict[str, Any]],
-                 foreground_fraction: float = 0.33, informative_only: bool = False, seed: int = 0):
+                 foreground_fraction: float = 0.33, informative_only: bool = False, seed: int = 0,
+                 single_phase_fraction: float = 0.0, phase_channels: tuple[int, int] | None = None):
         if not cases:
             raise ValueError("PatchSampler: no training cases")
         if informative_only and any(c.attention is None for c in cases):
@@ -65,7 +69,12 @@ class PatchSampler:
         self.informative_only = informative_only
         self.rng = np.random.default_rng(seed)
         self.pad_hu = [float(p["clip_hu"][0]) for p in normalization]
-        self.stats = {"patches": 0, "foreground": 0, "informative_retries": 0, "informative_fallback": 0}
+        self.single_phase_fraction = float(single_phase_fraction)
+        self.phase_channels = phase_channels  # (arterial index, venous index)
+        if self.single_phase_fraction > 0 and phase_channels is None:
+            raise ValueError("PatchSampler: single-phase exposure needs the (arterial, venous) channel indices")
+        self.stats = {"patches": 0, "foreground": 0, "informative_retries": 0, "informative_fallback": 0,
+                      "single_phase": 0}
 
     def _forced_foreground(self, index: int, batch_size: int) -> bool:
         # nnU-Net: sample i is forced to contain foreground unless i < round(B * (1 - p))
@@ -115,6 +124,10 @@ class PatchSampler:
         start = self.choose_start(case, force_foreground)
         img = np.stack([extract_patch(case.image[c], start, self.patch, self.pad_hu[c])
                         for c in range(case.image.shape[0])])
+        if self.single_phase_fraction > 0 and self.rng.random() < self.single_phase_fraction:
+            arterial, venous = self.phase_channels  # type: ignore[misc]
+            img[arterial] = img[venous]
+            self.stats["single_phase"] += 1
         out = {"image": normalize_ct(img.astype(np.float32), self.normalization),
                "label": extract_patch(case.label, start, self.patch, 0)[None].astype(np.float32)}
         if case.attention is not None:

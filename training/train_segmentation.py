@@ -73,6 +73,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tversky-alpha", type=float, default=PAPER_TVERSKY_ALPHA, help="paper Eq. 4 weight of FP")
     p.add_argument("--tversky-beta", type=float, default=PAPER_TVERSKY_BETA, help="paper Eq. 4 weight of FN")
     p.add_argument("--no-augmentation", action="store_true")
+    p.add_argument("--single-phase-fraction", type=float,
+                   help="share of patches with the venous image in the arterial channel (single-phase mode)")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--max-cases", type=int, help="use at most this many cases (quick runs)")
     p.add_argument("--seed", type=int, default=0)
@@ -175,7 +177,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                         patch_size=tuple(args.patch_size) if args.patch_size else None,
                         spacing_mm=tuple(args.spacing) if args.spacing else None,
                         filters=tuple(args.filters) if args.filters else None, optimizer=args.optimizer,
-                        learning_rate=args.lr, augmentation=False if args.no_augmentation else None)
+                        learning_rate=args.lr, augmentation=False if args.no_augmentation else None,
+                        single_phase_fraction=args.single_phase_fraction)
     attention = task.name == "lymph_nodes" and not args.no_attention
     informative = attention and not args.no_ins
     checkpoint = Path(args.checkpoint) if args.checkpoint else Path("build") / "checkpoints" / f"{name}.pt"
@@ -213,8 +216,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                            deep_supervision=True).to(device)
     optimizer = _make_optimizer(net, preset)
     loss_fn = build_loss(task.loss, net.num_outputs, args.tversky_alpha, args.tversky_beta)
+    lowered = [c.lower() for c in chans]
+    phases = (next((i for i, c in enumerate(lowered) if "arterial" in c), None),
+              next((i for i, c in enumerate(lowered) if "venous" in c), None))
+    single_phase_fraction = preset.single_phase_fraction if None not in phases else 0.0
     sampler = PatchSampler(train_cases, preset.patch_zyx, normalization, preset.foreground_fraction,
-                           informative_only=informative, seed=args.seed)
+                           informative_only=informative, seed=args.seed, single_phase_fraction=single_phase_fraction,
+                           phase_channels=phases if None not in phases else None)
     augment = build_augmentation(with_attention=attention, seed=args.seed) if preset.augmentation else None
 
     iteration, planned, history = 0, preset.iterations, []
@@ -313,6 +321,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "iterations": iteration, "batch_size": preset.batch_size, "optimizer": preset.optimizer,
             "initial_lr": preset.learning_rate, "loss": task.loss, "deep_supervision_outputs": net.num_outputs,
             "informative_negative_selection": informative, "augmentation": preset.augmentation,
+            "single_phase_fraction": single_phase_fraction,
             "tversky_alpha_beta_paper_eq4": [args.tversky_alpha, args.tversky_beta] if task.loss == "ce_tversky" else None,
             "seed": args.seed, "train_cases": len(train_cases), "validation_cases": len(val_cases),
             "seconds": round(train_seconds, 1), "final_loss": history[-1]["loss"] if history else None,
