@@ -31,10 +31,6 @@ from scipy.spatial import ConvexHull, QhullError
 from lnmet.geometry import index_to_physical, voxel_volume_mm3
 from lnmet.labels import ORGAN_BY_LABEL
 
-# The search box around a node for its nearest structure starts this far out and doubles.
-_SEARCH_MARGIN_MM = 30.0
-
-
 @dataclass
 class NodeMeasurement:
     """Measurements of one LN instance."""
@@ -112,41 +108,44 @@ def axial_diameters(mask2d: np.ndarray, spacing_yx: tuple[float, float]) -> tupl
 # Nearest structure
 # ------------------------------------------------------------------------------------------------
 
-def _nearest_structure(node: np.ndarray, box: tuple[slice, ...], organs: np.ndarray,
-                       spacing_zyx: np.ndarray) -> tuple[int, float]:
-    """(organ label, gap in mm) of the structure nearest to the node voxels ``node`` (bool array of
-    the box ``box`` of the full volume). The search box grows until it is certain to hold the
-    nearest structure; (0, nan) when the volume holds no structure."""
-    shape = np.array(organs.shape)
-    margin_mm = _SEARCH_MARGIN_MM
-    while True:
-        margin = np.ceil(margin_mm / spacing_zyx).astype(int)
-        lo = np.maximum([s.start for s in box] - margin, 0)
-        hi = np.minimum([s.stop for s in box] + margin, shape)
-        sub = organs[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-        whole = bool(np.all(lo == 0) and np.all(hi == shape))
-        if sub.any():
-            sub_node = np.zeros(sub.shape, bool)
-            off = np.array([s.start for s in box]) - lo
-            sub_node[off[0]:off[0] + node.shape[0], off[1]:off[1] + node.shape[1],
-                     off[2]:off[2] + node.shape[2]] = node
-            inside = sub_node & (sub > 0)
-            if inside.any():  # overlapping a structure: the most overlapped one, distance 0
-                labels, counts = np.unique(sub[inside], return_counts=True)
-                return int(labels[np.argmax(counts)]), 0.0
-            _, idx = ndimage.distance_transform_edt(sub == 0, sampling=spacing_zyx, return_indices=True)
-            nz = np.nonzero(sub_node)
-            near = idx[:, nz[0], nz[1], nz[2]]  # nearest structure voxel of each node voxel
-            delta = np.abs(near - np.stack(nz)) * spacing_zyx[:, None]
-            gap = np.sqrt((np.maximum(delta - spacing_zyx[:, None], 0.0) ** 2).sum(axis=0))
-            centre = np.sqrt((delta ** 2).sum(axis=0))
-            k = int(np.lexsort((centre, gap))[0])
-            label = int(sub[near[0, k], near[1, k], near[2, k]])
-            if gap[k] + spacing_zyx.max() <= margin_mm or whole:
-                return label, float(gap[k])
-        elif whole:
+class _StructureSurface:
+    """The boundary voxels of all organ/vessel structures (a voxel with a 6-neighbour outside every
+    structure) in a KD-tree, in mm. The structure voxel nearest (centre to centre) to any point
+    outside the structures is always such a boundary voxel, so searching the boundary is exact."""
+
+    def __init__(self, organs: np.ndarray, spacing_zyx: np.ndarray):
+        from scipy.spatial import cKDTree
+
+        self.organs = organs
+        self.spacing = spacing_zyx
+        mask = organs > 0
+        self.empty = not mask.any()
+        if self.empty:
+            return
+        box = ndimage.find_objects(mask.astype(np.uint8))[0]
+        sub = mask[box]
+        surf = sub & ~ndimage.binary_erosion(sub, border_value=0)
+        idx = np.argwhere(surf) + [s.start for s in box]
+        self.points = idx
+        self.labels = organs[tuple(idx.T)]
+        self.tree = cKDTree(idx * spacing_zyx)
+
+    def nearest(self, node: np.ndarray, offset: np.ndarray) -> tuple[int, float]:
+        """(organ label, gap in mm) for the node voxels ``node`` (bool, box at ``offset``)."""
+        if self.empty:
             return 0, float("nan")
-        margin_mm *= 2.0
+        zyx = np.argwhere(node) + offset
+        inside = self.organs[tuple(zyx.T)]
+        if (inside > 0).any():  # overlapping a structure: the most overlapped one, distance 0
+            labels, counts = np.unique(inside[inside > 0], return_counts=True)
+            return int(labels[np.argmax(counts)]), 0.0
+        eroded = ndimage.binary_erosion(node, border_value=0)
+        edge = np.argwhere(node & ~eroded) + offset  # the nearest node voxel is a boundary voxel too
+        centre, j = self.tree.query(edge * self.spacing)
+        delta = np.abs(self.points[j] - edge) * self.spacing
+        gap = np.sqrt((np.maximum(delta - self.spacing, 0.0) ** 2).sum(axis=1))
+        k = int(np.lexsort((centre, gap))[0])
+        return int(self.labels[j[k]]), float(gap[k])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -182,6 +181,7 @@ def measure_lymph_nodes(instances: sitk.Image, venous: sitk.Image, organs: sitk.
     sx, sy, sz = instances.GetSpacing()
     spacing_zyx = np.array([sz, sy, sx], float)
     vox = voxel_volume_mm3(instances)
+    surface = _StructureSurface(org, spacing_zyx) if org is not None else None
     out: list[NodeMeasurement] = []
     for idx, box in enumerate(ndimage.find_objects(inst), start=1):
         if box is None:
@@ -191,7 +191,7 @@ def measure_lymph_nodes(instances: sitk.Image, venous: sitk.Image, organs: sitk.
         z = _largest_axial_slice(node)
         long_ax, short_ax = axial_diameters(node[z], (sy, sx))
         centroid = index_to_physical(instances, zyx.mean(axis=0) + [s.start for s in box])
-        label, dist = (0, float("nan")) if org is None else _nearest_structure(node, box, org, spacing_zyx)
+        label, dist = (0, float("nan")) if surface is None else surface.nearest(node, np.array([b.start for b in box]))
         out.append(NodeMeasurement(
             index=idx, volume_mm3=float(len(zyx) * vox), short_axis_mm=short_ax, long_axis_mm=long_ax,
             mean_hu_venous=float(hu[box][node].mean()), centroid_mm=tuple(float(c) for c in centroid),

@@ -72,12 +72,12 @@ def test_sphere_at_known_distance_from_slab_and_touching():
     assert nodes[1].nearest_structure == "aorta" and nodes[1].distance_mm == 0.0
 
 
-def test_nearest_structure_beyond_the_first_search_box():
+def test_nearest_structure_far_away():
     X, Y, Z = _coords()
     organs = np.zeros(X.shape, np.uint8)
     organs[X >= 75.0] = ORGAN_BY_KEY["stomach"].label
     inst = np.zeros(X.shape, np.uint16)
-    inst[(X - 8.0) ** 2 + (Y - 40.0) ** 2 + (Z - 25.0) ** 2 <= 9.0] = 1  # 64 mm gap > 30 mm margin
+    inst[(X - 8.0) ** 2 + (Y - 40.0) ** 2 + (Z - 25.0) ** 2 <= 9.0] = 1  # a 64 mm gap
     (node,) = measure_lymph_nodes(_image(inst), _image(np.zeros(X.shape, np.float32)), _image(organs))
     assert node.nearest_structure == "stomach"
     assert node.distance_mm == pytest.approx(75.0 - 8.0 - 3.0, abs=0.8)

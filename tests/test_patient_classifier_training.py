@@ -39,8 +39,8 @@ def _args(cohort, tmp_path, mode="combined", extra=()):
     return ["--data", str(cohort), "--ln-seg-model", str(cohort / "ln_seg.ts"), "--ln-cls-model",
             str(cohort / "ln_cls.ts"), "--mode", mode, "--out", str(tmp_path / mode / "model.ts"),
             "--cache", str(cohort / "cache"), "--patch-size", "32", "--patch-spacing", "3",
-            "--block-inplanes", "4", "8", "16", "32", "--iterations", "15", "--batch-size", "8", "--lr", "0.02",
-            "--val-fraction", "0.25", "--val-every", "5", "--threads", "2", "--no-augmentation", *extra]
+            "--block-inplanes", "4", "8", "16", "32", "--iterations", "12", "--batch-size", "8", "--lr", "0.02",
+            "--val-fraction", "0.25", "--val-every", "6", "--threads", "2", "--no-augmentation", *extra]
 
 
 def test_training_caches_ln_volumes_and_reduces_the_loss(cohort, tmp_path, monkeypatch):
