@@ -29,7 +29,7 @@ import os
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -38,6 +38,7 @@ from monai.deploy.core import Application, ConditionType, Operator, parse_args
 
 from app.startup import StartupError, StartupState, run_startup_checks
 from lnmet import timing
+from lnmet.types import ModelInfo
 
 logger = logging.getLogger(__name__)
 
@@ -126,6 +127,11 @@ def _with_model(name: str) -> Callable[[StartupState], dict[str, Any]]:
     return lambda st: {**_common(st), "model_path": st.models[name].file}
 
 
+def _reported_models(state: StartupState) -> list[ModelInfo]:
+    """Every verified model, as the outputs report it (file relative to the models folder)."""
+    return [replace(info, file=f"{info.name}/{Path(info.file).name}") for info in state.models.values()]
+
+
 def _writer(key: str) -> Callable[[StartupState], dict[str, Any]]:
     """A builder, enabled by app.yaml ``outputs.<key>``."""
     return lambda st: {**_common(st), "enabled": st.settings.outputs.get(key, True)}
@@ -161,7 +167,7 @@ def _nodes() -> list[Node]:
         Node("pdac_segmentation", "operators.pdac_segmentation", "PDACSegmentationOperator",
              _with_model(PDAC_MODEL), models=(PDAC_MODEL,)),
         Node("patient_classifier", "operators.patient_classifier", "PatientClassifierOperator",
-             _with_model(PATIENT_MODEL), models=(PATIENT_MODEL,)),
+             lambda st: {**_with_model(PATIENT_MODEL)(st), "models": _reported_models(st)}, models=(PATIENT_MODEL,)),
         Node("seg_builder", "operators.seg_builder", "SEGBuilderOperator", _writer("seg")),
         Node("sr_builder", "operators.sr_builder", "SRBuilderOperator", _writer("sr")),
         Node("pdf_report_builder", "operators.pdf_report_builder", "PDFReportBuilderOperator", _writer("pdf")),

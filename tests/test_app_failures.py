@@ -20,9 +20,18 @@ from app_support import last_error_line, make_standin_models, run_app
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="module")
+def pristine_standins(tmp_path_factory):
+    return make_standin_models(tmp_path_factory.mktemp("standins"), names=required_models() or ("standin_a",))
+
+
 @pytest.fixture()
-def standins(tmp_path):
-    models, manifest = make_standin_models(tmp_path / "standins", names=required_models() or ("standin_a",))
+def standins(tmp_path, pristine_standins):
+    """A private copy of the stand-in models and their manifest (tests may damage them)."""
+    models_src, manifest_src = pristine_standins
+    models = tmp_path / "standins" / "models"
+    shutil.copytree(models_src, models)
+    manifest = shutil.copy(manifest_src, tmp_path / "standins" / manifest_src.name)
     return models, {"PDAC_LN_MODEL_MANIFEST": str(manifest)}
 
 
