@@ -94,6 +94,12 @@ def test_crops_pad_at_the_border_and_normalise():
     assert imgs[0, 1, 0, 0, 0] == pytest.approx((-200.0 - 60.0) / 80.0)
     assert imgs[0, 1, 2, 2, 2] == pytest.approx((100.0 - 60.0) / 80.0)
     assert atts[0, 0, 0, 0, 0] == 0.0 and atts[0, 0, 3, 3, 3] == 1.0
+    # single-phase training crops: the venous HU in the arterial channel, normalised as arterial
+    image[0] = -50.0
+    two, _ = make_crops(image, None, [(5, 6, 7), (5, 6, 7)], (4, 4, 4), NORM, copy_channel=[None, (1, 0)])
+    assert two[0, 0, 2, 2, 2] == pytest.approx((-50.0 - 50.0) / 80.0)
+    assert two[1, 0, 2, 2, 2] == pytest.approx((100.0 - 50.0) / 80.0)
+    np.testing.assert_array_equal(two[0, 1], two[1, 1])
 
 
 def test_identifier_batched_equals_single_and_centres(tmp_path):

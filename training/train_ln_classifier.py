@@ -12,9 +12,11 @@ backbone's total stride (``--crop-size`` overrides; ``--crop-size 96 96 80`` wit
 paper's spacing is the paper's preset). Optimiser as the paper: SGD with Nesterov momentum 0.95,
 initial learning rate 5e-4 (poly decay), weight decay 1e-4, cross entropy. Batches are class
 balanced (half positive, half negative nodes); augmentation: random shifts of the crop centre and
-intensity scale/shift/noise. Cases are split into training and validation cases (by case, never
-by node); the model with the best validation AUC is kept, and the decision threshold stored in
-its metadata is the one with the best balanced accuracy on the validation nodes.
+intensity scale/shift/noise; a share of the crops (``--single-phase-fraction``) gets the venous image
+in the arterial channel, as single-phase studies do at inference. Cases are split into training
+and validation cases (by case, never by node); the model with the best validation AUC is kept, and
+the decision threshold stored in its metadata is the one with the best balanced accuracy on the
+validation nodes.
 """
 
 from __future__ import annotations
@@ -76,6 +78,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--hidden", type=int, default=32, help="units of the head's first FC (paper 32)")
     p.add_argument("--jitter-mm", type=float, default=4.5, help="random shift of the crop centre (augmentation)")
     p.add_argument("--no-augmentation", action="store_true")
+    p.add_argument("--single-phase-fraction", type=float, default=0.1,
+                   help="share of training crops with the venous image in the arterial channel (single-phase mode)")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--val-every", type=int, default=100, help="validate every N iterations (and at the end)")
     p.add_argument("--max-cases", type=int)
@@ -133,21 +137,26 @@ class CropSource:
     """Crops of the cached cases around node samples."""
 
     def __init__(self, cases: Sequence[CaseData], crop_zyx: Sequence[int], normalization: list[dict[str, Any]],
-                 use_attention: bool):
+                 use_attention: bool, phase_channels: tuple[int, int] | None = None):
         self.cases = cases
         self.crop_zyx = tuple(int(v) for v in crop_zyx)
         self.normalization = normalization
         self.use_attention = use_attention
+        self.phase_channels = phase_channels  # (arterial, venous) channel indices
 
-    def crops(self, samples: Sequence[NodeSample], offsets: np.ndarray | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def crops(self, samples: Sequence[NodeSample], offsets: np.ndarray | None = None,
+              single_phase: Sequence[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Crops of ``samples``; ``single_phase[k]`` puts the venous image in the arterial channel."""
         imgs, atts = [], []
         for k, s in enumerate(samples):
             case = self.cases[s.case]
             centre = s.centre_zyx + (offsets[k] if offsets is not None else 0)
             att = case.attention if (self.use_attention and case.attention is not None) else None
+            copy = None
+            if single_phase is not None and single_phase[k] and self.phase_channels is not None:
+                copy = [(self.phase_channels[1], self.phase_channels[0])]
             i, a = make_crops(case.image, None if att is None else att.astype(np.float32), [centre],
-                              self.crop_zyx, self.normalization)
+                              self.crop_zyx, self.normalization, copy_channel=copy)
             imgs.append(i[0])
             atts.append(a[0])
         return torch.from_numpy(np.stack(imgs)), torch.from_numpy(np.stack(atts))
@@ -248,7 +257,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
              "voxels at %s mm", len(train_ids), len(train_s), sum(s.positive for s in train_s), len(val_ids),
              len(val_s), sum(s.positive for s in val_s), list(crop_xyz), list(spacing))
 
-    source = CropSource(loaded, crop_zyx, seg_meta["normalization"], net.uses_attention)
+    lowered = [c.lower() for c in seg_meta["channel_names"]]
+    phases = (next((i for i, c in enumerate(lowered) if "arterial" in c), None),
+              next((i for i, c in enumerate(lowered) if "venous" in c), None))
+    phase_channels = phases if None not in phases else None
+    single_phase_fraction = args.single_phase_fraction if phase_channels is not None else 0.0
+    source = CropSource(loaded, crop_zyx, seg_meta["normalization"], net.uses_attention, phase_channels)
     augment = None if args.no_augmentation else build_augmentation(args.seed)
     jitter = np.array([args.jitter_mm / s for s in spacing[::-1]]) if not args.no_augmentation else np.zeros(3)
     optimizer = torch.optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, nesterov=True,
@@ -289,7 +303,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             g["lr"] = lr
         pick = [train_s[i] for i in _balanced_batch(rng, pos_idx, neg_idx, args.batch_size)]
         offsets = rng.uniform(-1, 1, (len(pick), 3)) * jitter
-        x, a = source.crops(pick, np.round(offsets))
+        x, a = source.crops(pick, np.round(offsets), rng.random(len(pick)) < single_phase_fraction)
         if augment is not None:
             x = torch.stack([torch.as_tensor(augment(xi), dtype=torch.float32) for xi in x])
         y = torch.tensor([int(s.positive) for s in pick], device=device)
@@ -347,6 +361,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "training": {"iterations": iteration, "batch_size": args.batch_size, "optimizer": "sgd nesterov",
                      "momentum": args.momentum, "initial_lr": args.lr, "weight_decay": args.weight_decay,
                      "class_balancing": "balanced batches", "augmentation": not args.no_augmentation,
+                     "single_phase_fraction": single_phase_fraction,
                      "train_nodes": len(train_s), "train_positive_nodes": int(train_labels.sum()),
                      "best_iteration": best[2] if best is not None else iteration,
                      "seconds": round(seconds, 1), "seed": args.seed},

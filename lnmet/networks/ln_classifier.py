@@ -117,17 +117,23 @@ def default_crop_size(backbone: SegmentationUNet, spacing_mm_xyz: tuple[float, f
 
 
 def make_crops(image_hu: np.ndarray, attention: np.ndarray | None, centres_zyx: Sequence[Sequence[float]],
-               crop_zyx: Sequence[int], normalization: list[dict[str, Any]], pad_hu: float = -1024.0
-               ) -> tuple[np.ndarray, np.ndarray]:
+               crop_zyx: Sequence[int], normalization: list[dict[str, Any]], pad_hu: float = -1024.0,
+               copy_channel: Sequence[tuple[int, int] | None] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Normalised image crops [N, C, z, y, x] and attention crops [N, 1, z, y, x] (zeros when no
     attention) centred on ``centres_zyx`` (voxel indices of the model's grid). Outside the volume
-    the image is padded with ``pad_hu`` (air) before normalisation and the attention with 0."""
+    the image is padded with ``pad_hu`` (air) before normalisation and the attention with 0.
+    ``copy_channel[i] = (src, dst)`` puts channel ``src``'s HU into channel ``dst`` of crop ``i``
+    before normalisation (training for single-phase mode: venous in the arterial channel)."""
     n = len(centres_zyx)
     c = image_hu.shape[0]
     imgs = np.empty((n, c) + tuple(crop_zyx), np.float32)
     atts = np.zeros((n, 1) + tuple(crop_zyx), np.float32)
     for i, centre in enumerate(centres_zyx):
-        imgs[i] = normalize_ct(crop_centred(image_hu, centre, crop_zyx, pad_hu), normalization)
+        crop = crop_centred(image_hu, centre, crop_zyx, pad_hu)
+        if copy_channel is not None and copy_channel[i] is not None:
+            src, dst = copy_channel[i]
+            crop[dst] = crop[src]
+        imgs[i] = normalize_ct(crop, normalization)
         if attention is not None:
             atts[i, 0] = crop_centred(attention, centre, crop_zyx, 0.0)
     return imgs, atts
