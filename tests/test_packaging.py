@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from app.application import required_models
 from app_support import make_standin_models
 from lnmet.model_manifest import sha256_file
 
@@ -30,7 +31,7 @@ def packaged(tmp_path_factory) -> dict:
     if not SOURCE.is_file():
         pytest.skip(f"packager artifact manifest not found at {SOURCE} (needed offline)")
     tmp = tmp_path_factory.mktemp("map")
-    models, manifest = make_standin_models(tmp / "standins")
+    models, manifest = make_standin_models(tmp / "standins", names=required_models())
     out = tmp / "map"
     cmd = [sys.executable, str(ROOT / "scripts" / "package_map.py"), "--context-only",
            "-m", str(models), "--manifest", str(manifest), "--stage", str(tmp / "stage"), "-o", str(out)]
@@ -105,7 +106,8 @@ def test_staged_application_starts_from_its_own_folder(packaged, tmp_path):
     assert last.startswith("ERROR: input not found") and "no_such_input" in last
     log = done.stderr
     assert f"settings: {ctx / 'app.config'}" in log
-    assert "model standin_a 0.0.1 verified" in log and "model standin_b 0.0.1 verified" in log
+    for name in required_models():
+        assert f"model {name} 0.0.1 verified" in log
     assert f"application root: {ctx / 'app'}" in log, "the staged app must run from its own folder"
     assert not (tmp_path / "out").exists()
 
