@@ -65,7 +65,6 @@ LN_DATASET = "Dataset502_PancreasLymphNodes"
 def ensure_cohort(cache: Path, seeds: Sequence[int], preset: str) -> tuple[Path, list[str]]:
     """Generate (once) the studies of ``seeds`` in nnU-Net layout under ``cache/data_<preset>``;
     returns that folder and the case ids in seed order."""
-    from synthetic import generate_study  # noqa: F401  (fails early when the generator is missing)
     from synthetic.nnunet import export_nnunet
 
     data = cache / f"data_{preset}"

@@ -53,8 +53,7 @@ import torch.nn.functional as F
 from lnmet.config import load_settings
 from lnmet.metrics import best_threshold, binary_metrics, roc_auc
 from lnmet.model_io import save_model, sha256_file
-from lnmet.networks.patient_classifier import (MODES, NodesOnlyRule, PatientClassifier, nodes_only_score,
-                                               normalize_patches)
+from lnmet.networks.patient_classifier import MODES, NodesOnlyRule, PatientClassifier, normalize_patches
 from lnmet.normalization import compute_ct_normalization
 from lnmet.patches import NoTumourError, extract_tumour_patches
 
