@@ -107,13 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     results["attention_share"] = float((sitk.GetArrayViewFromImage(att) > 0).mean())
 
     if args.ln_model:
+        from operators.ln_segmentation import segment_lymph_nodes
+
         ln = SegmentationModel.load(args.ln_model, args.device)
-        ln_ch, ln_grid = model_inputs(registered, ln)
-        a = sitk.GetArrayFromImage(att).astype(np.float32)
-        on, s_on = measure("LN segmentation, window skipping", lambda: ln.predict_probabilities(
-            ln_ch, a, spacing_zyx=ln_grid.GetSpacing()[::-1], skip_empty_attention=True), results)
-        off, s_off = measure("LN segmentation, every window", lambda: ln.predict_probabilities(
-            ln_ch, a, spacing_zyx=ln_grid.GetSpacing()[::-1], skip_empty_attention=False), results)
+        on, s_on = measure("LN segmentation, window skipping",
+                           lambda: segment_lymph_nodes(registered, att, ln, skip_empty_windows=True), results)
+        off, s_off = measure("LN segmentation, every window",
+                             lambda: segment_lymph_nodes(registered, att, ln, skip_empty_windows=False), results)
+        on, off = sitk.GetArrayFromImage(on), sitk.GetArrayFromImage(off)
         ratio = results["LN segmentation, every window"]["seconds"] / max(results["LN segmentation, window skipping"]["seconds"], 1e-9)
         results["ln_windows"] = {"total": s_on.windows_total, "run_with_skipping": s_on.windows_run}
         results["ln_skip_speedup"] = round(ratio, 2)

@@ -258,3 +258,19 @@ def test_deep_supervision_weights_and_split():
     train, val = split_cases([f"SYN{i:06d}" for i in range(10)], 0.2, seed=0)
     assert len(val) == 2 and not set(train) & set(val) and len(train) == 8
     assert split_cases([f"SYN{i:06d}" for i in range(10)], 0.2, seed=0) == (train, val)
+
+
+def test_organ_evaluation_on_a_generated_study(trained, tiny_study):
+    """The evaluation script's per-study figures: Dice per class on the reference grid and the LN
+    attention coverage (all ground-truth LN voxels get attention with the ground-truth organs)."""
+    from evaluation.organ_segmentation import evaluate_study, summarize
+    from lnmet.inference import SegmentationModel
+
+    root, _ = trained
+    model = SegmentationModel.load(root / "models" / "organ_seg" / "model.ts", "cpu")
+    r = evaluate_study(tiny_study, model, "perfect")
+    assert set(r["dice"]) == {c.key for c in ORGAN_BY_LABEL.values()}
+    assert all(np.isnan(v) or 0 <= v <= 1 for v in r["dice"].values())
+    assert r["ln_voxels"] > 0 and r["coverage_gt"] == 1.0 and 0 <= r["coverage_pred"] <= 1
+    s = summarize([r, r])
+    assert s["studies"] == 2 and s["coverage_gt"] == 1.0 and s["coverage_goal_met"] == (r["coverage_pred"] >= 0.9)
