@@ -272,7 +272,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     train_labels = np.array([s.positive for s in train_s])
     val_labels = np.array([s.positive for s in val_s])
 
-    p0, initial_train_loss = predict(net, source, train_s, device, args.batch_size)
+    # the training loss before and after, on a fixed subset of the training nodes (no augmentation)
+    probe_idx = np.random.default_rng(args.seed + 1).permutation(len(train_s))[:64]
+    probe = [train_s[i] for i in sorted(probe_idx)]
+    p0, initial_train_loss = predict(net, source, probe, device, args.batch_size)
     history: list[dict[str, Any]] = []
     val_history: list[dict[str, Any]] = []
     best: tuple[float, float, int, dict[str, Any]] | None = None  # (auc, -loss, iteration, state)
@@ -325,7 +328,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if best is not None:
         net.load_state_dict(best[3])
         log.info("keeping the model of iteration %d (best validation AUC)", best[2])
-    _, final_train_loss = predict(net, source, train_s, device, args.batch_size)
+    _, final_train_loss = predict(net, source, probe, device, args.batch_size)
     vp, _ = predict(net, source, val_s, device, args.batch_size) if val_s else (np.zeros(0), float("nan"))
     val = evaluate(val_labels, vp) if val_s else {"nodes": 0}
     if val_s and not 0 < val_labels.sum() < len(val_labels):
