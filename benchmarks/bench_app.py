@@ -83,7 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         n_outputs = sum(1 for p in Path(out).rglob("*") if p.is_file())
 
     width = max([len(s["name"]) + (2 if s["parent"] else 0) for s in data["stages"]] + [24])
-    print(f"\nstandard study {study.name} on {data['device']} ({os.cpu_count()} CPU cores)")
+    info = study / "ground_truth" / "study.json"
+    preset = json.loads(info.read_text()).get("preset", "?") if info.is_file() else "?"
+    size = "x".join(str(v) for v in json.loads(info.read_text()).get("geometry", {}).get("size_xyz", [])) if info.is_file() else ""
+    print(f"\n{preset} study {study.name} {size} on {data['device']} ({os.cpu_count()} CPU cores)")
     print(f"{'stage':<{width}} {'wall s':>9}")
     for s in data["stages"]:
         name = ("  " + s["name"]) if s["parent"] else s["name"]
