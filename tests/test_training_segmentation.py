@@ -76,7 +76,7 @@ def test_organ_training_loss_falls_and_metadata(trained, tiny_nnunet):
     assert meta["architecture"]["filters"] == [4, 8, 16] and meta["architecture"]["attention"] is False
     assert meta["channel_names"] == ["CT_arterial", "CT_venous"] and len(meta["normalization"]) == 2
     assert meta["synthetic_training_data"] is True and "synthetic/" in meta["trained_on"]
-    assert "seeds 0-2" in meta["trained_on"] and "2 training + 1 validation" in meta["trained_on"]
+    assert "seeds 0-2" in meta["trained_on"] and "2 training + 1 held-back validation cases" in meta["trained_on"]
     assert meta["training_command"].startswith("python -m training.train_segmentation ")
     assert "--task organs" in meta["training_command"]
     assert meta["training"]["loss"] == "dice_ce" and meta["training"]["iterations"] == 30

@@ -83,6 +83,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     p.add_argument("--val-every", type=int, default=0, help="validate every N iterations (0: only at the end)")
     p.add_argument("--val-overlap", type=float, default=0.25, help="sliding-window overlap during validation")
+    p.add_argument("--val-max-cases", type=int, default=10,
+                   help="validate on at most this many of the held-back cases (CPU time)")
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -194,7 +196,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
              task.name, preset.name, device, len(train_ids), len(val_ids), attention, informative)
     att_settings = load_settings().attention if task.has_organs else None
     train_cases = load_cases(dataset, train_ids, meta, task, preset.spacing_mm, att_settings, seed=args.seed)
-    val_cases = load_cases(dataset, val_ids, meta, task, preset.spacing_mm, att_settings, seed=args.seed + 7919)
+    val_cases = load_cases(dataset, val_ids[: max(args.val_max_cases, 0)], meta, task, preset.spacing_mm,
+                           att_settings, seed=args.seed + 7919)
 
     state: dict[str, Any] | None = None
     if args.resume:
@@ -309,13 +312,14 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     final_val = validate(net, val_cases, metadata, device, args.val_overlap, task.name)
     if final_val:
         log.info("validation: %s", json.dumps(final_val))
-    trained_on = (f"{dataset.name}: {len(train_cases)} training + {len(val_cases)} validation cases"
+    argv = getattr(args, "_argv", None)
+    command_args = sys.argv[1:] if argv is None else list(argv)
+    trained_on = (f"{dataset.name}: {len(train_cases)} training + {len(val_ids)} held-back validation cases"
                   + (f" ({seed_range})" if seed_range else "")
                   + (f", {SYNTHETIC_NOTE}" if synthetic else ""))
     metadata.update({
         "trained_on": trained_on,
-        "training_command": "python -m training.train_segmentation " + shlex.join(sys.argv[1:] if args._argv is None
-                                                                                  else list(args._argv)),
+        "training_command": "python -m training.train_segmentation " + shlex.join(command_args),
         "synthetic_training_data": bool(synthetic),
         "training": {
             "iterations": iteration, "batch_size": preset.batch_size, "optimizer": preset.optimizer,
@@ -323,7 +327,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "informative_negative_selection": informative, "augmentation": preset.augmentation,
             "single_phase_fraction": single_phase_fraction,
             "tversky_alpha_beta_paper_eq4": [args.tversky_alpha, args.tversky_beta] if task.loss == "ce_tversky" else None,
-            "seed": args.seed, "train_cases": len(train_cases), "validation_cases": len(val_cases),
+            "seed": args.seed, "train_cases": len(train_cases), "held_back_cases": len(val_ids),
+            "validation_cases": len(val_cases),
             "seconds": round(train_seconds, 1), "final_loss": history[-1]["loss"] if history else None,
             "validation": final_val,
         },
