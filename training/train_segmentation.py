@@ -159,8 +159,8 @@ def validate(net: SegmentationUNet, cases: Sequence[CaseData], metadata: dict[st
     if result["dice"]:
         result["mean_dice"] = float(np.mean(list(result["dice"].values())))
     if task == "lymph_nodes":
-        result["instance_recall"] = n_det / n_gt if n_gt else float("nan")
-        result["instance_precision"] = n_tp / n_pred if n_pred else float("nan")
+        result["instance_recall"] = n_det / n_gt if n_gt else None  # None: undefined (JSON has no NaN)
+        result["instance_precision"] = n_tp / n_pred if n_pred else None
         result["gt_instances"] = n_gt
         result["predicted_instances"] = n_pred
     return result
