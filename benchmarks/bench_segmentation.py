@@ -7,8 +7,10 @@ says otherwise:
 
 - organ segmentation as the operator runs it (model inputs, body box, sliding window, label map
   back to the reference grid), with the sliding window alone reported too;
-- the attention map (Eq. 1-2) of the predicted organs on the working grid;
-- with ``--ln-model``: LN segmentation with and without window skipping (and their ratio).
+- the attention map (Eq. 1-2) on the working grid, of the predicted organs and of the generator's
+  ground-truth organs (what a well-trained organ model gives);
+- with ``--ln-model``: LN segmentation with and without window skipping (and their ratio), with the
+  ground-truth-organ attention map.
 
 Peak memory is the process's resident-set high-water mark during each stage (Linux
 ``/proc/self/status`` VmHWM, reset before the stage), printed with the resident size before it.
@@ -81,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     from evaluation.organ_segmentation import registered_from_study
     from lnmet.attention import attention_map
     from lnmet.config import load_settings
+    from lnmet.geometry import resample_labels
     from lnmet.inference import SegmentationModel, labels_to_grid, model_inputs, resolve_model_path
     from operators.organ_segmentation import segment_organs
     from synthetic import generate_study
@@ -103,8 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     measure("  sliding window only", lambda: model.segment(channels, spacing_zyx=grid.GetSpacing()[::-1]), results)
     measure("  label map to the reference grid", lambda: labels_to_grid(working, ref), results)
     settings = load_settings().attention
-    att = measure("attention map (working grid)", lambda: attention_map(working, settings), results)
-    results["attention_share"] = float((sitk.GetArrayViewFromImage(att) > 0).mean())
+    att_pred = measure("attention map (predicted organs)", lambda: attention_map(working, settings), results)
+    # the generator's organs on the working grid: the attention extent of a well-trained organ model
+    gt_working = resample_labels(study.organs, working, smooth=False)
+    att = measure("attention map (ground-truth organs)", lambda: attention_map(gt_working, settings), results)
+    results["attention_share_predicted"] = float((sitk.GetArrayViewFromImage(att_pred) > 0).mean())
+    results["attention_share_ground_truth"] = float((sitk.GetArrayViewFromImage(att) > 0).mean())
+    print(f"working voxels with attention > 0: {100 * results['attention_share_ground_truth']:.1f}% (ground-truth "
+          f"organs), {100 * results['attention_share_predicted']:.1f}% (predicted organs)")
 
     if args.ln_model:
         from operators.ln_segmentation import segment_lymph_nodes

@@ -176,14 +176,11 @@ class SegmentationModel:
             self._constant_logits = out[0, :, 0, 0, 0].detach().float().cpu()
         return self._constant_logits
 
-    def predict_probabilities(self, image_hu: np.ndarray, attention: np.ndarray | None = None, *,
-                              spacing_zyx: Sequence[float] | None = None, overlap: float | None = None,
-                              skip_empty_attention: bool = True, restrict_to_body: bool = True,
-                              body_channel: int | None = None, body_margin_mm: float = 10.0, sw_batch_size: int = 1,
-                              ) -> tuple[np.ndarray, InferenceStats]:
-        """Softmax probabilities [K, Z, Y, X] (float32) of ``image_hu`` [C, Z, Y, X] (HU, on the
-        model's grid). Outside the body box everything is background (probability 1 for class 0)."""
-        t0 = time.perf_counter()
+    def _logits(self, image_hu: np.ndarray, attention: np.ndarray | None, spacing_zyx: Sequence[float] | None,
+                overlap: float | None, skip_empty_attention: bool, restrict_to_body: bool,
+                body_channel: int | None, body_margin_mm: float, sw_batch_size: int,
+                ) -> tuple[torch.Tensor, tuple[slice, ...], InferenceStats]:
+        """Blended logits [K, ...] of the body box, the box, and the statistics."""
         image_hu = np.asarray(image_hu)
         if image_hu.ndim != 4 or image_hu.shape[0] != len(self.channel_names):
             raise ValueError(f"model {self.name}: expected [{len(self.channel_names)}, Z, Y, X] input "
@@ -195,21 +192,21 @@ class SegmentationModel:
                 raise ValueError(f"model {self.name}: attention shape {attention.shape} differs from the image's "
                                  f"{image_hu.shape[1:]}")
         stats = InferenceStats(device=str(self.device))
-        full_shape = image_hu.shape[1:]
         if restrict_to_body:
             spacing = spacing_zyx if spacing_zyx is not None else self.spacing_mm[::-1]
             margin = [int(math.ceil(body_margin_mm / s)) for s in spacing]
             box = body_bbox(image_hu[self.venous_channel if body_channel is None else body_channel],
-                           margin_vox=margin)
+                            margin_vox=margin)
         else:
-            box = tuple(slice(0, n) for n in full_shape)
+            box = tuple(slice(0, n) for n in image_hu.shape[1:])
         stats.body_box = tuple((s.start, s.stop) for s in box)
         crop = normalize_ct(image_hu[(slice(None),) + box].astype(np.float32), self.metadata["normalization"])
         channels = [crop]
         if self.uses_attention:
             channels.append(np.asarray(attention, dtype=np.float32)[box][None])
         inputs = torch.from_numpy(np.concatenate(channels, axis=0)[None])
-        predictor = _Predictor(self.module, crop.shape[0], self.uses_attention, skip_empty_attention,
+        del channels, crop
+        predictor = _Predictor(self.module, len(self.channel_names), self.uses_attention, skip_empty_attention,
                                self.constant_logits() if (self.uses_attention and skip_empty_attention) else None,
                                stats)
         with torch.no_grad():
@@ -218,20 +215,44 @@ class SegmentationModel:
                 overlap=self.overlap if overlap is None else overlap, mode="gaussian",
                 padding_mode="constant", cval=0.0, sw_device=self.device, device=torch.device("cpu"),
             )
-            probs = torch.softmax(torch.as_tensor(logits).float(), dim=1)[0].numpy()
-        out = np.zeros((self.num_classes,) + tuple(full_shape), dtype=np.float32)
-        out[0] = 1.0
-        out[(slice(None),) + box] = probs
-        stats.seconds = time.perf_counter() - t0
+        return torch.as_tensor(logits).float()[0], box, stats
+
+    def _log(self, stats: InferenceStats) -> None:
         log.info("model %s: %d/%d windows run (%d skipped) on %s in %.1f s", self.name, stats.windows_run,
                  stats.windows_total, stats.windows_skipped, stats.device, stats.seconds)
+
+    def predict_probabilities(self, image_hu: np.ndarray, attention: np.ndarray | None = None, *,
+                              spacing_zyx: Sequence[float] | None = None, overlap: float | None = None,
+                              skip_empty_attention: bool = True, restrict_to_body: bool = True,
+                              body_channel: int | None = None, body_margin_mm: float = 10.0, sw_batch_size: int = 1,
+                              ) -> tuple[np.ndarray, InferenceStats]:
+        """Softmax probabilities [K, Z, Y, X] (float32) of ``image_hu`` [C, Z, Y, X] (HU, on the
+        model's grid; ``attention`` [Z, Y, X] for an attention-guided model). Outside the body box
+        everything is background (probability 1 for class 0)."""
+        t0 = time.perf_counter()
+        logits, box, stats = self._logits(image_hu, attention, spacing_zyx, overlap, skip_empty_attention,
+                                          restrict_to_body, body_channel, body_margin_mm, sw_batch_size)
+        out = np.zeros((self.num_classes,) + tuple(np.asarray(image_hu).shape[1:]), dtype=np.float32)
+        out[0] = 1.0
+        out[(slice(None),) + box] = torch.softmax(logits, dim=0).numpy()
+        stats.seconds = time.perf_counter() - t0
+        self._log(stats)
         return out, stats
 
-    def segment(self, image_hu: np.ndarray, attention: np.ndarray | None = None, **kwargs: Any
-                ) -> tuple[np.ndarray, InferenceStats]:
-        """Label map (uint8 argmax) of ``image_hu``; see :meth:`predict_probabilities`."""
-        probs, stats = self.predict_probabilities(image_hu, attention, **kwargs)
-        return np.argmax(probs, axis=0).astype(np.uint8), stats
+    def segment(self, image_hu: np.ndarray, attention: np.ndarray | None = None, *,
+                spacing_zyx: Sequence[float] | None = None, overlap: float | None = None,
+                skip_empty_attention: bool = True, restrict_to_body: bool = True, body_channel: int | None = None,
+                body_margin_mm: float = 10.0, sw_batch_size: int = 1) -> tuple[np.ndarray, InferenceStats]:
+        """Label map (uint8 argmax of the logits, 0 outside the body box) of ``image_hu``; same
+        arguments as :meth:`predict_probabilities`, without keeping a probability per class."""
+        t0 = time.perf_counter()
+        logits, box, stats = self._logits(image_hu, attention, spacing_zyx, overlap, skip_empty_attention,
+                                          restrict_to_body, body_channel, body_margin_mm, sw_batch_size)
+        labels = np.zeros(np.asarray(image_hu).shape[1:], dtype=np.uint8)
+        labels[box] = torch.argmax(logits, dim=0).numpy().astype(np.uint8)
+        stats.seconds = time.perf_counter() - t0
+        self._log(stats)
+        return labels, stats
 
 
 def model_inputs(registered: Any, model: SegmentationModel) -> tuple[np.ndarray, sitk.Image]:

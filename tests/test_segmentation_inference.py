@@ -53,6 +53,9 @@ def test_window_skipping_equals_the_full_sliding_window(tiny_study, tmp_path):
     assert s1.windows_total == s2.windows_total == s2.windows_run
     assert 0 < s1.windows_run < s1.windows_total  # some windows skipped, some run
     np.testing.assert_allclose(skipped, full, rtol=1e-5, atol=1e-6)
+    labels, s3 = model.segment(image, att, **kw)  # argmax of the logits, without per-class probabilities
+    np.testing.assert_array_equal(labels, np.argmax(full, axis=0))
+    assert s3.windows_run == s1.windows_run
     # where the attention is 0 the result is the head's bias (a constant), elsewhere it varies
     zero = att == 0
     assert np.ptp(full[1][zero]) < 1e-5 and np.ptp(full[1][~zero]) > 1e-3
