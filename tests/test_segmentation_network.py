@@ -14,6 +14,15 @@ from lnmet.networks import SegmentationUNet, load_segmentation_unet
 from lnmet.normalization import compute_ct_normalization, normalize_ct
 
 FILTERS = (4, 8, 16, 32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine two threads contend badly (several times slower)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 STRIDES = (1, 2, 2, (1, 2, 2))
 
 
