@@ -37,8 +37,12 @@ def segment_lymph_nodes(registered: RegisteredPhases, attention: sitk.Image | No
     if model.uses_attention:
         if attention is None:
             raise ValueError(f"model {model.name} is attention-guided but no attention map was given")
-        if attention.GetSize() != grid.GetSize() or not np.allclose(attention.GetSpacing(), grid.GetSpacing()):
+        same_grid = (attention.GetSize() == grid.GetSize()
+                     and np.allclose(attention.GetSpacing(), grid.GetSpacing())
+                     and np.allclose(attention.GetOrigin(), grid.GetOrigin(), atol=1e-3))
+        if not same_grid:  # e.g. an LN model at another spacing than the organ model
             attention = resample_image(attention, grid, default_value=0.0)
+            log.info("attention map resampled onto the LN model's working grid %s", grid.GetSize())
         att_arr = sitk.GetArrayFromImage(attention).astype(np.float32)
     probs, stats = model.predict_probabilities(channels, att_arr, spacing_zyx=grid.GetSpacing()[::-1],
                                                skip_empty_attention=skip_empty_windows)
