@@ -47,6 +47,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -318,7 +319,9 @@ def read_header(path: str) -> InstanceHeader:
     try:
         ds = pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        with warnings.catch_warnings():  # forced parsing of a non-DICOM file warns about its "VRs"
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
         if not (_str(ds, "SOPClassUID") or _str(ds, "SOPInstanceUID")) or not _str(ds, "Modality"):
             raise InvalidDicomError("no DICOM preamble and no SOP Class/Instance UID and Modality") from None
         forced = True
