@@ -8,7 +8,6 @@ import dataclasses
 import pickle
 from pathlib import Path
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 from holoscan.conditions import CountCondition
