@@ -13,7 +13,7 @@ Before the graph runs, :mod:`app.startup` validates app.yaml, verifies every mod
 time and the peak memory ends the run.
 
 Exit status: 0 success; 1 the study could not be processed (bad input, missing phase, an operator
-failed, or the graph is incomplete because an operator module is missing); 2 bad command-line
+failed, or an operator never ran); 2 bad command-line
 arguments; 3 a start-up check failed (setting, model, input/output folder). On failure the last line on stderr is ``ERROR: <what and where>`` and the output folder is
 left as it was (the publisher writes all outputs atomically at the end; an output folder that the
 run created is removed again).
@@ -100,15 +100,9 @@ class Flow:
     ports: set[tuple[str, str]] = field(default_factory=set)
 
 
-def _load_class(node: Node) -> type | None:
-    """The operator class of a node, or None while its module has not landed yet."""
-    try:
-        module = importlib.import_module(node.module)
-    except ModuleNotFoundError as exc:
-        if exc.name == node.module:
-            return None
-        raise
-    return getattr(module, node.cls, None)
+def _load_class(node: Node) -> type:
+    """The operator class of a node."""
+    return getattr(importlib.import_module(node.module), node.cls)
 
 
 def _accepted_kwargs(cls: type, offered: dict[str, Any]) -> dict[str, Any]:
@@ -214,46 +208,25 @@ def _flows() -> list[Flow]:
 
 
 def required_models() -> tuple[str, ...]:
-    """The models the graph's available operators need (each must be in the manifest at start)."""
+    """The models the graph's operators need (each must be in the manifest at start)."""
     names: list[str] = []
     for node in _nodes():
-        if node.models and _load_class(node) is not None:
-            names.extend(m for m in node.models if m not in names)
+        names.extend(m for m in node.models if m not in names)
     return tuple(names)
 
 
-def build_graph(app: Application, state: StartupState, missing: list[str] | None = None) -> list[Operator]:
-    """Create the operators that exist and connect them; returns them in order.
-
-    While operators are still being written, a node is left out (with a warning) when its operator
-    or one of its upstream operators is missing.
-    """
+def build_graph(app: Application, state: StartupState) -> list[Operator]:
+    """Create the operators and connect them; returns them in data-flow order."""
     ops: dict[str, Operator] = {}
-    upstream: dict[str, set[str]] = {}
-    for flow in _flows():
-        upstream.setdefault(flow.dst, set()).add(flow.src)
     for node in _nodes():
         cls = _load_class(node)
-        if cls is None:
-            logger.warning("graph incomplete: operator %s.%s not available", node.module, node.cls)
-            if missing is not None:
-                missing.append(node.name)
-            continue
-        if not upstream.get(node.name, set()) <= set(ops):
-            logger.warning("graph incomplete: %s left out (its upstream operator is missing)", node.name)
-            if missing is not None:
-                missing.append(node.name)
-            continue
         args = (CountCondition(app, 1),) if node.source else ()
         kwargs = _accepted_kwargs(cls, node.kwargs(state))
         ops[node.name] = timed_operator(cls)(app, *args, name=node.name, **kwargs)
-    if not ops:
-        raise StartupError("no operator of the graph is available (operators/ is empty)")
     for flow in _flows():
-        if flow.src in ops and flow.dst in ops:
-            app.add_flow(ops[flow.src], ops[flow.dst], flow.ports)
-            for _, in_port in flow.ports:
-                _require_message(ops[flow.dst], in_port)
+        app.add_flow(ops[flow.src], ops[flow.dst], flow.ports)
+        for _, in_port in flow.ports:
+            _require_message(ops[flow.dst], in_port)
     logger.info("graph: %s", " -> ".join(ops))
     return list(ops.values())
 
@@ -279,13 +252,12 @@ class PDACLNMetApp(Application):
         super().__init__(*args, **kwargs)
         self.state = state
         self.operators_built: list[Operator] = []
-        self.missing_operators: list[str] = []
 
     def compose(self) -> None:
         if self.state is None:  # run directly (PDACLNMetApp().run()): do the start-up checks here
             ctx = Application.init_app_context(self.argv)
             self.state = run_startup_checks(ctx.input_path, ctx.output_path, ctx.model_path, required_models())
-        self.operators_built = build_graph(self, self.state, self.missing_operators)
+        self.operators_built = build_graph(self, self.state)
 
 
 # --------------------------------------------------------------------------------------------
@@ -375,11 +347,7 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         app.run()
         ran = {r.name for r in timing.TIMER.records if r.ok}
         idle = [op.name for op in app.operators_built if op.name not in ran]
-        if app.missing_operators:
-            status = EXIT_FAILED
-            error = (f"graph incomplete, no outputs written: {', '.join(app.missing_operators)} "
-                     "not available")
-        elif idle:  # Holoscan ends a graph whose operators wait for messages that never come
+        if idle:  # Holoscan ends a graph whose operators wait for messages that never come
             status = EXIT_FAILED
             error = f"the graph stopped before these operators ran: {', '.join(idle)}; no outputs written"
     except SystemExit as exc:  # argparse: bad command line (it printed its own message)
