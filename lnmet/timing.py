@@ -74,6 +74,14 @@ class StageTimer:
         """Total seconds spent in all stages called ``name``."""
         return sum(r.seconds for r in self.records if r.name == name)
 
+    def top_level_seconds(self) -> dict[str, float]:
+        """Wall seconds of each finished top-level stage so far, in order (for the results)."""
+        out: dict[str, float] = {}
+        for r in self.records:
+            if r.parent is None and r.ok:
+                out[r.name] = round(out.get(r.name, 0.0) + r.seconds, 3)
+        return out
+
     def summary_lines(self, total_seconds: float | None = None) -> list[str]:
         """Human-readable summary: top-level stages, their sub-stages indented, then the total."""
         recs = self.records

@@ -45,6 +45,7 @@ class PhaseVolume:
     sop_class_uid: str
     frame_of_reference_uid: str
     notes: list[str] = field(default_factory=list)  # e.g. duplicate slices resolved
+    selection_log: list[str] = field(default_factory=list)  # phase selection: every candidate and why
 
 
 @dataclass

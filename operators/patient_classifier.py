@@ -92,9 +92,15 @@ def assemble_results(registered: RegisteredPhases, findings: LNFindings, pdac: s
     """The :class:`lnmet.results.AnalysisResults` handed to the output builders."""
     from lnmet.results import AnalysisResults, RunInfo
 
+    from lnmet.timing import TIMER
+
+    volumes = [registered.venous] + ([registered.arterial] if registered.arterial is not None else [])
     warnings = [s for s in (tumour.statement, prediction.statement) if s]
+    warnings += [f"{v.phase} series: {note}" for v in volumes for note in v.notes]
     run = RunInfo(app_name=settings.app_title, app_version=settings.app_version,
-                  single_phase=bool(registered.single_phase), device=device, warnings=list(dict.fromkeys(warnings)))
+                  single_phase=bool(registered.single_phase), device=device,
+                  phase_selection_log=list(registered.venous.selection_log),
+                  timings_s=TIMER.top_level_seconds(), warnings=list(dict.fromkeys(warnings)))
     pdac_u8 = sitk.Cast(pdac > 0, sitk.sitkUInt8)
     results = AnalysisResults(
         venous=registered.venous, arterial=None if registered.arterial is None else registered.arterial.series,

@@ -46,6 +46,7 @@ def series_to_volume(series: DicomSeries, ref: SeriesRef) -> PhaseVolume:
 def selection_to_volumes(selection: PhaseSelection) -> tuple[PhaseVolume, PhaseVolume | None]:
     """Both phases of a selection as volumes (arterial ``None`` when single-phase)."""
     venous = series_to_volume(selection.venous, selection.venous_ref)
+    venous.selection_log = list(selection.log)  # reported with the results
     arterial = None
     if selection.arterial is not None and selection.arterial_ref is not None:
         arterial = series_to_volume(selection.arterial, selection.arterial_ref)
