@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 
 from lnmet.inference import SegmentationModel, labels_to_grid, model_inputs, resolve_model_path
@@ -24,14 +25,26 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "pdac_seg"
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """Keep the largest connected component (26-connectivity): a patient has one primary tumour,
+    smaller islands are false positives (nnU-Net's usual post-processing for single objects)."""
+    labelled, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if n <= 1:
+        return mask.astype(np.uint8)
+    sizes = np.bincount(labelled.ravel())[1:]
+    return (labelled == int(np.argmax(sizes)) + 1).astype(np.uint8)
+
+
 def segment_pdac(registered: RegisteredPhases, model: SegmentationModel) -> tuple[sitk.Image, sitk.Image]:
-    """Tumour mask (uint8 0/1) on the working grid and on the reference grid."""
+    """Tumour mask (uint8 0/1, largest component) on the working grid and on the reference grid."""
     channels, grid = model_inputs(registered, model)
     labels, _ = model.segment(channels, spacing_zyx=grid.GetSpacing()[::-1])
-    working = sitk.GetImageFromArray((labels > 0).astype(np.uint8))
+    mask = largest_component(labels > 0)
+    working = sitk.GetImageFromArray(mask)
     working.CopyInformation(grid)
     reference = labels_to_grid(working, registered.reference)
-    log.info("PDAC segmentation: %d working voxels", int((labels > 0).sum()))
+    log.info("PDAC segmentation: %d working voxels (%d before keeping the largest component)",
+             int(mask.sum()), int((labels > 0).sum()))
     return working, reference
 
 
