@@ -333,6 +333,18 @@ def labels_to_grid(labels: sitk.Image, grid: sitk.Image) -> sitk.Image:
     return img
 
 
+def segment_registered(registered: Any, model: SegmentationModel,
+                       postprocess: Any = None) -> tuple[np.ndarray, sitk.Image, sitk.Image]:
+    """Run a segmentation model on registered phases: the raw label array, then the (optionally
+    post-processed, e.g. largest component) label map on the working grid and on the reference grid."""
+    channels, grid = model_inputs(registered, model)
+    labels, _ = model.segment(channels, spacing_zyx=grid.GetSpacing()[::-1])
+    kept = postprocess(labels) if postprocess is not None else labels
+    working = sitk.GetImageFromArray(kept)
+    working.CopyInformation(grid)
+    return labels, working, labels_to_grid(working, registered.reference)
+
+
 def resolve_model_path(name: str, model_path: str | Path | None = None, app_context: Any = None) -> Path:
     """The model file of ``name``: ``model_path`` when given (a file, or a folder holding
     ``<name>/model.ts``), else the app context's model folder (MONAI Deploy named-model layout

@@ -19,7 +19,7 @@ from typing import Any
 import SimpleITK as sitk
 from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 
-from lnmet.inference import SegmentationModel, labels_to_grid, model_inputs, resolve_model_path
+from lnmet.inference import SegmentationModel, resolve_model_path, segment_registered
 from lnmet.labels import ORGAN_BY_LABEL
 from lnmet.types import RegisteredPhases
 
@@ -33,11 +33,7 @@ def segment_organs(registered: RegisteredPhases, model: SegmentationModel) -> tu
     unknown = [int(v) for v in model.metadata["classes"].values() if v and int(v) not in ORGAN_BY_LABEL]
     if unknown:
         raise ValueError(f"model {model.name}: class values {unknown} are not organ classes of lnmet.labels")
-    channels, grid = model_inputs(registered, model)
-    labels, _ = model.segment(channels, spacing_zyx=grid.GetSpacing()[::-1])
-    working = sitk.GetImageFromArray(labels)
-    working.CopyInformation(grid)
-    reference = labels_to_grid(working, registered.reference)
+    _, working, reference = segment_registered(registered, model)
     if registered.single_phase:
         log.info("organ segmentation on the venous phase only (single-phase mode)")
     return working, reference

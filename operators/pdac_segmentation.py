@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 
-from lnmet.inference import SegmentationModel, labels_to_grid, model_inputs, resolve_model_path
+from lnmet.inference import SegmentationModel, resolve_model_path, segment_registered
 from lnmet.types import RegisteredPhases
 
 log = logging.getLogger(__name__)
@@ -37,14 +37,9 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 def segment_pdac(registered: RegisteredPhases, model: SegmentationModel) -> tuple[sitk.Image, sitk.Image]:
     """Tumour mask (uint8 0/1, largest component) on the working grid and on the reference grid."""
-    channels, grid = model_inputs(registered, model)
-    labels, _ = model.segment(channels, spacing_zyx=grid.GetSpacing()[::-1])
-    mask = largest_component(labels > 0)
-    working = sitk.GetImageFromArray(mask)
-    working.CopyInformation(grid)
-    reference = labels_to_grid(working, registered.reference)
+    labels, working, reference = segment_registered(registered, model, lambda a: largest_component(a > 0))
     log.info("PDAC segmentation: %d working voxels (%d before keeping the largest component)",
-             int(mask.sum()), int((labels > 0).sum()))
+             int(sitk.GetArrayViewFromImage(working).sum()), int((labels > 0).sum()))
     return working, reference
 
 
