@@ -139,20 +139,26 @@ def extract_tumour_patches(images: Sequence[sitk.Image], mask: sitk.Image, patch
                          slice_index=slices, areas_mm2=areas, spacing_mm=float(spacing_mm))
 
 
+def extract_box(array: np.ndarray, start_zyx: Sequence[int], size_zyx: Sequence[int], pad_value: float) -> np.ndarray:
+    """``array[..., z0:z0+sz, y0:y0+sy, x0:x0+sx]`` with constant padding where the box leaves
+    the array (leading axes, e.g. channels, are kept whole)."""
+    lead = array.ndim - 3
+    out = np.full(array.shape[:lead] + tuple(int(s) for s in size_zyx), pad_value, dtype=array.dtype)
+    src, dst = [slice(None)] * lead, [slice(None)] * lead
+    for s0, sz, n in zip(start_zyx, size_zyx, array.shape[lead:]):
+        a, b = max(int(s0), 0), min(int(s0) + int(sz), n)
+        if b <= a:
+            return out
+        src.append(slice(a, b))
+        dst.append(slice(a - int(s0), b - int(s0)))
+    out[tuple(dst)] = array[tuple(src)]
+    return out
+
+
 def crop_centred(array: np.ndarray, centre_zyx: Sequence[float], size_zyx: Sequence[int],
                  pad_value: float) -> np.ndarray:
     """A box of ``size_zyx`` voxels of ``array`` (``[..., Z, Y, X]``, leading axes kept) centred on
     ``centre_zyx`` (voxel ``size // 2`` of the box is the rounded centre), padded with
     ``pad_value`` where it leaves the array. Used for the LN identification crops."""
-    lead = array.ndim - 3
     start = [int(np.floor(c + 0.5)) - s // 2 for c, s in zip(centre_zyx, size_zyx)]
-    out = np.full(array.shape[:lead] + tuple(int(s) for s in size_zyx), pad_value, dtype=array.dtype)
-    src, dst = [slice(None)] * lead, [slice(None)] * lead
-    for s0, sz, n in zip(start, size_zyx, array.shape[lead:]):
-        a, b = max(s0, 0), min(s0 + int(sz), n)
-        if b <= a:
-            return out
-        src.append(slice(a, b))
-        dst.append(slice(a - s0, b - s0))
-    out[tuple(dst)] = array[tuple(src)]
-    return out
+    return extract_box(array, start, size_zyx, pad_value)

@@ -31,25 +31,12 @@ from monai.transforms import (
 )
 
 from lnmet.normalization import normalize_ct
+from lnmet.patches import extract_box
 from training.datasets import CaseData
 
 MAX_RANDOM_TRIES = 20
 
 
-def extract_patch(array: np.ndarray, start_zyx: Sequence[int], size_zyx: Sequence[int], pad_value: float) -> np.ndarray:
-    """``array[..., z0:z0+sz, y0:y0+sy, x0:x0+sx]`` with constant padding where the box leaves
-    the array (leading axes, e.g. channels, are kept whole)."""
-    lead = array.ndim - 3
-    out = np.full(array.shape[:lead] + tuple(size_zyx), pad_value, dtype=array.dtype)
-    src, dst = [slice(None)] * lead, [slice(None)] * lead
-    for s0, sz, n in zip(start_zyx, size_zyx, array.shape[lead:]):
-        a, b = max(s0, 0), min(s0 + sz, n)
-        if b <= a:
-            return out
-        src.append(slice(a, b))
-        dst.append(slice(a - s0, b - s0))
-    out[tuple(dst)] = array[tuple(src)]
-    return out
 
 
 class PatchSampler:
@@ -122,16 +109,16 @@ class PatchSampler:
         """One patch: normalised ``image`` [C, z, y, x] float32, ``label`` [1, ...] float32 and, for
         cases with an attention map, ``attention`` [1, ...] float32."""
         start = self.choose_start(case, force_foreground)
-        img = np.stack([extract_patch(case.image[c], start, self.patch, self.pad_hu[c])
+        img = np.stack([extract_box(case.image[c], start, self.patch, self.pad_hu[c])
                         for c in range(case.image.shape[0])])
         if self.single_phase_fraction > 0 and self.rng.random() < self.single_phase_fraction:
             arterial, venous = self.phase_channels  # type: ignore[misc]
             img[arterial] = img[venous]
             self.stats["single_phase"] += 1
         out = {"image": normalize_ct(img.astype(np.float32), self.normalization),
-               "label": extract_patch(case.label, start, self.patch, 0)[None].astype(np.float32)}
+               "label": extract_box(case.label, start, self.patch, 0)[None].astype(np.float32)}
         if case.attention is not None:
-            out["attention"] = extract_patch(case.attention, start, self.patch, 0)[None].astype(np.float32)
+            out["attention"] = extract_box(case.attention, start, self.patch, 0)[None].astype(np.float32)
         self.stats["patches"] += 1
         return out
 
