@@ -29,20 +29,13 @@ from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
 from lnmet.geometry import index_to_physical, physical_to_index, resample_image, working_grid
-from lnmet.model_io import load_model
+from lnmet.model_io import LoadedModel, select_device  # noqa: F401 (select_device: public here too)
 from lnmet.normalization import normalize_ct
 
 log = logging.getLogger(__name__)
 
 BODY_THRESHOLD_HU = -500.0
 DEFAULT_OVERLAP = 0.5
-
-
-def select_device(device: str | torch.device | None = None) -> torch.device:
-    """The given device, else CUDA when available, else CPU."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def body_bbox(venous_hu: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU,
@@ -111,29 +104,17 @@ class _Predictor:
         return out
 
 
-class SegmentationModel:
+class SegmentationModel(LoadedModel):
     """A segmentation model file ready for sliding-window inference."""
 
-    def __init__(self, module: torch.jit.ScriptModule, metadata: dict[str, Any], device: torch.device,
-                 path: str = ""):
-        self.module = module
-        self.metadata = metadata
-        self.device = device
-        self.path = path
-        self._constant_logits: torch.Tensor | None = None
+    _constant_logits: torch.Tensor | None = None
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device | None = None) -> "SegmentationModel":
-        dev = select_device(device)
-        module, metadata = load_model(path, device=dev)
-        model = cls(module, metadata, dev, str(path))
-        log.info("loaded model %s %s on %s (attention: %s)", metadata["name"], metadata["version"], dev,
+        model = super().load(path, device)
+        log.info("loaded model %s %s on %s (attention: %s)", model.name, model.metadata["version"], model.device,
                  model.uses_attention)
         return model
-
-    @property
-    def name(self) -> str:
-        return str(self.metadata["name"])
 
     @property
     def spacing_mm(self) -> tuple[float, float, float]:
@@ -141,8 +122,7 @@ class SegmentationModel:
 
     @property
     def patch_zyx(self) -> tuple[int, int, int]:
-        x, y, z = self.metadata["patch_size"]
-        return (int(z), int(y), int(x))
+        return self._size_zyx()
 
     @property
     def uses_attention(self) -> bool:

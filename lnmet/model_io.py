@@ -129,3 +129,45 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"
     validate_metadata(metadata, source=str(path))
     module.eval()
     return module, metadata
+
+
+def select_device(device: str | torch.device | None = None) -> torch.device:
+    """The given device, else CUDA when available, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class LoadedModel:
+    """A model file loaded for inference: the TorchScript module (eval mode), its metadata, the
+    device and the file's path. Subclasses check their own metadata in :meth:`_check`."""
+
+    def __init__(self, module: torch.jit.ScriptModule, metadata: dict[str, Any], device: torch.device,
+                 path: str = ""):
+        self.module = module
+        self.metadata = metadata
+        self.device = device
+        self.path = path
+        self._check()
+
+    def _check(self) -> None:
+        """Raise ValueError when the metadata does not fit this kind of model."""
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device | None = None):
+        dev = select_device(device)
+        module, metadata = load_model(path, device=dev)
+        return cls(module, metadata, dev, str(path))
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata["name"])
+
+    @property
+    def channel_names(self) -> list[str]:
+        return list(self.metadata["channel_names"])
+
+    def _size_zyx(self) -> tuple[int, int, int]:
+        """The metadata's ``patch_size`` (x, y, z) as (z, y, x)."""
+        x, y, z = self.metadata["patch_size"]
+        return (int(z), int(y), int(x))

@@ -31,7 +31,7 @@ from scipy import ndimage
 from torch import Tensor, nn
 
 from lnmet.geometry import index_to_physical, physical_to_index, resample_image, resample_labels, working_grid
-from lnmet.model_io import load_model
+from lnmet.model_io import LoadedModel
 from lnmet.networks.segmentation import SegmentationUNet, load_segmentation_unet
 from lnmet.normalization import normalize_ct
 from lnmet.patches import crop_centred
@@ -139,31 +139,16 @@ def make_crops(image_hu: np.ndarray, attention: np.ndarray | None, centres_zyx: 
     return imgs, atts
 
 
-class LNIdentifier:
+class LNIdentifier(LoadedModel):
     """An LN identification model file (``models/ln_cls/model.ts``) ready for batched inference."""
 
-    def __init__(self, module: torch.jit.ScriptModule, metadata: dict[str, Any], device: torch.device,
-                 path: str = ""):
-        self.module = module
-        self.metadata = metadata
-        self.device = device
-        self.path = path
+    def _check(self) -> None:
+        metadata, path = self.metadata, self.path
         if metadata.get("architecture", {}).get("type") != "LNClassifier":
             raise ValueError(f"{path or 'model'}: not an LN identification model (architecture "
                              f"{metadata.get('architecture', {}).get('type')!r}, expected 'LNClassifier')")
         if "decision_threshold" not in metadata:
             raise ValueError(f"{path or 'model'}: metadata lacks 'decision_threshold'")
-
-    @classmethod
-    def load(cls, path: str | Path, device: str | torch.device | None = None) -> "LNIdentifier":
-        dev = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
-        module, metadata = load_model(path, device=dev)
-        return cls(module, metadata, dev, str(path))
-
-    @property
-    def name(self) -> str:
-        return str(self.metadata["name"])
 
     @property
     def spacing_mm(self) -> tuple[float, float, float]:
@@ -171,12 +156,7 @@ class LNIdentifier:
 
     @property
     def crop_zyx(self) -> tuple[int, int, int]:
-        x, y, z = self.metadata["patch_size"]
-        return (int(z), int(y), int(x))
-
-    @property
-    def channel_names(self) -> list[str]:
-        return list(self.metadata["channel_names"])
+        return self._size_zyx()
 
     @property
     def uses_attention(self) -> bool:

@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from monai.networks.nets import ResNet
 from torch import Tensor, nn
 
+from lnmet.model_io import LoadedModel
+
 MODES = ("combined", "tumour_only", "nodes_only")
 PAPER_BLOCK_INPLANES = (64, 128, 256, 512)
 
@@ -180,28 +182,16 @@ def normalize_patches(images: np.ndarray, normalization: list[dict[str, Any]]) -
     return np.ascontiguousarray(np.moveaxis(normalize_ct(chw_first, normalization), 0, 1))
 
 
-class PatientModel:
+class PatientModel(LoadedModel):
     """A patient-level model file (``models/patient_cls/model.ts``) ready for inference."""
 
-    def __init__(self, module: Any, metadata: dict[str, Any], device: torch.device, path: str = ""):
-        self.module = module
-        self.metadata = metadata
-        self.device = device
-        self.path = path
+    def _check(self) -> None:
+        metadata, path = self.metadata, self.path
         for key in ("mode", "decision_threshold", "nodes_only_threshold_mm3"):
             if key not in metadata:
                 raise ValueError(f"{path or 'model'}: patient classifier metadata lacks '{key}'")
         if metadata["mode"] not in MODES:
             raise ValueError(f"{path or 'model'}: unknown mode {metadata['mode']!r} (expected one of {MODES})")
-
-    @classmethod
-    def load(cls, path: str | Any, device: str | torch.device | None = None) -> "PatientModel":
-        from lnmet.model_io import load_model
-
-        dev = torch.device(device) if device is not None else torch.device(
-            "cuda" if torch.cuda.is_available() else "cpu")
-        module, metadata = load_model(path, device=dev)
-        return cls(module, metadata, dev, str(path))
 
     @property
     def mode(self) -> str:
@@ -223,10 +213,6 @@ class PatientModel:
     @property
     def spacing_mm(self) -> float:
         return float(self.metadata["spacing_mm"][0])
-
-    @property
-    def channel_names(self) -> list[str]:
-        return list(self.metadata["channel_names"])
 
     def patches(self, venous: Any, arterial: Any | None, pdac: Any, arterial_transform: Any | None = None) -> Any:
         """The 9 tumour patches with this model's patch size and spacing (channels by name; the
