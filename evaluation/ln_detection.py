@@ -224,6 +224,23 @@ def _fmt(v: Any) -> str:
     return "  n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:5.3f}"
 
 
+def start_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Any, Path, Path, list[str]]:
+    """Common start of the held-out evaluations: check the seeds, set logging and threads, load the
+    settings and make (or reuse) the cached cohort. Returns settings, cache folder, data folder, cases."""
+    if args.seed_start < FIRST_HELD_OUT_SEED:
+        parser.error(f"--seed-start must be >= {FIRST_HELD_OUT_SEED}: seeds below are training seeds")
+    if args.count < 1:
+        parser.error("--count must be >= 1")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    cache = Path(args.cache)
+    data, cases = ensure_cohort(cache, list(range(args.seed_start, args.seed_start + args.count)), args.preset)
+    return load_settings(), cache, data, cases
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--count", type=int, default=20)
@@ -240,19 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int)
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args(argv)
-    if args.seed_start < FIRST_HELD_OUT_SEED:
-        p.error(f"--seed-start must be >= {FIRST_HELD_OUT_SEED}: seeds below are training seeds")
-    if args.count < 1:
-        p.error("--count must be >= 1")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    settings = load_settings()
-    cache = Path(args.cache)
+    settings, cache, data, cases = start_run(p, args)
     seeds = list(range(args.seed_start, args.seed_start + args.count))
-    data, cases = ensure_cohort(cache, seeds, args.preset)
 
     seg_path = Path(args.ln_seg_model) if args.ln_seg_model else resolve_model_path("ln_seg", args.models)
     cls_path = Path(args.ln_cls_model) if args.ln_cls_model else resolve_model_path("ln_cls", args.models)

@@ -38,9 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from evaluation.ln_detection import (FIRST_HELD_OUT_SEED, _cached_image, ensure_cohort,  # noqa: E402
-                                     predicted_organs, read_case)
-from lnmet.config import load_settings  # noqa: E402
+from evaluation.ln_detection import (FIRST_HELD_OUT_SEED, _cached_image, predicted_organs,  # noqa: E402
+                                     read_case, start_run)
 from lnmet.inference import SegmentationModel, resolve_model_path  # noqa: E402
 from lnmet.metrics import (binary_metrics, bootstrap_ci, delong_test, dice, roc_auc)  # noqa: E402
 from lnmet.model_io import sha256_file  # noqa: E402
@@ -127,17 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int)
     p.add_argument("--json")
     args = p.parse_args(argv)
-    if args.seed_start < FIRST_HELD_OUT_SEED:
-        p.error(f"--seed-start must be >= {FIRST_HELD_OUT_SEED}: seeds below are training seeds")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    settings = load_settings()
-    cache = Path(args.cache)
+    settings, cache, data, cases = start_run(p, args)
     seeds = list(range(args.seed_start, args.seed_start + args.count))
-    data, cases = ensure_cohort(cache, seeds, args.preset)
 
     combined_path = Path(args.combined_model) if args.combined_model else resolve_model_path("patient_cls", args.models)
     combined = PatientModel.load(combined_path, args.device)

@@ -29,7 +29,7 @@ from monai.inferers import sliding_window_inference
 from scipy import ndimage
 
 from lnmet.geometry import index_to_physical, physical_to_index, resample_image, working_grid
-from lnmet.model_io import LoadedModel, select_device  # noqa: F401 (select_device: public here too)
+from lnmet.model_io import LoadedModel
 from lnmet.normalization import normalize_ct
 
 log = logging.getLogger(__name__)

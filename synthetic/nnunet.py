@@ -21,7 +21,6 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable
 
-import numpy as np
 import SimpleITK as sitk
 
 from lnmet.labels import ORGAN_CLASSES

@@ -3,7 +3,6 @@ segmentation operators running the exported files in a Holoscan graph."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
