@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-model", help="plain LN segmentation model without attention (ablation)")
     p.add_argument("--organs", choices=["model", "gt"], default="model",
                    help="attention from the organ model's labels (as the app) or the ground truth")
-    p.add_argument("--cache", default=str(ROOT / "build" / "eval" / "ln_detection"))
+    p.add_argument("--cache", default=str(ROOT / "build" / "eval" / "heldout"))
     p.add_argument("--device")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", help="also write the results to this file")

@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--nodes-only-model", help="model file of --mode nodes_only (default: the combined model's "
                                               "stored nodes-only threshold)")
     p.add_argument("--organs", choices=["model", "gt"], default="model")
-    p.add_argument("--cache", default=str(ROOT / "build" / "eval" / "patient_prediction"))
+    p.add_argument("--cache", default=str(ROOT / "build" / "eval" / "heldout"))
     p.add_argument("--device")
     p.add_argument("--threads", type=int)
     p.add_argument("--json")
