@@ -44,12 +44,20 @@ def _args(cohort, tmp_path, mode="combined", extra=()):
 
 
 def test_training_caches_ln_volumes_and_reduces_the_loss(cohort, tmp_path, monkeypatch):
+    # two processes can fill the LN volume cache side by side (every 2nd case each), then stop
+    for shard in ("0/2", "1/2"):
+        done = tpc.main(_args(cohort, tmp_path, extra=("--volumes-only", "--shard", shard)))
+        assert done["model"] is None and done["volumes"] == 2
+    assert not (tmp_path / "combined" / "model.ts").exists()
+    caches = list((cohort / "cache").glob("ln_volumes_*"))
+    assert len(caches) == 1
+    cached = {f.stem: json.loads(f.read_text()) for f in caches[0].glob("*.json")}
+    assert sorted(cached) == ["SYN000000", "SYN000001", "SYN000002", "SYN000003"]
+    with pytest.raises(ValueError, match="--shard needs --volumes-only"):
+        tpc.main(_args(cohort, tmp_path, extra=("--shard", "1/2")))
+
     summary = tpc.main(_args(cohort, tmp_path))
     assert summary["final_train_loss"] < summary["initial_train_loss"]
-    caches = list((cohort / "cache").glob("ln_volumes_*.json"))
-    assert len(caches) == 1
-    cached = json.loads(caches[0].read_text())
-    assert sorted(cached) == ["SYN000000", "SYN000001", "SYN000002", "SYN000003"]
     assert all(c["largest_positive_volume_mm3"] >= 0 for c in cached.values())
     meta = read_metadata(tmp_path / "combined" / "model.ts")
     assert meta["mode"] == "combined" and meta["architecture"]["block_inplanes"] == [4, 8, 16, 32]

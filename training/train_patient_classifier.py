@@ -4,6 +4,10 @@
         --ln-cls-model models/ln_cls/model.ts --mode combined --out models/patient_cls/model.ts \\
         --cache build/cache/patient_cls
 
+    # the LN chain of a large cohort in two processes first (then the command above):
+    python -m training.train_patient_classifier ... --volumes-only --shard 0/2 &
+    python -m training.train_patient_classifier ... --volumes-only --shard 1/2
+
 ``DIR`` is a cohort exported by ``python -m synthetic export-nnunet`` (or a user's own data in the
 same layout): ``Dataset502_PancreasLymphNodes`` (images, ``organsTr``), ``Dataset503_PancreasTumour``
 (PDAC masks in ``labelsTr``) and ``patients.json`` ({case: {"metastasis_positive": bool}}).
@@ -91,6 +95,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", default="combined", choices=MODES)
     p.add_argument("--out", required=True, help="model file to write, e.g. models/patient_cls/model.ts")
     p.add_argument("--cache", default="build/cache/patient_cls", help="folder of the cached per-case LN volumes")
+    p.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
+                   help="with --volumes-only: compute the LN volumes of every N-th case from K (parallel processes)")
+    p.add_argument("--volumes-only", action="store_true", help="fill the LN volume cache, then stop (no training)")
     p.add_argument("--name")
     p.add_argument("--model-version", default=MODEL_VERSION)
     p.add_argument("--patch-size", type=int, default=DEFAULT_PATCH, help="patch side in pixels (paper 224)")
@@ -180,19 +187,21 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def ln_volumes(args: argparse.Namespace, data: Path, cases: Sequence[str], settings: Any) -> dict[str, dict[str, Any]]:
-    """Largest positive LN volume of every case by the LN chain, from the cache when present."""
+    """Largest positive LN volume of every case by the LN chain, from the cache when present.
+
+    One small JSON file per case under ``--cache/ln_volumes_<key>/``, so that several processes
+    (``--shard K/N``) can fill the cache side by side."""
     from lnmet.inference import SegmentationModel
     from lnmet.networks.ln_classifier import LNPipeline
 
-    key = _cache_key(args, settings)
-    path = Path(args.cache) / f"ln_volumes_{key}.json"
-    cache: dict[str, dict[str, Any]] = json.loads(path.read_text()) if path.is_file() else {}
-    todo = [c for c in cases if c not in cache]
-    log.info("LN volumes: %d cached (%s), %d to compute", len(cases) - len(todo), path, len(todo))
-    if not todo:
-        return cache
-    pipe = LNPipeline.load(args.ln_seg_model, args.ln_cls_model, settings, args.device)
-    organ_model = SegmentationModel.load(args.organ_model, args.device) if args.organ_model else None
+    folder = Path(args.cache) / f"ln_volumes_{_cache_key(args, settings)}"
+    shard, shards = args.shard
+    mine = [c for i, c in enumerate(cases) if i % shards == shard]
+    todo = [c for c in mine if not (folder / f"{c}.json").is_file()]
+    log.info("LN volumes: %d of %d cases to compute (cache %s)", len(todo), len(mine), folder)
+    if todo:
+        pipe = LNPipeline.load(args.ln_seg_model, args.ln_cls_model, settings, args.device)
+        organ_model = SegmentationModel.load(args.organ_model, args.device) if args.organ_model else None
     for i, case in enumerate(todo):
         venous, arterial = case_images(data, case)
         if organ_model is None:
@@ -200,13 +209,23 @@ def ln_volumes(args: argparse.Namespace, data: Path, cases: Sequence[str], setti
         else:
             organs = predicted_labels(organ_model, venous, arterial)
         r = pipe.run(venous, arterial, organs)
-        cache[case] = {"largest_positive_volume_mm3": r.largest_positive_volume_mm3, "instances": len(r.ids),
-                       "positive": int(r.positive.sum()), "volumes_mm3": [round(float(v), 1) for v in r.volumes_mm3],
-                       "probabilities": [round(float(p), 4) for p in r.probabilities]}
-        _write_json_atomic(path, cache)
+        _write_json_atomic(folder / f"{case}.json", {
+            "largest_positive_volume_mm3": r.largest_positive_volume_mm3, "instances": len(r.ids),
+            "positive": int(r.positive.sum()), "volumes_mm3": [round(float(v), 1) for v in r.volumes_mm3],
+            "probabilities": [round(float(p), 4) for p in r.probabilities]})
         log.info("LN chain %d/%d: %d instances, %d positive, largest positive %.0f mm3", i + 1, len(todo),
                  len(r.ids), int(r.positive.sum()), r.largest_positive_volume_mm3)
-    return cache
+    return {c: json.loads((folder / f"{c}.json").read_text()) for c in mine}
+
+
+def _shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N (e.g. 0/2), got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"shard {text!r}: need 0 <= K < N")
+    return k, n
 
 
 def predicted_labels(model: Any, venous: sitk.Image, arterial: sitk.Image | None) -> sitk.Image:
@@ -330,7 +349,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         cases = cases[: args.max_cases]
     labels = {c: bool(patients[c]["metastasis_positive"]) for c in cases}
 
+    if args.shard != (0, 1) and not args.volumes_only:
+        raise ValueError("--shard needs --volumes-only: the training itself uses every case")
     volumes = ln_volumes(args, data, cases, settings)
+    if args.volumes_only:
+        return {"model": None, "volumes": len(volumes)}
     all_y = np.array([labels[c] for c in cases])
     all_v = np.array([volumes[c]["largest_positive_volume_mm3"] for c in cases])
     if 0 < all_y.sum() < len(all_y):
