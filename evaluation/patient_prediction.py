@@ -78,11 +78,15 @@ def evaluate_patient(cache: Path, data: Path, case: str, m: dict[str, Any], sett
     volume = ln.largest_positive_volume_mm3
 
     def pdac() -> sitk.Image:
+        from operators.pdac_segmentation import largest_component
         from training.train_patient_classifier import predicted_labels
 
-        return sitk.Cast(predicted_labels(m["pdac"], c["venous"], c["arterial"]) > 0, sitk.sitkUInt8)
+        labels = predicted_labels(m["pdac"], c["venous"], c["arterial"])
+        kept = sitk.GetImageFromArray(largest_component(sitk.GetArrayViewFromImage(labels) > 0))
+        kept.CopyInformation(labels)
+        return kept  # as the app: one primary tumour, the largest component
 
-    mask = _cached_image(cache / "pred" / f"pdac_{m['pdac_sha'][:12]}" / f"{case}.nii.gz", pdac)
+    mask = _cached_image(cache / "pred" / f"pdac_lcc_{m['pdac_sha'][:12]}" / f"{case}.nii.gz", pdac)
     pd, gt = sitk.GetArrayViewFromImage(mask) > 0, sitk.GetArrayViewFromImage(c["pdac_gt"]) > 0
     row: dict[str, Any] = {"case": case, "largest_positive_volume_mm3": volume, "pdac_dice": dice(pd, gt),
                            "tumour_found": bool(pd.any()), "ln_instances": len(ln.ids),
