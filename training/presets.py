@@ -37,7 +37,7 @@ class Preset:
     foreground_fraction: float = 0.33  # nnU-Net's oversample_foreground_percent
     augmentation: bool = True
     single_phase_fraction: float = 0.0  # share of patches with the venous image in the arterial channel
-    overlap: float = 0.5  # sliding-window overlap at validation/inference
+    overlap: float = 0.25  # sliding-window overlap at inference (0.5 gave the same Dice, 2.3x slower)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
