@@ -9,7 +9,7 @@ import SimpleITK as sitk
 import torch
 
 from lnmet.model_io import save_model
-from lnmet.networks.ln_classifier import (LNClassifier, LNIdentifier, default_crop_size, make_crops, node_centres,
+from lnmet.networks.ln_classifier import (CentrePooling, LNClassifier, LNIdentifier, default_crop_size, make_crops, node_centres,
                                           total_stride)
 from lnmet.networks.segmentation import SegmentationUNet
 
@@ -41,10 +41,27 @@ def test_shapes_and_head():
     logits = net(torch.randn(3, 2, 16, 16, 16), torch.rand(3, 1, 16, 16, 16))
     assert logits.shape == (3, 2)
     lin1, act, lin2 = net.head
-    assert (lin1.in_features, lin1.out_features, lin2.out_features) == (4, 32, 2)
+    # global average + centre-weighted average of the 4 decoder channels
+    assert (lin1.in_features, lin1.out_features, lin2.out_features) == (8, 32, 2)
     assert isinstance(act, torch.nn.LeakyReLU)
+    paper = LNClassifier(SegmentationUNet(2, 2, [4, 8], [1, 2], attention=True), pooling="average")
+    assert paper.head[0].in_features == 4
+    rebuilt = LNClassifier.from_architecture(net.architecture())
+    assert rebuilt.pooling == "average+centre" and rebuilt.head[0].in_features == 8
     with pytest.raises(TypeError, match="SegmentationUNet"):
         LNClassifier(torch.nn.Conv3d(1, 1, 1))
+
+
+def test_centre_pooling_weights_the_crop_centre():
+    feat = torch.zeros(1, 1, 9, 9, 9)
+    feat[0, 0, 4, 4, 4] = 1.0  # a node at the centre
+    centre, average = CentrePooling()(feat).item(), feat.mean().item()
+    assert centre > 20 * average
+    corner = torch.zeros(1, 1, 9, 9, 9)
+    corner[0, 0, 0, 0, 0] = 1.0
+    assert CentrePooling()(corner).item() < 0.01 * centre
+    ones = torch.ones(2, 3, 6, 8, 10)
+    assert torch.allclose(CentrePooling()(ones), torch.ones(2, 3, 1, 1, 1))  # weights sum to 1
 
 
 def test_backbone_loads_segmentation_weights(tmp_path):
@@ -70,7 +87,7 @@ def test_attention_gates_the_features():
         out = net(torch.randn(2, 2, 16, 16, 16), zero)
         # zero attention everywhere: pooled feature 0, logits are the head's response to 0 for any image
         torch.testing.assert_close(out[0], out[1])
-        torch.testing.assert_close(out[0], net.head(torch.zeros(1, 4))[0])
+        torch.testing.assert_close(out[0], net.head(torch.zeros(1, 8))[0])
     plain = LNClassifier(SegmentationUNet(2, 2, [4, 8], [1, 2], attention=False)).eval()
     x = torch.randn(1, 2, 16, 16, 16)
     with torch.no_grad():

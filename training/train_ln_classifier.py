@@ -40,7 +40,7 @@ from monai.transforms import Compose, RandGaussianNoise, RandScaleIntensity, Ran
 from lnmet.config import load_settings
 from lnmet.metrics import best_threshold, binary_metrics, roc_auc
 from lnmet.model_io import save_model, sha256_file
-from lnmet.networks.ln_classifier import (PAPER_CROP_SIZE, PAPER_SPACING_MM, LNClassifier, default_crop_size,
+from lnmet.networks.ln_classifier import (PAPER_CROP_SIZE, PAPER_SPACING_MM, POOLINGS, LNClassifier, default_crop_size,
                                           make_crops, total_stride)
 from training.datasets import TASKS, CaseData, list_cases, load_case, read_dataset_json, split_cases
 
@@ -75,6 +75,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-4, help="initial learning rate (paper 5e-4)")
     p.add_argument("--momentum", type=float, default=0.95, help="Nesterov momentum (paper 0.95)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="paper 1e-4")
+    p.add_argument("--pooling", choices=POOLINGS, default="average+centre",
+                   help="head pooling: 'average' is the paper's; 'average+centre' adds a centre-weighted average")
     p.add_argument("--hidden", type=int, default=32, help="units of the head's first FC (paper 32)")
     p.add_argument("--jitter-mm", type=float, default=4.5, help="random shift of the crop centre (augmentation)")
     p.add_argument("--no-augmentation", action="store_true")
@@ -225,7 +227,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     name = args.name or out.parent.name or "ln_cls"
 
-    net, seg_meta = LNClassifier.from_segmentation_model(args.ln_seg_model, hidden=args.hidden)
+    net, seg_meta = LNClassifier.from_segmentation_model(args.ln_seg_model, hidden=args.hidden,
+                                                         pooling=args.pooling)
     net = net.to(device)
     spacing = tuple(float(s) for s in seg_meta["spacing_mm"])
     crop_xyz = tuple(args.crop_size) if args.crop_size else default_crop_size(net.backbone, spacing)

@@ -7,6 +7,13 @@ LN segmentation model: the weights are read from the exported TorchScript model 
 (``models/ln_seg/model.ts``) through :func:`lnmet.networks.segmentation.load_segmentation_unet`, so
 the bundled file is the only thing needed; the whole network is then fine-tuned.
 
+Departure from the paper (``pooling="average+centre"``, the default): the pooled feature is the
+global average *and* a Gaussian-weighted average centred on the crop (sigma 12% of the crop), 2x
+the channels. Crops are centred on the node, which fills well under 1% of a 65 mm crop; with the
+plain global average our small (8-channel) backbone did not learn at all in the CPU training budget
+(validation AUC 0.47-0.56 after 100-130 iterations), the centre term lets it see the node itself.
+``pooling="average"`` is the paper's head.
+
 Inputs: the 2-channel image crop [B, 2, Z, Y, X] (normalised, arterial and venous) centred on a node
 and the matching attention crop [B, 1, Z, Y, X]. Output: logits [B, 2] (negative, positive).
 
@@ -43,19 +50,49 @@ PAPER_CROP_SIZE = (96, 96, 80)
 PAPER_SPACING_MM = (0.68, 0.68, 0.80)
 
 
+POOLINGS = ("average", "average+centre")
+CENTRE_SIGMA = 0.12  # of the crop size, per axis
+
+
+class CentrePooling(nn.Module):
+    """Average of [B, C, Z, Y, X] weighted by a Gaussian centred on the volume -> [B, C, 1, 1, 1]."""
+
+    def __init__(self, sigma_fraction: float = CENTRE_SIGMA):
+        super().__init__()
+        self.sigma_fraction = float(sigma_fraction)
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = None
+        for axis, n in enumerate(x.shape[2:]):
+            t = torch.arange(n, device=x.device, dtype=x.dtype) - (n - 1) / 2.0
+            g = torch.exp(-0.5 * (t / (self.sigma_fraction * n)) ** 2)
+            shape = [1, 1, 1]
+            shape[axis] = n
+            g = g.reshape(shape)
+            w = g if w is None else w * g
+        w = w / w.sum()
+        return (x * w).sum(dim=(2, 3, 4), keepdim=True)
+
+
 class LNClassifier(nn.Module):
     """LN segmentation backbone + classification head (GAP, FC hidden, leaky ReLU, FC classes)."""
 
-    def __init__(self, backbone: SegmentationUNet, hidden: int = 32, num_classes: int = 2):
+    def __init__(self, backbone: SegmentationUNet, hidden: int = 32, num_classes: int = 2,
+                 pooling: str = "average+centre"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling {pooling!r}: expected one of {POOLINGS}")
         if not isinstance(backbone, SegmentationUNet):
             raise TypeError(f"LNClassifier needs a SegmentationUNet backbone, got {type(backbone).__name__}")
         self.backbone = backbone
         self.hidden = int(hidden)
         self.num_classes = int(num_classes)
+        self.pooling = pooling
         self.pool = nn.AdaptiveAvgPool3d(1)
+        self.centre_pool = CentrePooling() if pooling == "average+centre" else None
+        n_features = backbone.filters[0] * (2 if self.centre_pool is not None else 1)
         self.head = nn.Sequential(
-            nn.Linear(backbone.filters[0], self.hidden),
+            nn.Linear(n_features, self.hidden),
             nn.LeakyReLU(0.01),
             nn.Linear(self.hidden, self.num_classes),
         )
@@ -67,12 +104,15 @@ class LNClassifier(nn.Module):
     def forward(self, x: Tensor, attention: Optional[Tensor] = None) -> Tensor:
         """Logits [B, num_classes]; ``attention`` is ignored by a backbone without attention."""
         feat = self.backbone.decoder_features(x, attention if self.backbone.attention else None)
-        return self.head(torch.flatten(self.pool(feat), 1))
+        pooled = torch.flatten(self.pool(feat), 1)
+        if self.centre_pool is not None:
+            pooled = torch.cat([pooled, torch.flatten(self.centre_pool(feat), 1)], dim=1)
+        return self.head(pooled)
 
     def architecture(self, crop_size_xyz: tuple[int, int, int] | None = None) -> dict[str, Any]:
         """Constructor arguments as stored in the model metadata."""
         arch = {"type": "LNClassifier", "backbone": self.backbone.architecture(),
-                "head": {"pooling": "global average", "hidden": self.hidden, "activation": "leakyrelu(0.01)",
+                "head": {"pooling": self.pooling, "hidden": self.hidden, "activation": "leakyrelu(0.01)",
                          "num_classes": self.num_classes}}
         if crop_size_xyz is not None:
             arch["crop_size"] = [int(v) for v in crop_size_xyz]
@@ -83,16 +123,19 @@ class LNClassifier(nn.Module):
         if arch.get("type") != "LNClassifier":
             raise ValueError(f"architecture type is {arch.get('type')!r}, expected 'LNClassifier'")
         head = arch.get("head", {})
+        pooling = head.get("pooling", "average")
         return cls(SegmentationUNet.from_architecture(arch["backbone"]), hidden=int(head.get("hidden", 32)),
-                   num_classes=int(head.get("num_classes", 2)))
+                   num_classes=int(head.get("num_classes", 2)),
+                   pooling="average" if pooling == "global average" else pooling)
 
     @classmethod
-    def from_segmentation_model(cls, path: str | Path, hidden: int = 32) -> tuple["LNClassifier", dict[str, Any]]:
+    def from_segmentation_model(cls, path: str | Path, hidden: int = 32, pooling: str = "average+centre"
+                                ) -> tuple["LNClassifier", dict[str, Any]]:
         """A classifier whose backbone holds the weights of the LN segmentation model file
         ``path``; returns it and that file's metadata."""
         backbone, metadata = load_segmentation_unet(path)
         backbone.train()
-        return cls(backbone, hidden=hidden), metadata
+        return cls(backbone, hidden=hidden, pooling=pooling), metadata
 
 
 def total_stride(backbone: SegmentationUNet) -> tuple[int, int, int]:
