@@ -89,11 +89,17 @@ def save_model(module: torch.nn.Module, path: str | os.PathLike, metadata: dict[
             traced = torch.jit.trace(module, tuple(example_inputs), check_trace=False)
     finally:
         module.train(was_training)
+    return write_scripted(traced, path, meta)
+
+
+def write_scripted(module: torch.jit.ScriptModule, path: str | os.PathLike, metadata: dict[str, Any]) -> str:
+    """Write a TorchScript module with its metadata to ``path`` atomically; returns the SHA-256."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".ts", dir=path.parent)
     os.close(fd)
     try:
-        torch.jit.save(traced, tmp, _extra_files={METADATA_FILE: json.dumps(meta, indent=1, sort_keys=True)})
+        torch.jit.save(module, tmp, _extra_files={METADATA_FILE: json.dumps(metadata, indent=1, sort_keys=True)})
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

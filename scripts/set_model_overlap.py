@@ -13,19 +13,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lnmet.model_io import METADATA_FILE, load_model, validate_metadata  # noqa: E402
+from lnmet.model_io import load_model, validate_metadata, write_scripted  # noqa: E402
 
 
 def set_overlap(path: Path, overlap: float) -> None:
@@ -39,14 +34,7 @@ def set_overlap(path: Path, overlap: float) -> None:
                                          "when": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
                                          "by": "scripts/set_model_overlap.py"})
     validate_metadata(meta, source=str(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".ts", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.jit.save(module, tmp, _extra_files={METADATA_FILE: json.dumps(meta, indent=1, sort_keys=True)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_scripted(module, path, meta)
     print(f"{path}: overlap {old} -> {overlap}")
 
 
