@@ -24,10 +24,14 @@ from synthetic.grid import Grid
 from synthetic.shapes import Ellipsoid, Tube
 
 # Quantile knots (probability, value) from Table 1; tails are the generator's own choice.
-TUMOUR_DIAMETER_KNOTS = ((0.0, 12.0), (0.10, 20.0), (0.25, 25.0), (0.50, 30.0), (0.75, 41.0), (0.92, 50.0), (1.0, 62.0))
-POSITIVE_LN_VOLUME_KNOTS = ((0.0, 45.0), (0.10, 110.0), (0.25, 210.0), (0.50, 665.0), (0.75, 804.0), (0.92, 1400.0),
-                            (1.0, 2600.0))
-NEGATIVE_LN_VOLUME_KNOTS = ((0.0, 30.0), (0.10, 60.0), (0.25, 106.0), (0.50, 300.0), (0.75, 377.0), (0.92, 620.0),
+# Nominal tumour diameters are about 12% above Table 1's measured ones: the tumour is clipped to its
+# envelope and measured in the axial plane, which takes off about that much.
+TUMOUR_DIAMETER_KNOTS = ((0.0, 13.5), (0.10, 22.5), (0.25, 28.0), (0.50, 33.5), (0.75, 46.0), (0.92, 56.0), (1.0, 69.0))
+# Positive knots sit above Table 1's quartiles so that the positive class as a whole (15% of it
+# micro-metastases drawn from the negative distribution) has the paper's 665 [210-804] mm^3.
+POSITIVE_LN_VOLUME_KNOTS = ((0.0, 50.0), (0.10, 150.0), (0.20, 290.0), (0.35, 600.0), (0.55, 760.0), (0.75, 840.0),
+                            (0.92, 1400.0), (1.0, 2600.0))
+NEGATIVE_LN_VOLUME_KNOTS = ((0.0, 30.0), (0.10, 60.0), (0.25, 110.0), (0.50, 330.0), (0.75, 385.0), (0.92, 620.0),
                             (1.0, 1200.0))
 
 # Station weights: which organ/vessel a node lies next to (keys of lnmet.labels.ORGAN_CLASSES).
@@ -163,7 +167,7 @@ def _sample_tumour(anat: Anatomy, rng: np.random.Generator) -> TumourSpec:
 
 def _metastasis_probability(t: TumourSpec) -> float:
     head = 1.0 if t.location in ("head", "uncinate") else 0.0
-    logit = -0.35 + 0.6 * (t.nominal_diameter_mm - 30.0) / 10.0 + 0.75 * t.aggressiveness + 0.25 * head
+    logit = -0.55 + 0.6 * (t.nominal_diameter_mm - 33.5) / 10.0 + 0.75 * t.aggressiveness + 0.25 * head
     return float(1.0 / (1.0 + np.exp(-logit)))
 
 
