@@ -24,6 +24,7 @@ from typing import Iterable
 import SimpleITK as sitk
 
 from lnmet.labels import ORGAN_CLASSES
+from synthetic.study import GENERATOR_VERSION
 
 ORGANS = "Dataset501_PancreasOrgans"
 LYMPH_NODES = "Dataset502_PancreasLymphNodes"
@@ -59,7 +60,7 @@ def export_case(out: Path, seed: int, preset: str) -> tuple[str, dict]:
     _write(s.ln_instances, ln / "instancesTr" / f"{case}.nii.gz", sitk.sitkUInt16)
     (ln / "lymph_nodes" / f"{case}.json").write_text(json.dumps(s.lymph_nodes, indent=1))
     _write(s.pdac, out / TUMOUR / "labelsTr" / f"{case}.nii.gz", sitk.sitkUInt8)
-    return case, {"seed": seed, "preset": preset, **s.patient}
+    return case, {"seed": seed, "preset": preset, "generator_version": GENERATOR_VERSION, **s.patient}
 
 
 def _dataset_json(folder: Path, labels: dict[str, int], description: str) -> None:

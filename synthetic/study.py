@@ -18,7 +18,8 @@ from synthetic.deformation import Breathing
 from synthetic.grid import PRESETS, Grid, Preset
 from synthetic.lesions import Lesions, organ_map, sample_lesions
 
-GENERATOR_VERSION = "1.0.0"
+# 1.1.0: LN volumes and tumour diameters follow Table 1 (the generated cohort, not only the knots).
+GENERATOR_VERSION = "1.1.0"
 DEFORMATION_SPACING_MM = 4.0
 
 

@@ -103,6 +103,30 @@ def list_cases(dataset_dir: str | Path, meta: dict[str, Any]) -> list[str]:
     return cases
 
 
+def synthetic_provenance(patients: dict[str, dict[str, Any]], case_ids: Sequence[str]) -> tuple[bool, str]:
+    """Whether the cases come from the generator (``patients.json`` rows with a seed) and, for the
+    model metadata, their seed range and generator version(s)."""
+    rows = [patients[c] for c in case_ids if isinstance(patients.get(c), dict) and "seed" in patients[c]]
+    if not rows:
+        return False, ""
+    try:
+        seeds = sorted(int(r["seed"]) for r in rows)
+    except (TypeError, ValueError):
+        return True, ""
+    versions = sorted({str(r["generator_version"]) for r in rows if "generator_version" in r})
+    return True, f"seeds {seeds[0]}-{seeds[-1]}" + (f", generator {'/'.join(versions)}" if versions else "")
+
+
+def read_patients_json(folder: str | Path) -> dict[str, dict[str, Any]]:
+    """``patients.json`` of an exported cohort ({} when absent or unreadable: not generated data)."""
+    path = Path(folder) / "patients.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def split_cases(cases: Sequence[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Deterministic train/validation split (at least one of each when there are 2+ cases)."""
     order = list(cases)

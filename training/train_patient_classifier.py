@@ -60,6 +60,7 @@ from lnmet.model_io import save_model, sha256_file
 from lnmet.networks.patient_classifier import MODES, NodesOnlyRule, PatientClassifier, normalize_patches
 from lnmet.normalization import compute_ct_normalization
 from lnmet.patches import NoTumourError, extract_tumour_patches
+from training.datasets import synthetic_provenance
 
 log = logging.getLogger("training.train_patient_classifier")
 
@@ -320,11 +321,6 @@ def _split(cases: Sequence[str], labels: dict[str, bool], val_fraction: float, s
     return sorted(train), sorted(val)
 
 
-def _synthetic(data: Path, patients: dict[str, dict[str, Any]], cases: Sequence[str]) -> tuple[bool, str]:
-    seeds = sorted(int(patients[c]["seed"]) for c in cases if "seed" in patients.get(c, {}))
-    return bool(seeds), (f"seeds {seeds[0]}-{seeds[-1]}" if seeds else "")
-
-
 def _clean(d: dict[str, Any]) -> dict[str, Any]:
     return {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in d.items()}
 
@@ -365,7 +361,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     nodes_eval = _clean({"auc": nodes_auc, **binary_metrics(all_y, all_v >= nodes_t), "patients": len(cases)})
     log.info("nodes-only rule: threshold %.1f mm3 on the largest positive LN volume; %s", nodes_t, json.dumps(nodes_eval))
 
-    synthetic, seed_range = _synthetic(data, patients, cases)
+    synthetic, seed_range = synthetic_provenance(patients, cases)
     if args.synthetic != "auto":
         synthetic = args.synthetic == "yes"
     command = "python -m training.train_patient_classifier " + shlex.join(

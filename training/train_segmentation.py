@@ -39,7 +39,7 @@ from lnmet.model_io import save_model
 from lnmet.networks import SegmentationUNet
 from lnmet.normalization import compute_ct_normalization
 from training.datasets import (TASKS, CaseData, channel_names, foreground_samples, list_cases, load_cases,
-                               read_dataset_json, split_cases)
+                               read_dataset_json, read_patients_json, split_cases, synthetic_provenance)
 from training.losses import build_loss
 from training.presets import PAPER_TVERSKY_ALPHA, PAPER_TVERSKY_BETA, PRESETS, Preset, get_preset
 from training.sampling import PatchSampler, build_augmentation, collate
@@ -109,19 +109,6 @@ def _make_optimizer(net: torch.nn.Module, preset: Preset) -> torch.optim.Optimiz
     if preset.optimizer == "adamw":
         return torch.optim.AdamW(net.parameters(), lr=preset.learning_rate, weight_decay=preset.weight_decay)
     raise ValueError(f"unknown optimizer {preset.optimizer!r}")
-
-
-def _synthetic_info(dataset: Path, case_ids: Sequence[str]) -> tuple[bool, str]:
-    """Whether the cases come from the generator (patients.json beside the dataset) and their seeds."""
-    pj = dataset.parent / "patients.json"
-    if not pj.is_file():
-        return False, ""
-    try:
-        patients = json.loads(pj.read_text())
-        seeds = sorted(int(patients[c]["seed"]) for c in case_ids if c in patients and "seed" in patients[c])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        return True, ""
-    return True, (f"seeds {seeds[0]}-{seeds[-1]}" if seeds else "")
 
 
 def validate(net: SegmentationUNet, cases: Sequence[CaseData], metadata: dict[str, Any], device: torch.device,
@@ -237,7 +224,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         torch.set_rng_state(state["torch_rng"])
         log.info("resumed from %s at iteration %d of %d", checkpoint, iteration, planned)
 
-    synthetic, seed_range = _synthetic_info(dataset, cases)
+    synthetic, seed_range = synthetic_provenance(read_patients_json(dataset.parent), cases)
     if args.synthetic != "auto":
         synthetic = args.synthetic == "yes"
     metadata: dict[str, Any] = {
