@@ -18,7 +18,7 @@ generator's perfectly aligned one (isolates the LN models from the registration)
   precise as the baseline.
 
 Generated studies (nnU-Net layout) and the predictions (per model checksum) are cached under
-``--cache``, so a second run only computes what changed.
+``--cache``/generator_<version>, so a second run only computes what changed.
 
     python -m evaluation.ln_detection --count 20 --cache build/eval/ln \\
         [--models models] [--baseline-model build/models/ln_seg_plain.ts] [--json out.json]
@@ -220,13 +220,48 @@ def summarize_identification(rows: Sequence[dict[str, Any]], key: str, threshold
     return out
 
 
+SWEEP_THRESHOLDS = (0.5, 0.7, 0.9)
+SWEEP_MIN_VOLUMES_MM3 = (20.0, 50.0, 80.0, 120.0, 160.0)
+
+
+def postprocessing_sweep(cache: Path, data: Path, cases: Sequence[str], models: dict[str, Any], key: str
+                         ) -> list[dict[str, Any]]:
+    """Detection figures of model ``key`` for every pair of app.yaml ``ln_detection`` settings
+    (probability threshold x minimum volume) on its cached probability maps: how the instance filter
+    is chosen, on a validation cohort (never on the held-out test seeds)."""
+    gts, probs = [], []
+    for case in cases:
+        c = read_case(data, case)
+        path = cache / "pred" / f"ln_{models[key + '_sha'][:12]}_{models['organ_tag']}" / f"{case}.nii.gz"
+        probs.append((sitk.ReadImage(str(path)), c["venous"]))
+        gts.append(sitk.GetArrayFromImage(c["instances_gt"]).astype(np.int64))
+    out = []
+    for thr in SWEEP_THRESHOLDS:
+        for vol in SWEEP_MIN_VOLUMES_MM3:
+            tot = np.zeros(4, int)
+            for (prob, ref), gt in zip(probs, gts):
+                m = match_instances(sitk.GetArrayFromImage(ln_instances(prob, ref, thr, vol)).astype(np.int64), gt)
+                tot += [m.n_gt, m.n_detected, m.n_pred, m.n_true_positive_pred]
+            out.append({"probability_threshold": thr, "min_volume_mm3": vol, **detection_scores(*tot)})
+    return out
+
+
 def _fmt(v: Any) -> str:
     return "  n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:5.3f}"
 
 
+def cohort_cache(cache: str | Path) -> Path:
+    """The part of ``cache`` for studies of the current generator version: a changed generator makes
+    a new cohort and new predictions instead of reusing those of the old one."""
+    from synthetic import GENERATOR_VERSION
+
+    return Path(cache) / f"generator_{GENERATOR_VERSION}"
+
+
 def start_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[Any, Path, Path, list[str]]:
     """Common start of the held-out evaluations: check the seeds, set logging and threads, load the
-    settings and make (or reuse) the cached cohort. Returns settings, cache folder, data folder, cases."""
+    settings and make (or reuse) the cached cohort of the current generator version. Returns settings,
+    cache folder (of that version), data folder, cases."""
     if args.seed_start < FIRST_HELD_OUT_SEED:
         parser.error(f"--seed-start must be >= {FIRST_HELD_OUT_SEED}: seeds below are training seeds")
     if args.count < 1:
@@ -236,7 +271,7 @@ def start_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tupl
         import torch
 
         torch.set_num_threads(args.threads)
-    cache = Path(args.cache)
+    cache = cohort_cache(args.cache)
     data, cases = ensure_cohort(cache, list(range(args.seed_start, args.seed_start + args.count)), args.preset)
     return load_settings(), cache, data, cases
 
@@ -256,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--sweep", action="store_true",
+                   help="also print detection for a grid of app.yaml ln_detection settings (use a validation "
+                        "cohort, e.g. --seed-start 150000, to choose them)")
     args = p.parse_args(argv)
     settings, cache, data, cases = start_run(p, args)
     seeds = list(range(args.seed_start, args.seed_start + args.count))
@@ -321,9 +359,21 @@ def main(argv: list[str] | None = None) -> int:
     if det["baseline"]:
         goals["attention_precision_at_least_baseline"] = bool(det["ln_seg"]["precision"] >= det["baseline"]["precision"])
     print("\nGoals: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in goals.items()))
+    sweeps = {}
+    if args.sweep:
+        print(f"\nInstance filter sweep (app.yaml now: probability_threshold {settings.ln_detection.probability_threshold}, "
+              f"min_volume_mm3 {settings.ln_detection.min_volume_mm3}):")
+        print(f"  {'model':<10s}{'threshold':>10s}{'min mm^3':>10s}{'recall':>8s}{'precision':>10s}{'F1':>7s}")
+        for key in ("ln_seg", "baseline"):
+            if models.get(key) is None:
+                continue
+            sweeps[key] = postprocessing_sweep(cache, data, cases, models, key)
+            for r in sweeps[key]:
+                print(f"  {key:<10s}{r['probability_threshold']:>10.2f}{r['min_volume_mm3']:>10.0f}"
+                      f"{r['recall']:>8.3f}{r['precision']:>10.3f}{r['f1']:>7.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"detection": det, "identification": ident, "goals": goals,
-                                               "studies": rows}, indent=1, default=float))
+                                               "sweeps": sweeps, "studies": rows}, indent=1, default=float))
     return 0
 
 
