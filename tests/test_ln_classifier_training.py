@@ -56,3 +56,45 @@ def test_bad_crop_size_is_named(cohort, tmp_path):
     with pytest.raises(ValueError, match="crop-size"):
         main(["--dataset", str(cohort / LYMPH_NODES), "--ln-seg-model", str(cohort / "ln_seg.ts"),
               "--out", str(tmp_path / "x.ts"), "--crop-size", "15", "16", "16", "--iterations", "1"])
+
+
+def test_node_regions_give_the_crops_of_the_whole_case(cohort):
+    """Training keeps only a region per node; a crop from it (jitter included) equals the same crop
+    of the whole case."""
+    from lnmet.config import load_settings
+    from lnmet.networks.ln_classifier import make_crops
+    from training.datasets import TASKS, list_cases, load_case, read_dataset_json
+    from training.train_ln_classifier import node_samples, node_table
+
+    ds = cohort / LYMPH_NODES
+    meta = read_dataset_json(ds)
+    case_id = list_cases(ds, meta)[0]
+    case = load_case(ds, case_id, meta, TASKS["lymph_nodes"], (3.0, 3.0, 3.0), load_settings().attention)
+    crop, shift = (8, 8, 8), np.array([2.0, -2.0, 1.0])
+    samples = node_samples(case, node_table(ds, case_id), 0, (14, 14, 14))
+    assert samples and all(s.image.shape[1:] == (14, 14, 14) for s in samples)
+    norm = [{"clip_hu": [-1000.0, 1000.0], "mean": 0.0, "std": 100.0}] * case.image.shape[0]
+    inst = case.instances
+    ids = [i for i in np.unique(inst) if i]  # node_samples goes through the ids in this order
+    for s, i in zip(samples, ids):
+        full_centre = np.argwhere(inst == i).mean(axis=0)
+        a, _ = make_crops(case.image, None, [full_centre + shift], crop, norm)
+        b, _ = make_crops(s.image, None, [s.centre_zyx + shift], crop, norm)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_spatial_augmentation_moves_image_and_attention_together():
+    import torch
+
+    from training.train_ln_classifier import build_spatial_augmentation
+
+    aug = build_spatial_augmentation(3, (8, 8, 8))
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.normal(size=(2, 8, 8, 8)).astype(np.float32))
+    attention = (image[:1] > 0.5).float()
+    changed = 0
+    for _ in range(8):
+        out = torch.as_tensor(aug(torch.cat([image, attention])))
+        np.testing.assert_array_equal(out[-1:].numpy(), (out[:1] > 0.5).float().numpy())
+        changed += int(not torch.equal(out[:2], image))
+    assert changed > 0
