@@ -10,6 +10,7 @@ import numpy as np
 
 from app_support import make_standin_models
 from evaluation.ln_detection import SWEEP_MIN_VOLUMES_MM3, SWEEP_THRESHOLDS, main
+from lnmet.config import load_settings
 from synthetic import GENERATOR_VERSION
 
 
@@ -27,8 +28,10 @@ def test_ln_detection_script_on_a_tiny_study(tmp_path):
     assert det["studies"] == 1 and det["gt"] == sum(1 for _ in res["studies"][0]["gt_nodes"]["labels"])
     sweep = res["sweeps"]["ln_seg"]
     assert len(sweep) == len(SWEEP_THRESHOLDS) * len(SWEEP_MIN_VOLUMES_MM3)
-    # the sweep repeats the main figures at app.yaml's own setting (0.5, 20 mm^3)
-    same = [r for r in sweep if r["probability_threshold"] == 0.5 and r["min_volume_mm3"] == 20.0][0]
+    # the sweep repeats the main figures at app.yaml's own setting
+    det_settings = load_settings().ln_detection
+    same = [r for r in sweep if r["probability_threshold"] == det_settings.probability_threshold
+            and r["min_volume_mm3"] == det_settings.min_volume_mm3][0]
     for k in ("recall", "precision"):
         assert (np.isnan(same[k]) and np.isnan(det[k])) or same[k] == det[k]
     assert set(res["goals"]) >= {"recall_at_least_0.8", "precision_at_least_0.5", "identification_auc_gt_at_least_0.85"}
