@@ -35,3 +35,18 @@ def test_ln_detection_script_on_a_tiny_study(tmp_path):
     for k in ("recall", "precision"):
         assert (np.isnan(same[k]) and np.isnan(det[k])) or same[k] == det[k]
     assert set(res["goals"]) >= {"recall_at_least_0.8", "precision_at_least_0.5", "identification_auc_gt_at_least_0.85"}
+
+
+def test_filter_rule_keeps_a_margin_on_recall():
+    from evaluation.ln_detection import choose_filter
+
+    def row(thr, vol, recall, precision):
+        return {"probability_threshold": thr, "min_volume_mm3": vol, "recall": recall, "precision": precision,
+                "f1": 2 * recall * precision / (recall + precision)}
+
+    sweep = [row(0.5, 80.0, 0.80, 0.90),  # best F1, but recall only at the goal: not chosen
+             row(0.5, 35.0, 0.87, 0.70), row(0.4, 35.0, 0.87, 0.68),
+             row(0.5, 20.0, 0.92, 0.45)]  # recall high, precision below 0.5
+    assert choose_filter(sweep) == sweep[1]
+    assert choose_filter(sweep, min_recall=0.8) == sweep[0]
+    assert choose_filter(sweep, min_recall=0.95) is None
