@@ -13,7 +13,8 @@ Ports:
 
 Steps: connected components of the thresholded probability (:func:`lnmet.instances.ln_instances`,
 app.yaml ``ln_detection.probability_threshold`` and ``min_volume_mm3``); a crop centred on every
-instance through the LN identification model, batched (:class:`lnmet.networks.ln_classifier.LNIdentifier`);
+instance (with the instance's own mask, for a model that pools over it) through the LN
+identification model, batched (:class:`lnmet.networks.ln_classifier.LNIdentifier`);
 a node is positive when its probability reaches the model's stored threshold, unless app.yaml
 ``ln_detection.positive_threshold`` overrides it; measurements by :mod:`lnmet.measurements`. Each
 node gets a new DICOM UID as its SR tracking identifier. The model is ``ln_cls``: the

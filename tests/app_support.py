@@ -67,12 +67,13 @@ def _standin_ln_classifier(name: str, path: Path) -> None:
 
     seg = path.parent.parent.parent / f".{name}_backbone.ts"  # outside models/
     _standin_segmentation("ln_seg", seg)
-    net, seg_meta = LNClassifier.from_segmentation_model(seg)
+    net, seg_meta = LNClassifier.from_segmentation_model(seg, pooling="average+node", descriptors=True)  # as bundled
     crop = (16, 16, 16)
     meta = {**seg_meta, "name": name, "architecture": net.architecture(crop), "patch_size": list(crop),
             "classes": {"negative": 0, "positive": 1}, "num_classes": 2, "decision_threshold": 0.5,
             "trained_on": "nothing: untrained test stand-in"}
-    save_model(net.eval(), path, meta, (torch.zeros(1, len(TWO_PHASES), *crop), torch.ones(1, 1, *crop)))
+    save_model(net.eval(), path, meta, (torch.zeros(1, len(TWO_PHASES), *crop), torch.ones(1, 1, *crop),
+                                        torch.ones(1, 1, *crop)))
     seg.unlink()
 
 

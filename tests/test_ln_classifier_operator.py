@@ -27,10 +27,11 @@ from test_ln_classifier_network import write_seg_model
 def identifier(tmp_path_factory):
     d = tmp_path_factory.mktemp("ln_cls")
     write_seg_model(d / "ln_seg.ts", spacing=3.0)
-    net, seg_meta = LNClassifier.from_segmentation_model(d / "ln_seg.ts")
+    net, seg_meta = LNClassifier.from_segmentation_model(d / "ln_seg.ts", pooling="average+node", descriptors=True)
     meta = dict(seg_meta, name="ln_cls", architecture=net.architecture((16, 16, 16)), patch_size=[16, 16, 16],
                 classes={"negative": 0, "positive": 1}, decision_threshold=0.5)
-    save_model(net, d / "ln_cls.ts", meta, (torch.zeros(1, 2, 16, 16, 16), torch.ones(1, 1, 16, 16, 16)))
+    ones = torch.ones(1, 1, 16, 16, 16)
+    save_model(net, d / "ln_cls.ts", meta, (torch.zeros(1, 2, 16, 16, 16), ones, ones))
     return LNIdentifier.load(d / "ln_cls.ts", "cpu")
 
 
@@ -65,7 +66,9 @@ def test_identification_on_ground_truth_probability(tiny_study, identifier):
     att = sitk.GetArrayFromImage(attention_map(tiny_study.organs, settings.attention))
     image = np.stack([sitk.GetArrayFromImage(registered.working_arterial), sitk.GetArrayFromImage(registered.working_venous)])
     ids, centres = node_centres(instances, registered.working_venous)
-    expected = identifier.predict(image, att, centres)
+    labels = sitk.GetArrayFromImage(instances)  # the tiny study's working grid is its own grid
+    assert instances.GetSize() == registered.working_venous.GetSize()
+    expected = identifier.predict(image, att, centres, 8, labels, ids)
     np.testing.assert_allclose([n.probability_positive for n in nodes], expected, rtol=1e-4, atol=1e-5)
     # the same result with the attention map given instead of recomputed
     att_img = sitk.GetImageFromArray(att)

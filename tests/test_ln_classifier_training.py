@@ -48,7 +48,11 @@ def test_training_reduces_the_loss_and_exports(cohort, tmp_path):
     assert meta["validation"]["nodes"] + meta["training"]["train_nodes"] == n_nodes
     # the exported file works for inference
     ident = LNIdentifier.load(out, "cpu")
-    probs = ident.predict(np.zeros((2, 20, 20, 20), np.float32), np.ones((20, 20, 20), np.float32), [(10, 10, 10)])
+    assert ident.uses_node_mask and meta["architecture"]["head"]["pooling"] == "average+node"
+    labels = np.zeros((20, 20, 20), np.uint16)
+    labels[9:12, 9:12, 9:12] = 1
+    probs = ident.predict(np.zeros((2, 20, 20, 20), np.float32), np.ones((20, 20, 20), np.float32), [(10, 10, 10)],
+                          instances=labels, ids=[1])
     assert probs.shape == (1,) and 0 <= probs[0] <= 1
 
 
@@ -62,7 +66,7 @@ def test_node_regions_give_the_crops_of_the_whole_case(cohort):
     """Training keeps only a region per node; a crop from it (jitter included) equals the same crop
     of the whole case."""
     from lnmet.config import load_settings
-    from lnmet.networks.ln_classifier import make_crops
+    from lnmet.networks.ln_classifier import make_crops, mask_crops
     from training.datasets import TASKS, list_cases, load_case, read_dataset_json
     from training.train_ln_classifier import node_samples, node_table
 
@@ -81,6 +85,10 @@ def test_node_regions_give_the_crops_of_the_whole_case(cohort):
         a, _ = make_crops(case.image, None, [full_centre + shift], crop, norm)
         b, _ = make_crops(s.image, None, [s.centre_zyx + shift], crop, norm)
         np.testing.assert_array_equal(a, b)
+        # the node's own mask: this instance only, the same voxels as in the whole case
+        assert s.mask.sum() == (inst == i).sum()
+        np.testing.assert_array_equal(mask_crops(s.mask, [1], [s.centre_zyx + shift], crop),
+                                      mask_crops(inst, [i], [full_centre + shift], crop))
 
 
 def test_spatial_augmentation_moves_image_and_attention_together():
@@ -98,3 +106,21 @@ def test_spatial_augmentation_moves_image_and_attention_together():
         np.testing.assert_array_equal(out[-1:].numpy(), (out[:1] > 0.5).float().numpy())
         changed += int(not torch.equal(out[:2], image))
     assert changed > 0
+
+
+def test_mask_border_jitter_stays_at_the_border():
+    import torch
+
+    from training.train_ln_classifier import jitter_mask_borders
+
+    masks = torch.zeros(6, 1, 12, 12, 12)
+    masks[:, :, 3:9, 3:9, 3:9] = 1.0
+    out = jitter_mask_borders(masks, np.random.default_rng(0), prob=1.0, max_grow=0.6, max_shrink=0.2)
+    assert not torch.equal(out, masks)
+    core = torch.zeros_like(masks)
+    core[:, :, 4:8, 4:8, 4:8] = 1.0
+    assert torch.all(out[core > 0] == 1)  # the node's inside is kept
+    ring = torch.zeros_like(masks)
+    ring[:, :, 2:10, 2:10, 2:10] = 1.0
+    assert torch.all(out[ring == 0] == 0)  # it grows by one voxel at most
+    assert torch.equal(jitter_mask_borders(masks, np.random.default_rng(0), prob=0.0), masks)

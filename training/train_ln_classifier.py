@@ -5,14 +5,16 @@
 
 Trains :class:`lnmet.networks.ln_classifier.LNClassifier` on crops centred on the **ground-truth**
 LN instances (``instancesTr/`` + ``lymph_nodes/<case>.json``, positive/negative per node) of the
-LN dataset, as the paper does. The backbone starts from the LN segmentation model file's weights
+LN dataset, as the paper does (with each node's own mask, for the ``average+node`` head: see
+:mod:`lnmet.networks.ln_classifier`). The backbone starts from the LN segmentation model file's weights
 (attention-gated when that model is). The crop covers the paper's physical extent (96x96x80 voxels
 at 0.68x0.68x0.80 mm, about 65 mm) at the segmentation model's spacing, rounded up to the
 backbone's total stride (``--crop-size`` overrides; ``--crop-size 96 96 80`` with a model at the
 paper's spacing is the paper's preset). Optimiser as the paper: SGD with Nesterov momentum 0.95,
 initial learning rate 5e-4 (poly decay), weight decay 1e-4, cross entropy. Batches are class
 balanced (half positive, half negative nodes); augmentation: random shifts of the crop centre, flips
-and in-plane quarter turns, intensity scale/shift/noise; a share of the crops (``--single-phase-fraction``) gets the venous image
+and in-plane quarter turns, intensity scale/shift/noise, ragged node mask borders (as segmented
+nodes have); a share of the crops (``--single-phase-fraction``) gets the venous image
 in the arterial channel, as single-phase studies do at inference. Cases are split into training
 and validation cases (by case, never by node); the model with the best validation AUC is kept, and
 the decision threshold stored in its metadata is the one with the best balanced accuracy on the
@@ -42,7 +44,7 @@ from lnmet.config import load_settings
 from lnmet.metrics import best_threshold, binary_metrics, roc_auc
 from lnmet.model_io import save_model, sha256_file
 from lnmet.networks.ln_classifier import (PAPER_CROP_SIZE, PAPER_SPACING_MM, POOLINGS, LNClassifier, default_crop_size,
-                                          make_crops, total_stride)
+                                          make_crops, mask_crops, total_stride)
 from lnmet.patches import extract_box
 from training.datasets import (TASKS, CaseData, list_cases, load_case, read_dataset_json, read_patients_json, split_cases,
                                synthetic_provenance)
@@ -64,6 +66,7 @@ class NodeSample:
     volume_mm3: float
     image: np.ndarray  # int16 HU [C, z, y, x] around the node
     attention: np.ndarray | None  # float16 [z, y, x] (None: no attention)
+    mask: np.ndarray  # uint8 [z, y, x]: 1 inside this node (its GT instance)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -83,8 +86,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-4, help="initial learning rate (paper 5e-4)")
     p.add_argument("--momentum", type=float, default=0.95, help="Nesterov momentum (paper 0.95)")
     p.add_argument("--weight-decay", type=float, default=1e-4, help="paper 1e-4")
-    p.add_argument("--pooling", choices=POOLINGS, default="average+centre",
-                   help="head pooling: 'average' is the paper's; 'average+centre' adds a centre-weighted average")
+    p.add_argument("--pooling", choices=POOLINGS, default="average+node",
+                   help="head pooling: 'average' is the paper's; 'average+node' adds the average over the node's "
+                        "own mask, 'average+centre' a centre-weighted average")
+    p.add_argument("--no-descriptors", dest="descriptors", action="store_false",
+                   help="without the node's measurements (volume, axis ratios, intensity mean/SD inside it) beside "
+                        "the pooled features (with 'average+node' pooling; see lnmet.networks.ln_classifier)")
     p.add_argument("--hidden", type=int, default=32, help="units of the head's first FC (paper 32)")
     p.add_argument("--jitter-mm", type=float, default=4.5, help="random shift of the crop centre (augmentation)")
     p.add_argument("--no-augmentation", action="store_true")
@@ -120,7 +127,7 @@ def node_table(dataset: Path, case_id: str) -> dict[int, dict[str, Any]]:
 def node_samples(case: CaseData, table: dict[int, dict[str, Any]], case_index: int,
                  region_zyx: Sequence[int]) -> list[NodeSample]:
     """One sample per GT instance present in the case's instance map, each with the case's image
-    (air outside it) and attention in a ``region_zyx`` box centred on the node."""
+    (air outside it), attention and the node's own mask in a ``region_zyx`` box centred on the node."""
     if case.instances is None:
         raise ValueError(f"case {case.case_id}: the LN dataset has no instancesTr/ map for it")
     inst = case.instances
@@ -135,7 +142,8 @@ def node_samples(case: CaseData, table: dict[int, dict[str, Any]], case_index: i
         start = np.floor(centre + 0.5).astype(int) - np.asarray(region_zyx) // 2
         image = extract_box(case.image, start, region_zyx, -1024).astype(np.int16)
         att = None if case.attention is None else extract_box(case.attention, start, region_zyx, 0).astype(np.float16)
-        out.append(NodeSample(case_index, centre - start, bool(row["positive"]), float(n * vox), image, att))
+        mask = (extract_box(inst, start, region_zyx, 0) == i).astype(np.uint8)
+        out.append(NodeSample(case_index, centre - start, bool(row["positive"]), float(n * vox), image, att, mask))
     return out
 
 
@@ -158,6 +166,31 @@ def build_spatial_augmentation(seed: int, crop_zyx: Sequence[int]) -> Compose:
     return aug
 
 
+def jitter_mask_borders(masks: torch.Tensor, rng: np.random.Generator, prob: float = 0.7,
+                        max_grow: float = 0.6, max_shrink: float = 0.2) -> torch.Tensor:
+    """Node masks [B, 1, Z, Y, X] with ragged borders, as a segmentation gives them: for a share
+    ``prob`` of the crops, each voxel just outside the node (6-neighbourhood) joins it with a
+    probability drawn in [0, max_grow], each border voxel inside leaves it with one in [0, max_shrink].
+    Training sees the ground-truth masks; inference sees segmented ones."""
+    kernel = torch.zeros(1, 1, 3, 3, 3, dtype=masks.dtype)
+    kernel[0, 0, 1, 1, :] = kernel[0, 0, 1, :, 1] = kernel[0, 0, :, 1, 1] = 1.0
+    neighbours = F.conv3d(masks, kernel, padding=1)  # own voxel + 6 neighbours inside the mask
+    outside_shell = (masks == 0) & (neighbours > 0)
+    inside_border = (masks > 0) & (neighbours < 7)
+    out = masks.clone()
+    for b in range(masks.shape[0]):
+        if rng.random() >= prob:
+            continue
+        u = torch.from_numpy(rng.random(masks.shape[1:]).astype(np.float32))
+        grow = outside_shell[b] & (u < rng.uniform(0, max_grow))
+        shrink = inside_border[b] & (u > 1 - rng.uniform(0, max_shrink))
+        out[b][grow] = 1.0
+        out[b][shrink] = 0.0
+        if out[b].sum() == 0:  # never lose the node
+            out[b] = masks[b]
+    return out
+
+
 class CropSource:
     """Crops around node samples (from each sample's own region)."""
 
@@ -169,9 +202,10 @@ class CropSource:
         self.phase_channels = phase_channels  # (arterial, venous) channel indices
 
     def crops(self, samples: Sequence[NodeSample], offsets: np.ndarray | None = None,
-              single_phase: Sequence[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Crops of ``samples``; ``single_phase[k]`` puts the venous image in the arterial channel."""
-        imgs, atts = [], []
+              single_phase: Sequence[bool] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Image, attention and node mask crops of ``samples``; ``single_phase[k]`` puts the venous
+        image in the arterial channel."""
+        imgs, atts, masks = [], [], []
         for k, s in enumerate(samples):
             centre = s.centre_zyx + (offsets[k] if offsets is not None else 0)
             att = s.attention if (self.use_attention and s.attention is not None) else None
@@ -182,7 +216,8 @@ class CropSource:
                               self.crop_zyx, self.normalization, copy_channel=copy)
             imgs.append(i[0])
             atts.append(a[0])
-        return torch.from_numpy(np.stack(imgs)), torch.from_numpy(np.stack(atts))
+            masks.append(mask_crops(s.mask, [1], [centre], self.crop_zyx)[0])
+        return torch.from_numpy(np.stack(imgs)), torch.from_numpy(np.stack(atts)), torch.from_numpy(np.stack(masks))
 
 
 def predict(net: LNClassifier, source: CropSource, samples: Sequence[NodeSample], device: torch.device,
@@ -194,8 +229,8 @@ def predict(net: LNClassifier, source: CropSource, samples: Sequence[NodeSample]
     with torch.no_grad():
         for b0 in range(0, len(samples), batch_size):
             chunk = samples[b0:b0 + batch_size]
-            x, a = source.crops(chunk)
-            logits = net(x.to(device), a.to(device))
+            x, a, m = source.crops(chunk)
+            logits = net(x.to(device), a.to(device), m.to(device) if net.uses_node_mask else None)
             y = torch.tensor([int(s.positive) for s in chunk], device=device)
             losses.append(float(F.cross_entropy(logits, y, reduction="sum")))
             probs.append(torch.softmax(logits, 1)[:, 1].cpu().numpy())
@@ -236,8 +271,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     name = args.name or out.parent.name or "ln_cls"
 
-    net, seg_meta = LNClassifier.from_segmentation_model(args.ln_seg_model, hidden=args.hidden,
-                                                         pooling=args.pooling)
+    net, seg_meta = LNClassifier.from_segmentation_model(args.ln_seg_model, hidden=args.hidden, pooling=args.pooling,
+                                                         descriptors=args.descriptors and args.pooling == "average+node")
     net = net.to(device)
     spacing = tuple(float(s) for s in seg_meta["spacing_mm"])
     crop_xyz = tuple(args.crop_size) if args.crop_size else default_crop_size(net.backbone, spacing)
@@ -290,6 +325,17 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     train_labels = np.array([s.positive for s in train_s])
     val_labels = np.array([s.positive for s in val_s])
 
+    if net.descriptors is not None:  # standardised by the training nodes' own statistics
+        raw = []
+        with torch.no_grad():
+            for b0 in range(0, len(train_s), 32):
+                x, _, m = source.crops(train_s[b0:b0 + 32])
+                raw.append(net.descriptors.raw(x, m))
+        raw_t = torch.cat(raw)
+        net.descriptors.set_statistics(raw_t.mean(0), raw_t.std(0))
+        log.info("node descriptors of the training nodes: mean %s, SD %s",
+                 np.round(raw_t.mean(0).numpy(), 3).tolist(), np.round(raw_t.std(0).numpy(), 3).tolist())
+
     # the training loss before and after, on a fixed subset of the training nodes (no augmentation)
     probe_idx = np.random.default_rng(args.seed + 1).permutation(len(train_s))[:64]
     probe = [train_s[i] for i in sorted(probe_idx)]
@@ -324,15 +370,18 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             g["lr"] = lr
         pick = [train_s[i] for i in _balanced_batch(rng, pos_idx, neg_idx, args.batch_size)]
         offsets = rng.uniform(-1, 1, (len(pick), 3)) * jitter
-        x, a = source.crops(pick, np.round(offsets), rng.random(len(pick)) < single_phase_fraction)
-        if spatial is not None:  # the same flips / turns for a crop's image and attention channels
-            both = [torch.as_tensor(spatial(torch.cat([xi, ai])), dtype=torch.float32) for xi, ai in zip(x, a)]
-            x = torch.stack([b[:-1] for b in both])
-            a = torch.stack([b[-1:] for b in both])
+        x, a, m = source.crops(pick, np.round(offsets), rng.random(len(pick)) < single_phase_fraction)
+        if spatial is not None:  # the same flips / turns for a crop's image, attention and mask
+            both = [torch.as_tensor(spatial(torch.cat([xi, ai, mi])), dtype=torch.float32)
+                    for xi, ai, mi in zip(x, a, m)]
+            x = torch.stack([b[:-2] for b in both])
+            a = torch.stack([b[-2:-1] for b in both])
+            m = torch.stack([b[-1:] for b in both])
         if augment is not None:
             x = torch.stack([torch.as_tensor(augment(xi), dtype=torch.float32) for xi in x])
+            m = jitter_mask_borders(m, rng)
         y = torch.tensor([int(s.positive) for s in pick], device=device)
-        loss = F.cross_entropy(net(x.to(device), a.to(device)), y)
+        loss = F.cross_entropy(net(x.to(device), a.to(device), m.to(device) if net.uses_node_mask else None), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -387,7 +436,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                      "momentum": args.momentum, "initial_lr": args.lr, "weight_decay": args.weight_decay,
                      "class_balancing": "balanced batches", "augmentation": ("none" if args.no_augmentation else
                                                        f"centre shift {args.jitter_mm} mm, flips, in-plane quarter turns, "
-                                                       "intensity scale/shift/noise"),
+                                                       "intensity scale/shift/noise, ragged node mask borders"),
                      "single_phase_fraction": single_phase_fraction,
                      "train_nodes": len(train_s), "train_positive_nodes": int(train_labels.sum()),
                      "best_iteration": best[2] if best is not None else iteration,
@@ -395,6 +444,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     }
     example = (torch.zeros((1, metadata["in_channels"]) + crop_zyx, device=device),
                torch.ones((1, 1) + crop_zyx, device=device))
+    if net.uses_node_mask:
+        example += (torch.ones((1, 1) + crop_zyx, device=device),)
     sha = save_model(net, out, metadata, example)
     log.info("wrote %s (sha256 %s, %.1f MB); validation %s", out, sha, out.stat().st_size / 1e6, json.dumps(val))
     return {"model": str(out), "sha256": sha, "iterations": iteration, "history": history,
