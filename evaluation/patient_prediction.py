@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from evaluation.ln_detection import (FIRST_HELD_OUT_SEED, _cached_image, predicted_organs,  # noqa: E402
-                                     read_case, start_run)
+from evaluation.ln_detection import (FIRST_HELD_OUT_SEED, _cached_image, ln_probability,  # noqa: E402
+                                     predicted_organs, read_case, start_run, working_inputs)
 from lnmet.inference import SegmentationModel, resolve_model_path  # noqa: E402
 from lnmet.metrics import (binary_metrics, bootstrap_ci, delong_test, dice, roc_auc)  # noqa: E402
 from lnmet.model_io import sha256_file  # noqa: E402
@@ -74,7 +74,11 @@ def evaluate_patient(cache: Path, data: Path, case: str, m: dict[str, Any], sett
     c = read_case(data, case)
     organs = predicted_organs(cache, case, m["organ"], m["organ_sha"], c)
     t = time.perf_counter()
-    ln = m["pipeline"].run(c["venous"], c["arterial"], organs)
+    seg = m["pipeline"].segmentation  # its probability map is shared with evaluation.ln_detection's cache
+    grid, ven, art, att = working_inputs(seg.spacing_mm, c, organs, settings)
+    organ_tag = "organs" + m["organ_sha"][:8] if m["organ"] is not None else "gtorgans"
+    prob, _ = ln_probability(cache, case, seg, m["ln_seg_sha"], organ_tag, grid, ven, art, att)
+    ln = m["pipeline"].run(c["venous"], c["arterial"], organs, probability=prob)
     volume = ln.largest_positive_volume_mm3
 
     def pdac() -> sitk.Image:
@@ -142,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     pdac_path = resolve_model_path("pdac_seg", args.models)
     organ_path = resolve_model_path("organ_seg", args.models) if args.organs == "model" else None
     m: dict[str, Any] = {
-        "pipeline": LNPipeline.load(seg_path, cls_path, settings, args.device),
+        "pipeline": LNPipeline.load(seg_path, cls_path, settings, args.device), "ln_seg_sha": sha256_file(seg_path),
         "pdac": SegmentationModel.load(pdac_path, args.device), "pdac_sha": sha256_file(pdac_path),
         "organ": SegmentationModel.load(organ_path, args.device) if organ_path else None,
         "organ_sha": sha256_file(organ_path) if organ_path else "",

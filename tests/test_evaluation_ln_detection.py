@@ -35,6 +35,11 @@ def test_ln_detection_script_on_a_tiny_study(tmp_path):
     for k in ("recall", "precision"):
         assert (np.isnan(same[k]) and np.isnan(det[k])) or same[k] == det[k]
     assert set(res["goals"]) >= {"recall_at_least_0.8", "precision_at_least_0.5", "identification_auc_gt_at_least_0.85"}
+    # identification: every segmented instance, and those matching a true node on their own
+    seg = res["studies"][0]["segmented_nodes"]
+    ident = res["identification"]
+    assert ident["segmented_instances"]["nodes"] == det["pred"] == len(seg["true_node"])
+    assert ident["segmented_true_nodes"]["nodes"] == sum(seg["true_node"]) == det["true_positive_pred"]
 
 
 def test_filter_rule_keeps_a_margin_on_recall():
