@@ -94,3 +94,30 @@ def test_missing_labels_are_named(tmp_path):
     (tmp_path / "patients.json").write_text(json.dumps({"SYN1": {"metastasis_positive": "yes"}}))
     with pytest.raises(ValueError, match="metastasis_positive"):
         tpc.read_patients(tmp_path)
+
+
+def test_ln_probability_is_cached_for_a_new_identification_model(cohort, tmp_path, monkeypatch):
+    """A new LN identification model (or instance filter) reruns the chain from the cached LN
+    probability maps, without the segmentation network, and gives the same volumes."""
+    from lnmet.inference import SegmentationModel
+
+    def args(cache):
+        a = _args(cohort, tmp_path, extra=("--volumes-only",))
+        a[a.index("--cache") + 1] = str(cache)
+        return a
+
+    tpc.main(args(tmp_path / "cache"))
+    probs = list((tmp_path / "cache").glob("ln_probability_*_gtorgans/*.nii.gz"))
+    assert len(probs) == 4
+    first = {f.stem: json.loads(f.read_text()) for f in next((tmp_path / "cache").glob("ln_volumes_*")).glob("*.json")}
+    for folder in (tmp_path / "cache").glob("ln_volumes_*"):  # as if the identification model changed
+        for f in folder.glob("*.json"):
+            f.unlink()
+
+    def no_network(*a, **k):
+        raise AssertionError("the LN segmentation ran although its probability maps are cached")
+
+    monkeypatch.setattr(SegmentationModel, "predict_probabilities", no_network)
+    tpc.main(args(tmp_path / "cache"))
+    again = {f.stem: json.loads(f.read_text()) for f in next((tmp_path / "cache").glob("ln_volumes_*")).glob("*.json")}
+    assert again == first

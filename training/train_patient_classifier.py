@@ -191,7 +191,9 @@ def ln_volumes(args: argparse.Namespace, data: Path, cases: Sequence[str], setti
     """Largest positive LN volume of every case by the LN chain, from the cache when present.
 
     One small JSON file per case under ``--cache/ln_volumes_<key>/``, so that several processes
-    (``--shard K/N``) can fill the cache side by side."""
+    (``--shard K/N``) can fill the cache side by side. The LN segmentation's probability map is
+    cached too (``--cache/ln_probability_<ln_seg sha>_<organ source>/``): a new identification model
+    or instance filter reruns only the steps after it."""
     from lnmet.inference import SegmentationModel
     from lnmet.networks.ln_classifier import LNPipeline
 
@@ -200,6 +202,8 @@ def ln_volumes(args: argparse.Namespace, data: Path, cases: Sequence[str], setti
     mine = [c for i, c in enumerate(cases) if i % shards == shard]
     todo = [c for c in mine if not (folder / f"{c}.json").is_file()]
     log.info("LN volumes: %d of %d cases to compute (cache %s)", len(todo), len(mine), folder)
+    organ_tag = f"organs{sha256_file(args.organ_model)[:8]}" if args.organ_model else "gtorgans"
+    prob_folder = Path(args.cache) / f"ln_probability_{sha256_file(args.ln_seg_model)[:12]}_{organ_tag}"
     if todo:
         pipe = LNPipeline.load(args.ln_seg_model, args.ln_cls_model, settings, args.device)
         organ_model = SegmentationModel.load(args.organ_model, args.device) if args.organ_model else None
@@ -209,7 +213,13 @@ def ln_volumes(args: argparse.Namespace, data: Path, cases: Sequence[str], setti
             organs = _read(data / LN_DATASET / "organsTr" / f"{case}{ENDING}")
         else:
             organs = predicted_labels(organ_model, venous, arterial)
-        r = pipe.run(venous, arterial, organs)
+        prob_path = prob_folder / f"{case}.nii.gz"
+        r = pipe.run(venous, arterial, organs, probability=sitk.ReadImage(str(prob_path)) if prob_path.is_file() else None)
+        if not prob_path.is_file():
+            prob_folder.mkdir(parents=True, exist_ok=True)
+            tmp = prob_path.with_name(f".tmp_{case}.nii.gz")
+            sitk.WriteImage(r.probability, str(tmp), True)
+            os.replace(tmp, prob_path)
         _write_json_atomic(folder / f"{case}.json", {
             "largest_positive_volume_mm3": r.largest_positive_volume_mm3, "instances": len(r.ids),
             "positive": int(r.positive.sum()), "volumes_mm3": [round(float(v), 1) for v in r.volumes_mm3],
