@@ -12,7 +12,7 @@ from monai.losses import DiceLoss
 
 from lnmet.labels import ORGAN_BY_LABEL
 from lnmet.model_io import load_model
-from training.datasets import TASKS, list_cases, load_cases, read_dataset_json, split_cases
+from training.datasets import TASKS, CaseData, list_cases, load_cases, read_dataset_json, split_cases
 from training.losses import CETverskyLoss, deep_supervision_weights, paper_tversky_to_monai
 from training.sampling import PatchSampler, build_augmentation
 from training.train_segmentation import main as train_main
@@ -48,7 +48,7 @@ def trained(tiny_nnunet, tmp_path_factory):
         "organ_seg": ["--dataset", str(tiny_nnunet / "Dataset501_PancreasOrgans"), "--task", "organs",
                       "--iterations", "30", "--lr", "0.01"],
         "ln_seg": ["--dataset", str(tiny_nnunet / "Dataset502_PancreasLymphNodes"), "--task", "lymph_nodes",
-                   "--iterations", "10"],
+                   "--iterations", "10", "--per-node-sampling"],
         "ln_seg_baseline": ["--dataset", str(tiny_nnunet / "Dataset502_PancreasLymphNodes"), "--task",
                             "lymph_nodes", "--no-attention", "--iterations", "4", "--val-fraction", "0"],
         "pdac_seg": ["--dataset", str(tiny_nnunet / "Dataset503_PancreasTumour"), "--task", "pdac",
@@ -87,6 +87,7 @@ def test_lymph_node_models_attention_flags_and_sampling(trained):
     _, base = load_model(root / "models" / "ln_seg_baseline" / "model.ts")
     assert meta["architecture"]["attention"] is True and meta["training"]["informative_negative_selection"] is True
     assert base["architecture"]["attention"] is False and base["training"]["informative_negative_selection"] is False
+    assert meta["training"]["per_node_sampling"] is True and base["training"]["per_node_sampling"] is False
     assert meta["training"]["loss"] == "ce_tversky" and meta["training"]["tversky_alpha_beta_paper_eq4"] == [0.5, 1.5]
     assert "instance_recall" in summaries["ln_seg"]["validation"]
     assert summaries["ln_seg"]["sampler"]["patches"] == 10 * 2
@@ -211,6 +212,32 @@ def test_sampler_foreground_and_informative_negative_selection(tiny_nnunet):
     s = single.batch(1)[0]
     np.testing.assert_array_equal(s["image"][0], s["image"][1])
     assert not np.array_equal(plain.batch(1)[0]["image"][0], plain.batch(1)[0]["image"][1])
+
+
+def test_per_node_sampling_gives_small_nodes_their_share():
+    """Foreground patches centred per node: each node of a case gets about the same number of patches,
+    where drawing by voxel gives them in proportion to their volume."""
+    inst = np.zeros((40, 60, 60), np.uint16)
+    inst[5:25, 5:25, 5:25] = 1  # 8000 voxels
+    inst[30:32, 50:52, 50:52] = 2  # 8 voxels
+    label = (inst > 0).astype(np.uint8)
+    case = CaseData("c", np.zeros((2,) + inst.shape, np.int16), label, (1.5, 1.5, 1.5), instances=inst,
+                    class_coords={1: np.argwhere(label > 0)})
+    norm = [{"clip_hu": [-200, 300], "mean": 0.0, "std": 1.0}] * 2
+
+    def share_at_small_node(per_instance: bool) -> float:
+        sampler = PatchSampler([case], (8, 8, 8), norm, per_instance=per_instance, seed=3)
+        hits = 0
+        for _ in range(400):
+            start = np.array(sampler.choose_start(case, force_foreground=True))
+            lo, hi = np.maximum(start, 0), start + 8
+            hits += int((inst[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] == 2).any())
+        return hits / 400
+
+    assert share_at_small_node(False) < 0.02
+    assert 0.4 < share_at_small_node(True) < 0.6
+    with pytest.raises(ValueError, match="instance map"):
+        PatchSampler([CaseData("d", case.image, label, (1.5, 1.5, 1.5))], (8, 8, 8), norm, per_instance=True)
 
 
 def test_augmentation_keeps_labels_and_shapes():

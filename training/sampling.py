@@ -2,7 +2,10 @@
 
 * nnU-Net's foreground oversampling: in each batch the last ``round(B * p)`` samples (at least the
   last one when ``p`` > 0 and B > 1, as nnU-Net's rule gives) are centred on a voxel of a random
-  foreground class present in the case; the others are placed uniformly at random.
+  foreground class present in the case; the others are placed uniformly at random. With
+  ``per_instance`` (LN task) a foreground patch is centred on a voxel of a node drawn uniformly
+  among the case's nodes, so that small nodes get as many patches as large ones (drawn by voxel,
+  a 2000 mm^3 node gets 40 times the patches of a 50 mm^3 one, and small nodes are what is missed).
 * "Informative negative selection" (Zheng et al. 2024, section 3.1.1) for the attention-guided LN
   model: a patch is only used when some attention in it is > 0 (random placement is retried, then
   the patch is centred on a random voxel with attention > 0).
@@ -44,11 +47,16 @@ class PatchSampler:
 
     def __init__(self, cases: Sequence[CaseData], patch_zyx: Sequence[int], normalization: list[dict[str, Any]],
                  foreground_fraction: float = 0.33, informative_only: bool = False, seed: int = 0,
-                 single_phase_fraction: float = 0.0, phase_channels: tuple[int, int] | None = None):
+                 single_phase_fraction: float = 0.0, phase_channels: tuple[int, int] | None = None,
+                 per_instance: bool = False):
         if not cases:
             raise ValueError("PatchSampler: no training cases")
         if informative_only and any(c.attention is None for c in cases):
             raise ValueError("PatchSampler: informative negative selection needs each case's attention map")
+        if per_instance and any(c.instances is None for c in cases):
+            raise ValueError("PatchSampler: per-instance foreground sampling needs each case's instance map")
+        self.per_instance = per_instance
+        self._instance_coords: dict[str, list[np.ndarray]] = {}
         self.cases = list(cases)
         self.patch = tuple(int(p) for p in patch_zyx)
         self.normalization = normalization
@@ -81,11 +89,27 @@ class PatchSampler:
         region = case.attention[box]
         return region.size > 0 and bool((region > 0).any())
 
+    def _instance_voxels(self, case: CaseData) -> list[np.ndarray]:
+        """Voxel positions [N, 3] of each instance of ``case`` (computed once per case)."""
+        if case.case_id not in self._instance_coords:
+            assert case.instances is not None
+            inst = case.instances.ravel()
+            idx = np.flatnonzero(inst)
+            idx = idx[np.argsort(inst[idx], kind="stable")]
+            groups = np.split(idx, np.flatnonzero(np.diff(inst[idx])) + 1) if idx.size else []
+            self._instance_coords[case.case_id] = [np.stack(np.unravel_index(g, case.instances.shape), axis=1)
+                                                   for g in groups]
+        return self._instance_coords[case.case_id]
+
     def choose_start(self, case: CaseData, force_foreground: bool) -> list[int]:
         """Start index [z, y, x] of a patch of ``case``."""
         classes = [k for k, v in case.class_coords.items() if len(v)]
-        if force_foreground and classes:
-            coords = case.class_coords[int(self.rng.choice(classes))]
+        nodes = self._instance_voxels(case) if (self.per_instance and force_foreground) else []
+        if force_foreground and (classes or nodes):
+            if nodes:
+                coords = nodes[int(self.rng.integers(len(nodes)))]
+            else:
+                coords = case.class_coords[int(self.rng.choice(classes))]
             start = self._centred_start(coords[self.rng.integers(len(coords))])
             if not self.informative_only or self._has_attention(case, start):
                 self.stats["foreground"] += 1

@@ -61,6 +61,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-version", default=MODEL_VERSION)
     p.add_argument("--no-attention", action="store_true", help="lymph_nodes: plain baseline without attention")
     p.add_argument("--no-ins", action="store_true", help="lymph_nodes: no informative negative selection")
+    p.add_argument("--per-node-sampling", action="store_true",
+                   help="lymph_nodes: centre foreground patches on a node drawn uniformly (not on a voxel), "
+                        "so small nodes get as many patches as large ones")
     p.add_argument("--iterations", type=int, help="training iterations (batches)")
     p.add_argument("--max-minutes", type=float, help="time budget; the LR schedule is fitted to it")
     p.add_argument("--batch-size", type=int)
@@ -90,8 +93,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--synthetic", choices=["auto", "yes", "no"], default="auto",
                    help="whether the data are the project's synthetic studies (metadata)")
     args = p.parse_args(argv)
-    if args.task != "lymph_nodes" and (args.no_attention or args.no_ins):
-        p.error("--no-attention and --no-ins only apply to --task lymph_nodes")
+    if args.task != "lymph_nodes" and (args.no_attention or args.no_ins or args.per_node_sampling):
+        p.error("--no-attention, --no-ins and --per-node-sampling only apply to --task lymph_nodes")
     if not 0 <= args.val_fraction < 1:
         p.error("--val-fraction must be in [0, 1)")
     return args
@@ -211,7 +214,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     single_phase_fraction = preset.single_phase_fraction if None not in phases else 0.0
     sampler = PatchSampler(train_cases, preset.patch_zyx, normalization, preset.foreground_fraction,
                            informative_only=informative, seed=args.seed, single_phase_fraction=single_phase_fraction,
-                           phase_channels=phases if None not in phases else None)
+                           phase_channels=phases if None not in phases else None,
+                           per_instance=args.per_node_sampling)
     augment = build_augmentation(with_attention=attention, seed=args.seed) if preset.augmentation else None
 
     iteration, planned, history = 0, preset.iterations, []
@@ -310,7 +314,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "training": {
             "iterations": iteration, "batch_size": preset.batch_size, "optimizer": preset.optimizer,
             "initial_lr": preset.learning_rate, "loss": task.loss, "deep_supervision_outputs": net.num_outputs,
-            "informative_negative_selection": informative, "augmentation": preset.augmentation,
+            "informative_negative_selection": informative, "per_node_sampling": bool(args.per_node_sampling),
+            "augmentation": preset.augmentation,
             "single_phase_fraction": single_phase_fraction,
             "tversky_alpha_beta_paper_eq4": [args.tversky_alpha, args.tversky_beta] if task.loss == "ce_tversky" else None,
             "seed": args.seed, "train_cases": len(train_cases), "held_back_cases": len(val_ids),
