@@ -8,7 +8,9 @@ generator's perfectly aligned one (isolates the LN models from the registration)
 
 - class-agnostic detection: instance recall, precision and F1 (a ground-truth LN is detected when
   its IoU with a predicted instance is >= 0.3; counts pooled over the studies), voxel Dice (mean over
-  studies and pooled); goals recall >= 0.8 with precision >= 0.5;
+  studies and pooled); goals recall >= 0.8 with precision >= 0.5; instances are filtered as the app
+  does (app.yaml ``ln_detection``, density check included), the same figures without the density
+  check are printed too;
 - LN identification AUC, sensitivity and specificity (at the model's stored threshold, or app.yaml's
   override) on the ground-truth instances and on the segmented ones (a segmented instance takes the
   class of the GT node it matches, unmatched ones count as negatives; also on the matched ones
@@ -180,11 +182,16 @@ def evaluate_case(cache: Path, case: str, data: Path, models: dict[str, Any], se
         if model is None:
             continue
         prob, secs = ln_probability(cache, case, model, models[key + "_sha"], models["organ_tag"], grid, ven, art, att)
-        inst = ln_instances(prob, c["venous"], det.probability_threshold, det.min_volume_mm3)
+        inst = ln_instances(prob, c["venous"], det.probability_threshold, det.min_volume_mm3, det.min_density_hu)
         arr = sitk.GetArrayFromImage(inst).astype(np.int64)
         counts = detection_counts(arr, gt)
         m = counts.pop("match")
         out[key] = {**counts, "seconds": secs}
+        if det.min_density_hu is not None:  # the same without the density check, to show what it does
+            plain = ln_instances(prob, c["venous"], det.probability_threshold, det.min_volume_mm3)
+            counts_plain = detection_counts(sitk.GetArrayFromImage(plain).astype(np.int64), gt)
+            counts_plain.pop("match")
+            out[key + "_no_density_check"] = counts_plain
         if key == "ln_seg":  # identification on the segmented instances
             ids, probs = identify_instances(ident, inst, grid, image, att, batch_size=8)
             labels = [table.get(m.pred_to_gt.get(i, -1), False) for i in ids]
@@ -246,11 +253,11 @@ def choose_filter(sweep: Sequence[dict[str, Any]], min_recall: float = SELECTION
     return max(ok, key=lambda r: (round(r["f1"], 6), r["min_volume_mm3"], r["probability_threshold"]))
 
 
-def postprocessing_sweep(cache: Path, data: Path, cases: Sequence[str], models: dict[str, Any], key: str
-                         ) -> list[dict[str, Any]]:
-    """Detection figures of model ``key`` for every pair of app.yaml ``ln_detection`` settings
-    (probability threshold x minimum volume) on its cached probability maps: how the instance filter
-    is chosen, on a validation cohort (never on the held-out test seeds)."""
+def postprocessing_sweep(cache: Path, data: Path, cases: Sequence[str], models: dict[str, Any], key: str,
+                         densities: Sequence[float | None] = (None,)) -> list[dict[str, Any]]:
+    """Detection figures of model ``key`` for every combination of app.yaml ``ln_detection`` settings
+    (probability threshold x minimum volume x density check, ``None`` = off) on its cached probability
+    maps: how the instance filter is chosen, on a validation cohort (never on the held-out test seeds)."""
     gts, probs = [], []
     for case in cases:
         c = read_case(data, case)
@@ -258,13 +265,16 @@ def postprocessing_sweep(cache: Path, data: Path, cases: Sequence[str], models: 
         probs.append((sitk.ReadImage(str(path)), c["venous"]))
         gts.append(sitk.GetArrayFromImage(c["instances_gt"]).astype(np.int64))
     out = []
-    for thr in SWEEP_THRESHOLDS:
-        for vol in SWEEP_MIN_VOLUMES_MM3:
-            tot = np.zeros(4, int)
-            for (prob, ref), gt in zip(probs, gts):
-                m = match_instances(sitk.GetArrayFromImage(ln_instances(prob, ref, thr, vol)).astype(np.int64), gt)
-                tot += [m.n_gt, m.n_detected, m.n_pred, m.n_true_positive_pred]
-            out.append({"probability_threshold": thr, "min_volume_mm3": vol, **detection_scores(*tot)})
+    for density in densities:
+        for thr in SWEEP_THRESHOLDS:
+            for vol in SWEEP_MIN_VOLUMES_MM3:
+                tot = np.zeros(4, int)
+                for (prob, ref), gt in zip(probs, gts):
+                    inst = ln_instances(prob, ref, thr, vol, density)
+                    m = match_instances(sitk.GetArrayFromImage(inst).astype(np.int64), gt)
+                    tot += [m.n_gt, m.n_detected, m.n_pred, m.n_true_positive_pred]
+                out.append({"probability_threshold": thr, "min_volume_mm3": vol, "min_density_hu": density,
+                            **detection_scores(*tot)})
     return out
 
 
@@ -355,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
             line += f" | baseline: detected {b['detected']}, predicted {b['pred']} ({b['true_positive_pred']} true)"
         print(line + f" [{time.perf_counter() - t:.1f} s]", flush=True)
 
-    det = {k: summarize_detection(rows, k) for k in ("ln_seg", "baseline")}
+    det = {k: summarize_detection(rows, k) for k in ("ln_seg", "baseline", "ln_seg_no_density_check",
+                                                      "baseline_no_density_check")}
     ident = {"gt_instances": summarize_identification(rows, "gt_nodes", threshold),
              "segmented_instances": summarize_identification(rows, "segmented_nodes", threshold),
              "segmented_true_nodes": summarize_identification(rows, "segmented_nodes", threshold, true_nodes_only=True)}
@@ -367,6 +378,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {name:<28s}{_fmt(det['ln_seg'].get(k)):>10s}{_fmt(det['baseline'].get(k)) if det['baseline'] else '       -':>10s}")
     print(f"  {'GT nodes / predicted':<28s}{det['ln_seg']['gt']:>5d}/{det['ln_seg']['pred']:<4d}"
           + (f"{det['baseline']['gt']:>5d}/{det['baseline']['pred']:<4d}" if det["baseline"] else ""))
+    if det["ln_seg_no_density_check"]:
+        a, b = det["ln_seg_no_density_check"], det["baseline_no_density_check"]
+        print(f"  without the density check (min_density_hu {settings.ln_detection.min_density_hu} HU off):")
+        for name, k in (("instance recall", "recall"), ("instance precision", "precision"), ("F1", "f1")):
+            print(f"    {name:<26s}{_fmt(a.get(k)):>10s}{_fmt(b.get(k)) if b else '       -':>10s}")
     print(f"\nLN identification (threshold {threshold:.3f}):")
     for name, k in (("on ground-truth instances", "gt_instances"), ("on segmented instances", "segmented_instances"),
                     ("  of them true nodes", "segmented_true_nodes")):
@@ -385,21 +401,24 @@ def main(argv: list[str] | None = None) -> int:
     print("\nGoals: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in goals.items()))
     sweeps = {}
     if args.sweep:
-        print(f"\nInstance filter sweep (app.yaml now: probability_threshold {settings.ln_detection.probability_threshold}, "
-              f"min_volume_mm3 {settings.ln_detection.min_volume_mm3}):")
-        print(f"  {'model':<10s}{'threshold':>10s}{'min mm^3':>10s}{'recall':>8s}{'precision':>10s}{'F1':>7s}")
+        det_now = settings.ln_detection
+        print(f"\nInstance filter sweep (app.yaml now: probability_threshold {det_now.probability_threshold}, "
+              f"min_volume_mm3 {det_now.min_volume_mm3}, min_density_hu {det_now.min_density_hu}):")
+        print(f"  {'model':<10s}{'threshold':>10s}{'min mm^3':>10s}{'min HU':>8s}{'recall':>8s}{'precision':>10s}{'F1':>7s}")
+        densities = (None,) if det_now.min_density_hu is None else (None, det_now.min_density_hu)
         for key in ("ln_seg", "baseline"):
             if models.get(key) is None:
                 continue
-            sweeps[key] = postprocessing_sweep(cache, data, cases, models, key)
+            sweeps[key] = postprocessing_sweep(cache, data, cases, models, key, densities)
             for r in sweeps[key]:
-                print(f"  {key:<10s}{r['probability_threshold']:>10.2f}{r['min_volume_mm3']:>10.0f}"
+                hu = "off" if r["min_density_hu"] is None else f"{r['min_density_hu']:.0f}"
+                print(f"  {key:<10s}{r['probability_threshold']:>10.2f}{r['min_volume_mm3']:>10.0f}{hu:>8s}"
                       f"{r['recall']:>8.3f}{r['precision']:>10.3f}{r['f1']:>7.3f}")
         best = choose_filter(sweeps["ln_seg"])
         print(f"\nBest F1 with recall >= {SELECTION_MIN_RECALL} and precision >= {SELECTION_MIN_PRECISION} (the rule "
               "for app.yaml, on a validation cohort): "
               + ("none" if best is None else f"probability_threshold {best['probability_threshold']}, "
-                 f"min_volume_mm3 {best['min_volume_mm3']:.0f}"))
+                 f"min_volume_mm3 {best['min_volume_mm3']:.0f}, min_density_hu {best['min_density_hu']}"))
     if args.json:
         Path(args.json).write_text(json.dumps({"detection": det, "identification": ident, "goals": goals,
                                                "sweeps": sweeps, "studies": rows}, indent=1, default=float))

@@ -114,7 +114,7 @@ def _cache_key(paths: list[str | None], settings: Any) -> str:
 
     det = settings.ln_detection
     parts = [sha256_file(p) if p else "-" for p in paths] + [str(det.probability_threshold), str(det.min_volume_mm3),
-                                                              str(det.positive_threshold)]
+                                                              str(det.min_density_hu), str(det.positive_threshold)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 

@@ -62,6 +62,7 @@ class LNDetectionSettings:
     probability_threshold: float
     min_volume_mm3: float
     positive_threshold: float | None
+    min_density_hu: float | None = None  # components of fat density (upper-quartile venous HU below) dropped
 
 
 @dataclass(frozen=True)
@@ -262,6 +263,8 @@ def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
                                      "ln_detection.min_volume_mm3", lo=0.0)),
         positive_threshold=_number(det.get("positive_threshold"), "ln_detection.positive_threshold",
                                    lo=0.0, hi=1.0, allow_none=True),
+        min_density_hu=_number(det.get("min_density_hu"), "ln_detection.min_density_hu", lo=-1024.0, hi=3071.0,
+                               allow_none=True),
     )
 
     pc = _get(raw, "", "patient_classifier")

@@ -12,7 +12,7 @@ Ports:
   the same two with the organ map and the model, for the patient classifier).
 
 Steps: connected components of the thresholded probability (:func:`lnmet.instances.ln_instances`,
-app.yaml ``ln_detection.probability_threshold`` and ``min_volume_mm3``); a crop centred on every
+app.yaml ``ln_detection.probability_threshold``, ``min_volume_mm3`` and ``min_density_hu``); a crop centred on every
 instance (with the instance's own mask, for a model that pools over it) through the LN
 identification model, batched (:class:`lnmet.networks.ln_classifier.LNIdentifier`);
 a node is positive when its probability reaches the model's stored threshold, unless app.yaml
@@ -68,7 +68,8 @@ def identify_lymph_nodes(registered: RegisteredPhases, ln_probability: sitk.Imag
         raise ValueError("LN identification: the organ label map is not on the reference (venous) grid "
                          f"(size {organs.GetSize()} vs {reference.GetSize()})")
     det = settings.ln_detection
-    instances = ln_instances(ln_probability, reference, det.probability_threshold, det.min_volume_mm3)
+    instances = ln_instances(ln_probability, reference, det.probability_threshold, det.min_volume_mm3,
+                             det.min_density_hu)
     channels, grid = model_inputs(registered, identifier)
     att_arr = None
     if identifier.uses_attention:

@@ -27,13 +27,16 @@ def test_ln_detection_script_on_a_tiny_study(tmp_path):
     det = res["detection"]["ln_seg"]
     assert det["studies"] == 1 and det["gt"] == sum(1 for _ in res["studies"][0]["gt_nodes"]["labels"])
     sweep = res["sweeps"]["ln_seg"]
-    assert len(sweep) == len(SWEEP_THRESHOLDS) * len(SWEEP_MIN_VOLUMES_MM3)
-    # the sweep repeats the main figures at app.yaml's own setting
     det_settings = load_settings().ln_detection
-    same = [r for r in sweep if r["probability_threshold"] == det_settings.probability_threshold
-            and r["min_volume_mm3"] == det_settings.min_volume_mm3][0]
-    for k in ("recall", "precision"):
-        assert (np.isnan(same[k]) and np.isnan(det[k])) or same[k] == det[k]
+    assert det_settings.min_density_hu is not None  # the app checks density: the sweep has it off and on
+    assert len(sweep) == 2 * len(SWEEP_THRESHOLDS) * len(SWEEP_MIN_VOLUMES_MM3)
+    # the sweep repeats the main figures at app.yaml's own setting, with and without the density check
+    for density, figures in ((det_settings.min_density_hu, det), (None, res["detection"]["ln_seg_no_density_check"])):
+        same = [r for r in sweep if r["probability_threshold"] == det_settings.probability_threshold
+                and r["min_volume_mm3"] == det_settings.min_volume_mm3 and r["min_density_hu"] == density][0]
+        for k in ("recall", "precision"):
+            assert (np.isnan(same[k]) and np.isnan(figures[k])) or same[k] == figures[k]
+    assert det["pred"] <= res["detection"]["ln_seg_no_density_check"]["pred"]
     assert set(res["goals"]) >= {"recall_at_least_0.8", "precision_at_least_0.5", "identification_auc_gt_at_least_0.85"}
     # identification: every segmented instance, and those matching a true node on their own
     seg = res["studies"][0]["segmented_nodes"]

@@ -82,3 +82,52 @@ def test_full_connectivity_joins_diagonal_voxels():
     m[0, 0, 0] = m[1, 1, 1] = 1
     img = sitk.GetImageFromArray(m)
     assert instance_ids(label_components(img, 0.0)) == [1]
+
+
+def _hu_reference(spheres_hu: list[tuple[tuple[float, float, float], float, float]], size=(80, 80, 40),
+                  spacing=(0.75, 0.75, 1.0), fat_hu: float = -100.0) -> sitk.Image:
+    """A venous image of fat with spheres (centre mm, radius mm, HU) painted in."""
+    ref = _reference(size, spacing)
+    arr = np.full(ref.GetSize()[::-1], fat_hu, np.float32)
+    z, y, x = np.mgrid[:size[2], :size[1], :size[0]].astype(float)
+    ox, oy, oz = ref.GetOrigin()
+    X, Y, Z = ox + x * spacing[0], oy + y * spacing[1], oz + z * spacing[2]
+    for (cx, cy, cz), r, hu in spheres_hu:
+        arr[(X - cx) ** 2 + (Y - cy) ** 2 + (Z - cz) ** 2 <= r * r] = hu
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(ref)
+    return img
+
+
+def test_density_check_drops_fat_components_and_keeps_spilling_nodes():
+    """A component segmented in fat is dropped; a node whose segmentation spills into the fat
+    around it (70% of its voxels fat) is kept (upper quartile, not mean); numbering stays by volume."""
+    node, spill, fat_blob = ((-10.0, 0.0, 20.0), 4.0), ((12.0, 10.0, 20.0), 3.0), ((10.0, -12.0, 22.0), 5.0)
+    venous = _hu_reference([(node[0], node[1], 60.0), (spill[0], 2.0, 60.0)])  # the spill node: HU radius 2
+    work = working_grid(venous, (1.5, 1.5, 1.5))
+    prob = _blobs(work, [node, spill, fat_blob])
+    plain = ln_instances(prob, venous, 0.5, min_volume_mm3=10.0)
+    checked = ln_instances(prob, venous, 0.5, min_volume_mm3=10.0, min_density_hu=0.0)
+    assert instance_ids(plain) == [1, 2, 3]
+    assert instance_ids(checked) == [1, 2]
+
+    def at(img, centre):
+        idx = venous.TransformPhysicalPointToIndex(centre)
+        return int(sitk.GetArrayViewFromImage(img)[idx[2], idx[1], idx[0]])
+
+    assert at(plain, fat_blob[0]) == 1 and at(checked, fat_blob[0]) == 0  # the largest, but fat
+    assert (at(checked, node[0]), at(checked, spill[0])) == (1, 2)
+    spill_voxels = sitk.GetArrayViewFromImage(checked) == 2
+    assert np.mean(sitk.GetArrayViewFromImage(venous)[spill_voxels] > 0) < 0.5  # mostly fat, still kept
+    # nodes kept are identical to the unchecked ones
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(checked) == 1, sitk.GetArrayViewFromImage(plain) == 2)
+
+
+def test_density_check_needs_the_venous_grid():
+    from lnmet.instances import drop_fat_density
+
+    labels = sitk.Image([10, 10, 10], sitk.sitkUInt16)
+    labels[5, 5, 5] = 1
+    with pytest.raises(ValueError, match="venous image"):
+        drop_fat_density(labels, sitk.Image([9, 10, 10], sitk.sitkFloat32), 0.0)
+    assert drop_fat_density(labels, sitk.Image([10, 10, 10], sitk.sitkFloat32) + 50.0, 0.0)[5, 5, 5] == 1
