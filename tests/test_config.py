@@ -38,6 +38,13 @@ def test_shipped_app_yaml_is_valid():
     assert s.resources.gpu == RAW["resources"]["gpu"]
 
 
+def test_density_check_is_optional():
+    """The shipped file checks node density; null or a missing key switches the check off."""
+    assert parse_settings(RAW).ln_detection.min_density_hu == 0.0
+    assert parse_settings(_with("ln_detection.min_density_hu", None)).ln_detection.min_density_hu is None
+    assert parse_settings(_with("ln_detection.min_density_hu!", None)).ln_detection.min_density_hu is None
+
+
 def test_attention_table7_values():
     """Table 7 of the paper, as shipped."""
     table7 = {"spleen": (0, 16), "esophagus": (0, 25), "stomach": (-2, 18), "aorta": (0, 28),
@@ -65,6 +72,7 @@ def test_attention_table7_values():
     ("attention.classes.spleen.d_max", -10, "attention.classes.spleen.d_max"),
     ("attention.classes.aorta.label", 7, "attention.classes.aorta.label"),
     ("ln_detection.probability_threshold", 1.5, "ln_detection.probability_threshold"),
+    ("ln_detection.min_density_hu", "fat", "ln_detection.min_density_hu"),
     ("patient_classifier.threshold", "high", "patient_classifier.threshold"),
     ("outputs.pdf", "yes", "outputs.pdf"),
 ])
