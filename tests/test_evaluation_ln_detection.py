@@ -37,6 +37,8 @@ def test_ln_detection_script_on_a_tiny_study(tmp_path):
         for k in ("recall", "precision"):
             assert (np.isnan(same[k]) and np.isnan(figures[k])) or same[k] == figures[k]
     assert det["pred"] <= res["detection"]["ln_seg_no_density_check"]["pred"]
+    ratios = res["studies"][0]["ln_seg"]["volume_ratios"]  # one per true detection, 0.3 IoU bounds it
+    assert len(ratios) == det["true_positive_pred"] and all(0.3 <= v <= 1 / 0.3 for v in ratios)
     assert set(res["goals"]) >= {"recall_at_least_0.8", "precision_at_least_0.5", "identification_auc_gt_at_least_0.85"}
     # identification: every segmented instance, and those matching a true node on their own
     seg = res["studies"][0]["segmented_nodes"]
