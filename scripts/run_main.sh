@@ -18,6 +18,13 @@ bash scripts/setup.sh
 ulimit -s 32768 2>/dev/null || true   # Holoscan wants a 32 MB stack
 
 case_dir="$STUDY_ROOT/$(printf 'SYN%06d' "$SEED")"
+current=$(.venv/bin/python -c 'from synthetic import GENERATOR_VERSION; print(GENERATOR_VERSION)')
+made_by=$(.venv/bin/python -c 'import json, sys; print(json.load(open(sys.argv[1])).get("generator_version", "?"))' \
+          "$case_dir/ground_truth/study.json" 2>/dev/null || echo none)
+if [ -d "$case_dir" ] && [ "$made_by" != "$current" ]; then
+  echo "[main] the study in $case_dir was made by generator $made_by, not $current: generating it again"
+  rm -rf "$case_dir"
+fi
 if [ ! -d "$case_dir/dicom" ]; then
   echo "[main] generating a standard two-phase study (seed $SEED) in $case_dir"
   .venv/bin/python -m synthetic generate --preset standard --seed "$SEED" --count 1 --out "$STUDY_ROOT"
