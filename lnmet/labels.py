@@ -62,7 +62,7 @@ ANATOMY_LABELS: dict[str, int] = {
     "bowel": 22,
     "bowel_lumen": 23,
     "stomach_lumen": 24,
-    "gas": 25,
+    "gas": 25,  # bowel gas
     "pdac": 26,
     "lymph_node": 27,
     "ln_necrosis": 28,
@@ -71,6 +71,22 @@ ANATOMY_LABELS: dict[str, int] = {
     "paraspinal_muscle": 31,
     "duodenum_lumen": 32,
     "stomach_gas": 33,
+    # generator 2.0: the neighbours a network must learn to reject (ground truth only)
+    "costal_cartilage": 34,
+    "table_shell": 35,
+    "table_core": 36,
+    "lung": 37,
+    "hepatic_vein": 38,
+    "kidney_medulla": 39,
+    "renal_pelvis": 40,
+    "renal_sinus_fat": 41,
+    "faeces": 42,
+    "pancreas_fat": 43,
+    "other_artery": 44,
+    "other_vein": 45,
+    "calcification": 46,
+    "adrenal": 47,
+    "skin": 48,
 }
 
 # Anatomy labels that belong to an organ class in the organ label map (lumen and tumour included).
@@ -80,6 +96,7 @@ ANATOMY_TO_ORGAN: dict[int, int] = {
     33: 3,  # stomach gas -> stomach
     32: 6,  # duodenum lumen -> duodenum
     26: 5,  # PDAC -> pancreas
+    43: 5,  # interlobular fat inside the pancreas outline -> pancreas
 }
 
 # Labels of the patient-level class and of LN classes.

@@ -42,7 +42,8 @@ def _stats(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from synthetic.nnunet import export_nnunet
 
-    export_nnunet(Path(args.out), range(args.seed, args.seed + args.count), args.preset, workers=args.workers)
+    export_nnunet(Path(args.out), range(args.seed, args.seed + args.count), args.preset, workers=args.workers,
+                  acquisition=args.acquisition)
     return 0
 
 
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--preset", choices=presets, default="train")
     e.add_argument("--out", required=True)
     e.add_argument("--workers", type=int, default=2)
+    e.add_argument("--acquisition", choices=["preset", "random"], default="preset",
+                   help="random: each case acquired at its own voxel size and coverage (0.6-5 mm) and resampled "
+                        "to the preset's grid by the app's own resampling (training data)")
     e.set_defaults(func=_export)
 
     args = parser.parse_args(argv)

@@ -6,8 +6,9 @@ positive patients (about 1.4 each), positive LN volume median 665 mm^3 (IQR 210-
 300 mm^3 (IQR 106-377), tumour diameter median 3.0 cm (IQR 2.5-4.1), head/uncinate in 63%.
 Nodes are placed in fat at a gap from their station's organ/vessel that is mostly small with a
 tail, inside the Table 7 distance range of the attention map (read from app.yaml). Classes overlap
-on purpose: some positive nodes are small and homogeneous (micro-metastases), some negative ones
-are large and round (reactive), so that no single feature separates them.
+on purpose in every appearance parameter (size, shape, texture, density, necrosis; generator 2.0):
+some positive nodes are small and homogeneous (micro-metastases), some negative ones are large and
+round (reactive), so that no single feature separates them.
 """
 
 from __future__ import annotations
@@ -172,14 +173,27 @@ def _metastasis_probability(t: TumourSpec) -> float:
 
 
 def _node_shape(rng: np.random.Generator, positive: bool, volume: float, centre: np.ndarray) -> Ellipsoid:
-    # positive nodes rounder (short/long axis ratio near 1), negative ones oval / bean-shaped
+    # Metastatic nodes tend to be rounder (short/long axis ratio nearer 1), benign ones oval or
+    # bean-shaped; the ranges overlap widely, as on real CT.
     if positive:
-        ratios = np.array([1.0, rng.uniform(0.75, 0.97), rng.uniform(0.72, 0.95)])
+        ratios = np.array([1.0, rng.uniform(0.6, 0.97), rng.uniform(0.55, 0.95)])
     else:
-        ratios = np.array([1.0, rng.uniform(0.5, 0.8), rng.uniform(0.45, 0.75)])
+        ratios = np.array([1.0, rng.uniform(0.45, 0.9), rng.uniform(0.42, 0.85)])
     a = (volume / (4.0 / 3.0 * np.pi * np.prod(ratios))) ** (1.0 / 3.0)
     return Ellipsoid(centre, a * ratios, tuple(rng.uniform(-np.pi, np.pi, 3)), bumps=0.05,
                      bump_phase=rng.uniform(0, 6.28, 6))
+
+
+def node_appearance(rng: np.random.Generator, metastatic_look: bool) -> tuple[float, float, bool]:
+    """Texture amplitude (HU), mean-enhancement offset (HU) and central necrosis of a node.
+
+    Metastatic-looking nodes are on average more heterogeneous, slightly less enhancing and
+    sometimes necrotic, but every range overlaps the benign one (paper Table 1: heterogeneity and
+    size overlap), so that no single appearance parameter separates the classes.
+    """
+    if metastatic_look:
+        return float(rng.uniform(2.5, 12.0)), float(rng.normal(-4.0, 8.0)), bool(rng.uniform() < 0.25)
+    return float(rng.uniform(2.0, 9.0)), float(rng.normal(0.0, 8.0)), bool(rng.uniform() < 0.03)
 
 
 class _PlacementMaps:
@@ -300,10 +314,9 @@ def sample_lesions(anat: Anatomy, rng: np.random.Generator, attention: Attention
                 centre = maps.point(int(cand[rng.integers(cand.size)]), rng)
                 maps.mark(centre, float(shape.semi_axes.max()))
                 shape.centre = centre
-                nodes.append(NodeSpec(len(nodes) + 1, positive, centre, shape, station,
-                                      necrotic=bool(positive and not micro and rng.uniform() < 0.35),
-                                      texture=float(rng.uniform(8, 18) if positive and not micro else rng.uniform(2, 6)),
-                                      hu_shift=float(rng.normal(-6 if positive else 0, 6))))
+                texture, hu_shift, necrotic = node_appearance(rng, positive and not micro)
+                nodes.append(NodeSpec(len(nodes) + 1, positive, centre, shape, station, necrotic=necrotic,
+                                      texture=texture, hu_shift=hu_shift))
                 break
 
     distractors: list[NodeSpec] = []
@@ -315,8 +328,8 @@ def sample_lesions(anat: Anatomy, rng: np.random.Generator, attention: Attention
             centre = maps.point(int(cand[rng.integers(cand.size)]), rng)
             maps.mark(centre, float(shape.semi_axes.max()))
             shape.centre = centre
-            distractors.append(NodeSpec(0, False, centre, shape, "none", False, float(rng.uniform(2, 6)),
-                                        float(rng.normal(0, 6)), distractor=True))
+            texture, hu_shift, _ = node_appearance(rng, False)
+            distractors.append(NodeSpec(0, False, centre, shape, "none", False, texture, hu_shift, distractor=True))
     _describe_nodes(maps, nodes, attention)
     # A positive patient whose positive nodes found no room keeps its label: its nodes are occult.
     return Lesions(tumour, nodes, distractors, positive_patient, p_met)

@@ -108,6 +108,8 @@ class Tube:
     def __post_init__(self) -> None:
         ctrl = np.asarray(self.points, float)
         radii = np.asarray(self.radii, float)
+        if radii.size == 1:  # one radius for the whole tube
+            radii = np.full(len(ctrl), float(radii.ravel()[0]))
         self.path = smooth_path(ctrl, self.step)
         # radius along the path: interpolate by arc length of the control polygon
         s_ctrl = np.r_[0, np.cumsum(np.linalg.norm(np.diff(ctrl, axis=0), axis=1))]
@@ -172,3 +174,48 @@ class Tube:
 def elliptic_cylinder_level(x, y, centre_xy, semi_xy) -> np.ndarray:
     """Normalised radius of an axial ellipse (< 1 inside)."""
     return np.sqrt(((x - centre_xy[0]) / semi_xy[0]) ** 2 + ((y - centre_xy[1]) / semi_xy[1]) ** 2)
+
+
+@dataclass
+class WaveField:
+    """A smooth random field in physical space: a sum of plane waves with random directions, phases
+    and wavelengths. Zero-mean, unit variance, defined at any point, so that a patient's lobulation,
+    haustra or bowel-content mottling look the same at every voxel size."""
+
+    directions: np.ndarray  # (k, 3) unit vectors
+    wavenumbers: np.ndarray  # (k,) rad/mm
+    phases: np.ndarray  # (k,)
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator, wavelength_mm: tuple[float, float], waves: int = 12) -> "WaveField":
+        d = rng.normal(size=(waves, 3))
+        d /= np.linalg.norm(d, axis=1, keepdims=True)
+        lam = rng.uniform(*wavelength_mm, waves)
+        return cls(d, 2 * np.pi / lam, rng.uniform(0, 2 * np.pi, waves))
+
+    def __call__(self, x, y, z) -> np.ndarray:
+        out = 0.0
+        for (dx, dy, dz), k, p in zip(self.directions, self.wavenumbers, self.phases):
+            out = out + np.sin(k * (dx * x + dy * y + dz * z) + p)
+        return np.asarray(out) * np.sqrt(2.0 / len(self.phases))
+
+
+def superellipse_level(x, y, centre_xy, semi_x: float, semi_ant: float, semi_post: float,
+                       n_ant: float = 2.1, n_post: float = 2.8) -> np.ndarray:
+    """Normalised radius (< 1 inside) of a body-like cross-section: a superellipse whose posterior
+    half is flatter (the patient lies on the table) than its anterior half. y grows posteriorly."""
+    dx = np.abs(x - centre_xy[0]) / semi_x
+    dy = y - centre_xy[1]
+    post = dy > 0
+    b = np.where(post, semi_post, semi_ant)
+    n = np.where(post, n_post, n_ant)
+    return (dx ** n + (np.abs(dy) / b) ** n) ** (1.0 / n)
+
+
+def superellipse_radius(angle: float, semi_x: float, semi_ant: float, semi_post: float,
+                        n_ant: float = 2.1, n_post: float = 2.8) -> float:
+    """Distance from the centre to the boundary of :func:`superellipse_level` along the direction
+    (sin angle, cos angle): angle 0 points posteriorly, +pi/2 to the patient's left."""
+    sx, cy = np.sin(angle), np.cos(angle)
+    b, n = (semi_post, n_post) if cy > 0 else (semi_ant, n_ant)
+    return float((abs(sx / semi_x) ** n + abs(cy / b) ** n) ** (-1.0 / n))

@@ -12,14 +12,17 @@ import SimpleITK as sitk
 
 from lnmet.config import AttentionSettings, load_settings
 from lnmet.labels import ANATOMY_LABELS as L
-from synthetic import appearance
+from synthetic import appearance, scanner
 from synthetic.anatomy import Anatomy, sample_anatomy
+from synthetic.appearance import Contrast
 from synthetic.deformation import Breathing
 from synthetic.grid import PRESETS, Grid, Preset
 from synthetic.lesions import Lesions, organ_map, sample_lesions
 
 # 1.1.0: LN volumes and tumour diameters follow Table 1 (the generated cohort, not only the knots).
-GENERATOR_VERSION = "1.1.0"
+# 2.0.0: realistic anatomy (ribs, arms, table, bowel, vessel tree, lobulated pancreas, kidneys...),
+#        per-patient contrast, kernel-shaped noise and streaks; node appearance overlapping between classes.
+GENERATOR_VERSION = "2.0.0"
 DEFORMATION_SPACING_MM = 4.0
 
 
@@ -61,6 +64,8 @@ class SyntheticStudy:
             "landmarks": self.landmarks,
             "deformation": {"convention": "venous point p shows the tissue of arterial point p + u(p)",
                             "grid_spacing_mm": DEFORMATION_SPACING_MM, **self.extras.get("deformation", {})},
+            "contrast": self.extras.get("contrast"), "scanner": self.extras.get("scanner"),
+            "habitus": self.extras.get("habitus"),
         }
 
 
@@ -99,6 +104,8 @@ class Patient:
     rng_texture: np.random.Generator
     rng_noise: np.random.Generator
     rng_landmarks: np.random.Generator
+    contrast: Contrast
+    rng_scanner: np.random.Generator
 
 
 def sample_patient(seed: int, attention: AttentionSettings | None = None) -> Patient:
@@ -106,10 +113,26 @@ def sample_patient(seed: int, attention: AttentionSettings | None = None) -> Pat
     streams, so that rendering choices never change the patient)."""
     attention = attention or load_settings().attention
     seq = np.random.SeedSequence([20241, int(seed)])
-    r_anat, r_les, r_def, r_hdr, r_tex, r_noise, r_lm = (np.random.default_rng(s) for s in seq.spawn(7))
+    r_anat, r_les, r_def, r_hdr, r_tex, r_noise, r_lm, r_con, r_scan = (np.random.default_rng(s) for s in seq.spawn(9))
     anat = sample_anatomy(r_anat)
     lesions = sample_lesions(anat, r_les, attention)
-    return Patient(int(seed), anat, lesions, Breathing.sample(r_def), _header(r_hdr, seed), r_tex, r_noise, r_lm)
+    contrast = Contrast.sample(r_con, anat.pancreas_fat_fraction)
+    return Patient(int(seed), anat, lesions, Breathing.sample(r_def), _header(r_hdr, seed), r_tex, r_noise, r_lm,
+                   contrast, r_scan)
+
+
+def render_labels(patient: Patient, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """The anatomy label map with tumour, nodes and distractors, and the node instance map, of
+    ``patient`` on ``grid`` (labels of any grid, e.g. the training grid of a study acquired at
+    another voxel size)."""
+    labels = patient.anatomy.render(grid)
+    patient.lesions.tumour.paint(grid, labels)
+    inst = np.zeros(grid.shape, np.uint16)
+    for node in patient.lesions.nodes:
+        node.paint(grid, labels, inst, node.id)
+    for d in patient.lesions.distractors:
+        d.paint(grid, labels, None, 0)
+    return labels, inst
 
 
 def generate_study(seed: int, preset: str | Preset = "tiny", attention: AttentionSettings | None = None) -> SyntheticStudy:
@@ -117,29 +140,32 @@ def generate_study(seed: int, preset: str | Preset = "tiny", attention: Attentio
     every preset (anatomy and lesions do not depend on the voxel size)."""
     p = PRESETS[preset] if isinstance(preset, str) else preset
     patient = sample_patient(seed, attention)
+    contrast = patient.contrast
     anat, lesions, breathing, hdr = patient.anatomy, patient.lesions, patient.breathing, patient.header
     r_tex, r_noise, r_def = patient.rng_texture, patient.rng_noise, patient.rng_landmarks
+    r_scan = patient.rng_scanner
 
     grid = p.grid
     padded, inner = grid.padded(16.0)
-    labels_p = anat.render(padded)
-    lesions.tumour.paint(padded, labels_p)
-    inst_p = np.zeros(padded.shape, np.uint16)
-    for node in lesions.nodes:
-        node.paint(padded, labels_p, inst_p, node.id)
-    for d in lesions.distractors:
-        d.paint(padded, labels_p, None, 0)
+    labels_p, inst_p = render_labels(patient, padded)
 
     texture = appearance.texture_field(padded, r_tex)
     shift, node_tex = _lesion_adjustments(padded, labels_p, inst_p, lesions)
-    noise_hu = p.noise_hu
-    ven_p = appearance.render_phase(labels_p, texture, "venous", shift, node_tex)
-    venous = appearance.add_noise(appearance.blur(ven_p, padded)[inner], r_noise, noise_hu)
+    acq = scanner.Scanner.sample(r_scan, p.noise_hu)
+    streak_seed = int(r_scan.integers(2**31))
+
+    def phase_image(phase: str) -> np.ndarray:
+        hu = appearance.render_phase(labels_p, texture, phase, shift, node_tex, contrast=contrast)
+        hu = scanner.add_streaks(hu, labels_p, padded, acq, np.random.default_rng(streak_seed))
+        return appearance.blur(hu, padded, slice_thickness_mm=p.slice_thickness)
+
+    ven_p = phase_image("venous")
+    venous = scanner.add_ct_noise(ven_p[inner], grid, acq, r_noise)
     del ven_p
-    art_p = appearance.blur(appearance.render_phase(labels_p, texture, "arterial", shift, node_tex), padded)
+    art_p = phase_image("arterial")
     # the arterial phase as perfect registration would give it (training data), with its own noise
-    arterial_aligned = appearance.add_noise(art_p[inner], np.random.default_rng([20241, int(seed), 7]), noise_hu)
-    arterial = appearance.add_noise(breathing.warp(art_p, padded, grid, order=1, cval=-1000.0), r_noise, noise_hu)
+    arterial_aligned = scanner.add_ct_noise(art_p[inner], grid, acq, np.random.default_rng([20241, int(seed), 7]))
+    arterial = scanner.add_ct_noise(breathing.warp(art_p, padded, grid, order=1, cval=-1000.0), grid, acq, r_noise)
     del art_p
     organs_p = organ_map(labels_p)
     arterial_organs = breathing.warp(organs_p, padded, grid, order=0, cval=0)
@@ -201,7 +227,10 @@ def generate_study(seed: int, preset: str | Preset = "tiny", attention: Attentio
         landmarks=landmarks, lymph_nodes=lymph_nodes, patient=patient, series=series, header=hdr,
         study_uid=study_uid, frame_of_reference_uid=for_uid,
         arterial_aligned=grid.to_sitk(arterial_aligned),
-        extras={"deformation": {"max_displacement_mm": round(float(np.linalg.norm(disp, axis=-1).max()), 3)}},
+        extras={"deformation": {"max_displacement_mm": round(float(np.linalg.norm(disp, axis=-1).max()), 3)},
+                "contrast": contrast.to_json(), "scanner": acq.to_json(),
+                "habitus": {"arms_down": anat.body.arms_down, "subcutaneous_fat_mm": round(anat.body.subcut, 1),
+                            "pancreas_fat_fraction": round(anat.pancreas_fat_fraction, 3)}},
     )
     return study
 
