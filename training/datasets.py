@@ -4,7 +4,8 @@ A dataset folder ``DatasetXXX_Name/`` holds ``dataset.json`` (nnU-Net v2: ``chan
 ``labels``, ``file_ending``), ``imagesTr/<case>_<cccc><ending>`` (one file per channel: 0000
 arterial, 0001 venous, co-registered on the venous grid) and ``labelsTr/<case><ending>``. The LN
 dataset also has ``organsTr/`` (organ labels 0-10, for the attention map) and ``instancesTr/`` (LN
-instance ids). Cases are resampled to the training spacing when needed, cropped to the body
+instance ids). An optional ``anatomyTr/`` (the generator's full tissue map) is kept for domain
+randomisation (:mod:`training.randomisation`); without it the task's labels serve as tissue map. Cases are resampled to the training spacing when needed, cropped to the body
 (venous HU > -500, largest component, plus a margin) and kept as int16 HU, uint8 labels and a
 float16 attention map, so that a few dozen cases fit in memory. Intensity normalisation happens
 per patch (:mod:`lnmet.normalization`).
@@ -26,6 +27,7 @@ from lnmet.attention import attention_array
 from lnmet.config import AttentionSettings
 from lnmet.geometry import resample_image, resample_labels, working_grid
 from lnmet.inference import body_bbox
+from training.randomisation import tissue_medians
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,9 @@ class CaseData:
     instances: np.ndarray | None = None  # uint16 LN instance ids (LN task)
     class_coords: dict[int, np.ndarray] = field(default_factory=dict)  # label -> [N, 3] voxel positions
     informative_coords: np.ndarray | None = None  # [N, 3] positions with attention > 0
+    tissue: np.ndarray | None = None  # uint8 tissue map for domain randomisation (anatomyTr/, else the labels)
+    tissue_is_anatomy: bool = False  # True: values are lnmet.labels.ANATOMY_LABELS
+    tissue_hu: np.ndarray | None = None  # float32 [C, 256] median HU per tissue value (NaN where absent)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -177,6 +182,9 @@ def load_case(dataset_dir: str | Path, case_id: str, meta: dict[str, Any], task:
         if inst_path.is_file():
             extra["instances"] = _read(inst_path)
 
+    anatomy_path = root / "anatomyTr" / f"{case_id}{ending}"
+    if anatomy_path.is_file():
+        extra["anatomy"] = _read(anatomy_path)
     if not _same_spacing(label_img.GetSpacing(), spacing_mm):
         grid = working_grid(label_img, spacing_mm)
         images = [resample_image(img, grid) for img in images]
@@ -203,8 +211,13 @@ def load_case(dataset_dir: str | Path, case_id: str, meta: dict[str, Any], task:
     image = np.clip(np.rint(image[(slice(None),) + box]), -1024, 3071).astype(np.int16)
     label = label[box]
     coords = {int(v): _coords(label == v, rng) for v in np.unique(label) if v != 0}
+    if "anatomy" in extra:
+        tissue, is_anatomy = sitk.GetArrayFromImage(extra["anatomy"]).astype(np.uint8)[box], True
+    else:
+        tissue, is_anatomy = label, False
     return CaseData(case_id=case_id, image=image, label=label, spacing_zyx=spacing_zyx, attention=attention,
-                    instances=instances, class_coords=coords, informative_coords=informative)
+                    instances=instances, class_coords=coords, informative_coords=informative, tissue=tissue,
+                    tissue_is_anatomy=is_anatomy, tissue_hu=tissue_medians(image, tissue))
 
 
 def load_cases(dataset_dir: str | Path, case_ids: Sequence[str], meta: dict[str, Any], task: TaskSpec,

@@ -9,6 +9,9 @@
 * "Informative negative selection" (Zheng et al. 2024, section 3.1.1) for the attention-guided LN
   model: a patch is only used when some attention in it is > 0 (random placement is retried, then
   the patch is centred on a random voxel with attention > 0).
+* Domain randomisation (:mod:`training.randomisation`), when given: tissue HU (contrast strength
+  and timing, per-organ shifts, arbitrary HU), thick slabs, kernel-shaped noise, partial coverage,
+  applied in HU before the single-phase exposure and the normalisation.
 * Single-phase exposure: with probability ``single_phase_fraction`` the arterial channel of a patch
   is replaced by the venous one, as the app feeds a venous-only study (before normalisation, so
   the model sees exactly what inference gives it).
@@ -36,6 +39,7 @@ from monai.transforms import (
 from lnmet.normalization import normalize_ct
 from lnmet.patches import extract_box
 from training.datasets import CaseData
+from training.randomisation import DomainRandomiser
 
 MAX_RANDOM_TRIES = 20
 
@@ -48,7 +52,7 @@ class PatchSampler:
     def __init__(self, cases: Sequence[CaseData], patch_zyx: Sequence[int], normalization: list[dict[str, Any]],
                  foreground_fraction: float = 0.33, informative_only: bool = False, seed: int = 0,
                  single_phase_fraction: float = 0.0, phase_channels: tuple[int, int] | None = None,
-                 per_instance: bool = False):
+                 per_instance: bool = False, randomiser: DomainRandomiser | None = None):
         if not cases:
             raise ValueError("PatchSampler: no training cases")
         if informative_only and any(c.attention is None for c in cases):
@@ -56,6 +60,7 @@ class PatchSampler:
         if per_instance and any(c.instances is None for c in cases):
             raise ValueError("PatchSampler: per-instance foreground sampling needs each case's instance map")
         self.per_instance = per_instance
+        self.randomiser = randomiser
         self._instance_coords: dict[str, list[np.ndarray]] = {}
         self.cases = list(cases)
         self.patch = tuple(int(p) for p in patch_zyx)
@@ -134,13 +139,16 @@ class PatchSampler:
         cases with an attention map, ``attention`` [1, ...] float32."""
         start = self.choose_start(case, force_foreground)
         img = np.stack([extract_box(case.image[c], start, self.patch, self.pad_hu[c])
-                        for c in range(case.image.shape[0])])
+                        for c in range(case.image.shape[0])]).astype(np.float32)
+        label = extract_box(case.label, start, self.patch, 0)
+        if self.randomiser is not None:
+            tissue = extract_box(case.tissue, start, self.patch, 0) if case.tissue is not None else None
+            img, label = self.randomiser(img, label, tissue, case.tissue_hu, self.pad_hu, case.tissue_is_anatomy)
         if self.single_phase_fraction > 0 and self.rng.random() < self.single_phase_fraction:
             arterial, venous = self.phase_channels  # type: ignore[misc]
             img[arterial] = img[venous]
             self.stats["single_phase"] += 1
-        out = {"image": normalize_ct(img.astype(np.float32), self.normalization),
-               "label": extract_box(case.label, start, self.patch, 0)[None].astype(np.float32)}
+        out = {"image": normalize_ct(img, self.normalization), "label": label[None].astype(np.float32)}
         if case.attention is not None:
             out["attention"] = extract_box(case.attention, start, self.patch, 0)[None].astype(np.float32)
         self.stats["patches"] += 1

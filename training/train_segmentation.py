@@ -41,7 +41,8 @@ from lnmet.normalization import compute_ct_normalization
 from training.datasets import (TASKS, CaseData, channel_names, foreground_samples, list_cases, load_cases,
                                read_dataset_json, read_patients_json, split_cases, synthetic_provenance)
 from training.losses import build_loss
-from training.presets import PAPER_TVERSKY_ALPHA, PAPER_TVERSKY_BETA, PRESETS, Preset, get_preset
+from training.presets import PAPER_TVERSKY_ALPHA, PAPER_TVERSKY_BETA, PRESETS, TASK_RANDOMISATION, Preset, get_preset
+from training.randomisation import DomainRandomiser
 from training.sampling import PatchSampler, build_augmentation, collate
 
 log = logging.getLogger("training.train_segmentation")
@@ -75,6 +76,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tversky-alpha", type=float, default=PAPER_TVERSKY_ALPHA, help="paper Eq. 4 weight of FP")
     p.add_argument("--tversky-beta", type=float, default=PAPER_TVERSKY_BETA, help="paper Eq. 4 weight of FN")
     p.add_argument("--no-augmentation", action="store_true")
+    p.add_argument("--no-domain-randomisation", action="store_true",
+                   help="train without the domain randomisation of training.randomisation (tissue HU, contrast, "
+                        "thick slabs, kernel noise, partial coverage)")
     p.add_argument("--single-phase-fraction", type=float,
                    help="share of patches with the venous image in the arterial channel (single-phase mode)")
     p.add_argument("--val-fraction", type=float, default=0.2)
@@ -98,6 +102,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if not 0 <= args.val_fraction < 1:
         p.error("--val-fraction must be in [0, 1)")
     return args
+
+
+def acquisition_mix(patients: dict[str, dict[str, Any]], case_ids: Sequence[str]) -> dict[str, Any] | None:
+    """How the training cases were acquired (``patients.json`` rows of a randomised export): cases per
+    kind, slice thickness range, partial-coverage count. None when the export did not record it."""
+    rows = [patients[c]["acquisition"] for c in case_ids if isinstance(patients.get(c), dict)
+            and isinstance(patients[c].get("acquisition"), dict)]
+    if not rows:
+        return None
+    kinds: dict[str, int] = {}
+    for r in rows:
+        kinds[r["kind"]] = kinds.get(r["kind"], 0) + 1
+    slices = [float(r["slice_mm"]) for r in rows]
+    return {"cases": len(rows), "kinds": kinds, "slice_mm": [min(slices), max(slices)],
+            "partial_coverage": sum(r.get("z_range_mm") is not None for r in rows),
+            "resampled_by": "lnmet.geometry.resample_image (the application's own resampling)"}
 
 
 def poly_lr(initial: float, iteration: int, total: int, exponent: float = 0.9) -> float:
@@ -169,7 +189,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                         spacing_mm=tuple(args.spacing) if args.spacing else None,
                         filters=tuple(args.filters) if args.filters else None, optimizer=args.optimizer,
                         learning_rate=args.lr, augmentation=False if args.no_augmentation else None,
-                        single_phase_fraction=args.single_phase_fraction)
+                        single_phase_fraction=args.single_phase_fraction,
+                        randomisation=TASK_RANDOMISATION[task.name])
+    if args.no_domain_randomisation:
+        from dataclasses import replace as _replace
+        preset = _replace(preset, randomisation=None)
     attention = task.name == "lymph_nodes" and not args.no_attention
     informative = attention and not args.no_ins
     checkpoint = Path(args.checkpoint) if args.checkpoint else Path("build") / "checkpoints" / f"{name}.pt"
@@ -212,10 +236,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     phases = (next((i for i, c in enumerate(lowered) if "arterial" in c), None),
               next((i for i, c in enumerate(lowered) if "venous" in c), None))
     single_phase_fraction = preset.single_phase_fraction if None not in phases else 0.0
+    randomiser = None
+    if preset.randomisation is not None:
+        phase_names = ["arterial" if "arterial" in c else "venous" if "venous" in c else None for c in lowered]
+        randomiser = DomainRandomiser(preset.randomisation, phase_names, preset.spacing_zyx,
+                                      np.random.default_rng([args.seed, 16]))
     sampler = PatchSampler(train_cases, preset.patch_zyx, normalization, preset.foreground_fraction,
                            informative_only=informative, seed=args.seed, single_phase_fraction=single_phase_fraction,
                            phase_channels=phases if None not in phases else None,
-                           per_instance=args.per_node_sampling)
+                           per_instance=args.per_node_sampling, randomiser=randomiser)
     augment = build_augmentation(with_attention=attention, seed=args.seed) if preset.augmentation else None
 
     iteration, planned, history = 0, preset.iterations, []
@@ -316,6 +345,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "initial_lr": preset.learning_rate, "loss": task.loss, "deep_supervision_outputs": net.num_outputs,
             "informative_negative_selection": informative, "per_node_sampling": bool(args.per_node_sampling),
             "augmentation": preset.augmentation,
+            "domain_randomisation": preset.randomisation.to_json() if preset.randomisation is not None else None,
+            "tissue_maps": sum(c.tissue_is_anatomy for c in train_cases),
+            "acquisition": acquisition_mix(read_patients_json(dataset.parent), train_ids),
             "single_phase_fraction": single_phase_fraction,
             "tversky_alpha_beta_paper_eq4": [args.tversky_alpha, args.tversky_beta] if task.loss == "ce_tversky" else None,
             "seed": args.seed, "train_cases": len(train_cases), "held_back_cases": len(val_ids),
@@ -331,7 +363,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     log.info("wrote %s (sha256 %s, %.1f MB)", out, sha, out.stat().st_size / 1e6)
     return {"model": str(out), "sha256": sha, "iterations": iteration, "history": history,
             "validation": final_val, "val_during_training": val_results, "seconds": train_seconds,
-            "sampler": dict(sampler.stats), "checkpoint": str(checkpoint)}
+            "sampler": dict(sampler.stats), "randomiser": dict(randomiser.stats) if randomiser else None,
+            "checkpoint": str(checkpoint)}
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
