@@ -253,7 +253,7 @@ def _fit_to_cavity(a: Anatomy) -> None:
     sy = b.spine_centre[1]
     front = b.centre[1] - b.semi_ant + b.cavity_shrink
     fy = float(np.clip((sy - front) / REFERENCE_FRONT_DEPTH_MM, 0.8, 1.2))
-    fx = float(np.clip((b.semi_x - b.cavity_shrink) / REFERENCE_HALF_WIDTH_MM, 0.85, 1.2))
+    fx = float(np.clip((b.semi_x - b.cavity_shrink) / REFERENCE_HALF_WIDTH_MM, 0.85, 1.3))
 
     def move(p: np.ndarray) -> np.ndarray:
         p = np.array(p, float)
@@ -264,6 +264,9 @@ def _fit_to_cavity(a: Anatomy) -> None:
 
     for e in list(a.ellipsoids.values()) + a.calcifications:
         e.centre = move(e.centre)
+    for name in ("liver", "liver_left", "spleen"):  # the large solid organs grow a little with the frame
+        e = a.ellipsoids[name]
+        e.semi_axes = e.semi_axes * np.sqrt(fx)
     tubes = list(a.tubes.values()) + [v.tube for v in a.vessels] + [h.tube for h in a.bowel]
     for t in tubes:
         t.points = move(t.points)
@@ -478,7 +481,7 @@ def _bowel_loops(a: Anatomy, rng: np.random.Generator) -> None:
         content = str(rng.choice(["faeces", "gas", "fluid"], p=[0.5, 0.35, 0.15]))
         a.bowel.append(Hollow(Tube(pts, radii, wall=rng.uniform(2.0, 3.5), step=5.0), content,
                               float(rng.uniform(0.1, 0.5) if content != "gas" else 0.0)))
-    n_loops = int(rng.integers(16, 26))
+    n_loops = int(rng.integers(20, 32))
     for k in range(n_loops):
         jejunum = k < n_loops // 2
         if jejunum:

@@ -203,7 +203,7 @@ def sample_body(rng: np.random.Generator) -> Body:
     front = spine_c[1] - (114.0 + 22.0 * fat) * s * rng.uniform(0.95, 1.05) - subcut
     depth = back - front
     semi_post, semi_ant = 0.46 * depth, 0.54 * depth
-    semi_x = (128.0 + 18.0 * fat) * s * rng.uniform(0.96, 1.04) + subcut
+    semi_x = (146.0 + 20.0 * fat) * s * rng.uniform(0.95, 1.05) + subcut
     centre = np.array([rng.normal(0, 2.0), back - semi_post])
     body = Body(centre=centre, semi_x=semi_x, semi_ant=semi_ant, semi_post=semi_post, skin=skin, subcut=subcut,
                 muscle=rng.uniform(8.0, 13.0) * s, spine_centre=spine_c, spine_radius=spine_r,
