@@ -358,6 +358,7 @@ def build_encapsulated_pdf(results: AnalysisResults, pdf_bytes: bytes, key_image
     ds.SeriesInstanceUID = generate_uid()
     ds.SeriesNumber = dicom_common.PDF_SERIES_NUMBER
     ds.SeriesDescription = dicom_common.series_description("report", results.synthetic_training_data)
+    ds.SeriesDate, ds.SeriesTime = date, time
     # General Equipment + SC Equipment
     ds.Manufacturer = dicom_common.MANUFACTURER
     ds.ManufacturerModelName = results.run.app_name[:64]
