@@ -69,12 +69,26 @@ def _pixel_corners(mask2d: np.ndarray, spacing_yx: tuple[float, float]) -> np.nd
     return np.unique(np.concatenate(pts), axis=0)
 
 
-def axial_diameters(mask2d: np.ndarray, spacing_yx: tuple[float, float]) -> tuple[float, float]:
-    """(long axis, short axis) in mm of a 2D mask [y, x] with pixel spacing (sy, sx); see the
-    module docstring for the definitions. (0, 0) for an empty mask."""
+@dataclass(frozen=True)
+class AxialAxes:
+    """Long and short axis of a 2D mask with the end points that realise them.
+
+    End points are (y, x) in mm from the centre of pixel (0, 0) of the slice (pixel (r, c) has its
+    centre at (r * sy, c * sx)); the distance between the two end points of an axis equals its length.
+    """
+
+    long_mm: float
+    short_mm: float
+    long_ends: tuple[tuple[float, float], tuple[float, float]]
+    short_ends: tuple[tuple[float, float], tuple[float, float]]
+
+
+def axial_axes(mask2d: np.ndarray, spacing_yx: tuple[float, float]) -> AxialAxes | None:
+    """Long and short axis of a 2D mask [y, x] with pixel spacing (sy, sx), with their end points;
+    see the module docstring for the definitions. None for an empty mask."""
     m = np.asarray(mask2d, bool)
     if not m.any():
-        return 0.0, 0.0
+        return None
     pts = _pixel_corners(m, spacing_yx)
     try:
         hull = pts[ConvexHull(pts).vertices]
@@ -98,10 +112,28 @@ def axial_diameters(mask2d: np.ndarray, spacing_yx: tuple[float, float]) -> tupl
     hi = np.full(bins.max() + 1, -np.inf)
     np.minimum.at(lo, bins, across)
     np.maximum.at(hi, bins, across)
-    ok = np.isfinite(lo)
+    ok = np.flatnonzero(np.isfinite(lo))
     footprint = abs(v[0]) * sy + abs(v[1]) * sx
-    short_axis = float((hi[ok] - lo[ok]).max() + footprint)
-    return long_axis, min(short_axis, long_axis)
+    k = int(ok[np.argmax(hi[ok] - lo[ok])])
+    short_axis = float(hi[k] - lo[k] + footprint)
+    # The short axis is drawn through the middle of its strip, from edge to edge of the pixels.
+    in_strip = bins == k
+    mid = float(along[in_strip].mean())
+    a = mid * u + (lo[k] - footprint / 2) * v
+    b = mid * u + (hi[k] + footprint / 2) * v
+    if short_axis > long_axis:  # a thin diagonal sliver: the short axis never exceeds the long one
+        short_axis = long_axis
+        b = a + (b - a) * (long_axis / float(np.linalg.norm(b - a)))
+    as_pair = lambda p: (float(p[0]), float(p[1]))  # noqa: E731
+    return AxialAxes(long_mm=long_axis, short_mm=short_axis,
+                     long_ends=(as_pair(hull[i]), as_pair(hull[j])), short_ends=(as_pair(a), as_pair(b)))
+
+
+def axial_diameters(mask2d: np.ndarray, spacing_yx: tuple[float, float]) -> tuple[float, float]:
+    """(long axis, short axis) in mm of a 2D mask [y, x] with pixel spacing (sy, sx); see the
+    module docstring for the definitions. (0, 0) for an empty mask."""
+    axes = axial_axes(mask2d, spacing_yx)
+    return (0.0, 0.0) if axes is None else (axes.long_mm, axes.short_mm)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -167,6 +199,57 @@ def _largest_axial_slice(mask: np.ndarray) -> int:
     return int(best[np.argmin(np.abs(best - zc))])
 
 
+@dataclass(frozen=True)
+class PlacedAxes:
+    """The axes of a structure on the axial slice where they were measured: ``slice_index`` is the
+    index ``k`` of that slice in the grid, ``axes`` its :class:`AxialAxes` in that slice."""
+
+    slice_index: int
+    axes: AxialAxes
+
+
+def lymph_node_axes(instances: sitk.Image) -> dict[int, PlacedAxes]:
+    """Instance id -> the axes of that node on its slice of largest cross-section (the slice and
+    values :func:`measure_lymph_nodes` reports)."""
+    inst = sitk.GetArrayViewFromImage(instances)
+    sx, sy, _ = instances.GetSpacing()
+    out: dict[int, PlacedAxes] = {}
+    for idx, box in enumerate(ndimage.find_objects(inst), start=1):
+        if box is None:
+            continue
+        node = inst[box] == idx
+        z = _largest_axial_slice(node)
+        axes = _shift(axial_axes(node[z], (sy, sx)), box, (sy, sx))
+        out[idx] = PlacedAxes(slice_index=z + box[0].start, axes=axes)
+    return out
+
+
+def tumour_axes(pdac: sitk.Image) -> PlacedAxes | None:
+    """The tumour's axes on the axial slice of its maximum axial diameter (the value
+    :func:`measure_tumour` reports as ``max_axial_diameter_mm``); None for an empty mask."""
+    m = sitk.GetArrayViewFromImage(pdac) != 0
+    if not m.any():
+        return None
+    box = ndimage.find_objects(m.astype(np.uint8))[0]
+    sub = m[box]
+    sx, sy, _ = pdac.GetSpacing()
+    best: tuple[int, AxialAxes] | None = None
+    for z in range(sub.shape[0]):
+        axes = axial_axes(sub[z], (sy, sx))
+        if axes is not None and (best is None or axes.long_mm > best[1].long_mm):
+            best = (z, axes)
+    z, axes = best
+    return PlacedAxes(slice_index=z + box[0].start, axes=_shift(axes, box, (sy, sx)))
+
+
+def _shift(axes: AxialAxes, box: tuple[slice, ...], spacing_yx: tuple[float, float]) -> AxialAxes:
+    """Axes measured in a crop starting at ``box`` moved to the whole slice's coordinates."""
+    dy, dx = box[1].start * spacing_yx[0], box[2].start * spacing_yx[1]
+    move = lambda ends: tuple((y + dy, x + dx) for y, x in ends)  # noqa: E731
+    return AxialAxes(long_mm=axes.long_mm, short_mm=axes.short_mm,
+                     long_ends=move(axes.long_ends), short_ends=move(axes.short_ends))
+
+
 def measure_lymph_nodes(instances: sitk.Image, venous: sitk.Image, organs: sitk.Image | None
                         ) -> list[NodeMeasurement]:
     """Measure every instance of ``instances`` (uint16, reference grid); ``venous`` (HU) and
@@ -211,7 +294,7 @@ def measure_tumour(pdac: sitk.Image, venous: sitk.Image) -> TumourMeasurement | 
     box = ndimage.find_objects(m.astype(np.uint8))[0]
     sub = m[box]
     sx, sy, _ = pdac.GetSpacing()
-    diam = max(axial_diameters(sub[z], (sy, sx))[0] for z in range(sub.shape[0]) if sub[z].any())
+    diam = max(axial_diameters(sub[z], (sy, sx))[0] for z in range(sub.shape[0]) if sub[z].any())  # = tumour_axes
     zyx = np.argwhere(sub).mean(axis=0) + [s.start for s in box]
     return TumourMeasurement(
         volume_mm3=float(sub.sum() * voxel_volume_mm3(pdac)), max_axial_diameter_mm=float(diam),

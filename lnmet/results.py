@@ -70,6 +70,8 @@ class AnalysisResults:
     patient: PatientPrediction
     models: list[ModelInfo]
     run: RunInfo
+    # Probability at or above which a node is called metastatic (LN identification); None if unknown.
+    ln_threshold: float | None = None
     _headers: list[Dataset] | None = field(default=None, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ derived views
@@ -163,6 +165,8 @@ class AnalysisResults:
         if self.tumour.found != bool(pdac_max):
             raise AnalysisResultsError(
                 f"tumour.found is {self.tumour.found} but the PDAC mask is {'non-empty' if pdac_max else 'empty'}")
+        if self.ln_threshold is not None and not 0.0 <= self.ln_threshold <= 1.0:
+            raise AnalysisResultsError(f"ln_threshold {self.ln_threshold} outside [0, 1]")
         p = self.patient.probability
         if p is not None and not 0.0 <= p <= 1.0:
             raise AnalysisResultsError(f"patient probability {p} outside [0, 1]")

@@ -106,7 +106,7 @@ def assemble_results(registered: RegisteredPhases, findings: LNFindings, pdac: s
         venous=registered.venous, arterial=None if registered.arterial is None else registered.arterial.series,
         organs=sitk.Cast(findings.organs, sitk.sitkUInt8), pdac_mask=pdac_u8, tumour=tumour,
         ln_instances=findings.ln_instances, lymph_nodes=list(findings.lymph_nodes), patient=prediction,
-        models=list(models), run=run)
+        models=list(models), run=run, ln_threshold=float(findings.threshold))
     results.validate()
     return results
 

@@ -222,6 +222,9 @@ def build_pdf_bytes(results: AnalysisResults, key_images: list[KeyImage]) -> tup
         [Paragraph(decision, result_style)],
         [Paragraph(f"Probability of lymph node metastasis: <b>{prob}</b> &nbsp;&nbsp; decision threshold: "
                    f"<b>{p.threshold:.2f}</b> (positive when probability \u2265 threshold)", st["body"])],
+        [Paragraph("Lymph nodes: a node is called metastatic when its probability is \u2265 "
+                   + ("<b>unknown</b>" if results.ln_threshold is None else f"<b>{results.ln_threshold:.2f}</b>")
+                   + " (node threshold; the patient threshold above applies to the patient).", st["body"])],
         [Paragraph(f"Method: {METHOD_TEXT.get(p.method, p.method)}. Volume of the largest metastatic node: "
                    f"{p.largest_positive_ln_volume_mm3:.0f} mm\u00b3."
                    + (f" {p.statement}" if p.statement else ""), st["body"])],
@@ -296,6 +299,9 @@ def build_pdf_bytes(results: AnalysisResults, key_images: list[KeyImage]) -> tup
         story.append(PageBreak())
         story.append(Paragraph("Lymph nodes, by decreasing probability of metastasis"
                                + (f" (continued, {c + 1}/{len(chunks)})" if c else ""), st["h2"]))
+        if results.ln_threshold is not None:
+            story.append(Paragraph(f"Class: metastatic when the probability is \u2265 {results.ln_threshold:.2f} "
+                                   "(node threshold).", st["small"]))
         if not nodes:
             story.append(Paragraph("No lymph node was segmented.", st["body"]))
             break
@@ -358,6 +364,7 @@ def build_encapsulated_pdf(results: AnalysisResults, pdf_bytes: bytes, key_image
     ds.SeriesInstanceUID = generate_uid()
     ds.SeriesNumber = dicom_common.PDF_SERIES_NUMBER
     ds.SeriesDescription = dicom_common.series_description("report", results.synthetic_training_data)
+    ds.SeriesDate, ds.SeriesTime = date, time
     # General Equipment + SC Equipment
     ds.Manufacturer = dicom_common.MANUFACTURER
     ds.ManufacturerModelName = results.run.app_name[:64]

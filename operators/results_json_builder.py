@@ -35,13 +35,14 @@ from lnmet.reporting import (
 )
 from lnmet.results import AnalysisResults, PdfDocument
 from lnmet.types import SeriesRef
-from operators.seg_builder import LN_NEGATIVE_KEY, LN_POSITIVE_KEY, PDAC_KEY, omitted_segments, segment_numbers
+from operators.seg_builder import (PDAC_KEY, ln_segment_key, nodes_in_report_order, omitted_segments,
+                                   segment_numbers)
 from operators.sr_builder import ln_tracking_id
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "results.schema.json"
-SCHEMA_VERSION = "1.0.0"
+SCHEMA_VERSION = "1.1.0"
 
 
 class ResultsDocumentError(ValueError):
@@ -112,9 +113,10 @@ def build_results_document(results: AnalysisResults, seg: Dataset | None, sr: Da
              "long_axis_mm": float(n.long_axis_mm), "mean_hu_venous": float(n.mean_hu_venous),
              "centroid_mm": [float(v) for v in n.centroid_mm], "nearest_structure": n.nearest_structure or None,
              "distance_mm": float(n.distance_mm) if n.nearest_structure else None,
-             "seg_segment_number": numbers.get(LN_POSITIVE_KEY if n.positive else LN_NEGATIVE_KEY),
+             "seg_segment_number": numbers.get(ln_segment_key(n)),
              "sr_tracking_id": ln_tracking_id(n)}
-            for n in sorted(results.lymph_nodes, key=lambda n: (-n.probability_positive, n.index))],
+            for n in nodes_in_report_order(results)],
+        "lymph_node_threshold": None if results.ln_threshold is None else float(results.ln_threshold),
         "patient": {"probability": float(p.probability) if p.probability is not None else None,
                     "threshold": float(p.threshold), "positive": p.positive,
                     "decision": {True: "positive", False: "negative", None: "undetermined"}[p.positive],

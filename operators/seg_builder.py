@@ -5,12 +5,14 @@ Ports:
     out ``seg_dataset`` (:class:`highdicom.seg.Segmentation`, a pydicom Dataset; None when disabled)
 
 The SEG lies on the venous reference series (one frame per source slice that holds the segment,
-empty frames omitted) and has up to 13 BINARY segments, in this order: the 10 organ/vessel classes
-of :data:`lnmet.labels.ORGAN_CLASSES`, the PDAC tumour, the metastatic (positive) lymph nodes and the
-non-metastatic (negative) lymph nodes. Segments with no voxel are left out (DICOM segment numbers
-stay 1..N, consecutive); results.json lists them under ``outputs.seg.omitted_segments``. Each
-segment carries a Tracking ID naming what it is (``organ:spleen``, ``pdac``, ``ln:positive``,
-``ln:negative``) which the SR builder uses to reference it. See docs/OUTPUTS.md for the codes.
+empty frames omitted) and has BINARY segments in this order: the 10 organ/vessel classes of
+:data:`lnmet.labels.ORGAN_CLASSES`, the PDAC tumour, then one segment per lymph node by decreasing
+probability of metastasis (its label says metastatic or not). Organ and tumour segments with no voxel
+are left out (DICOM segment numbers stay 1..N, consecutive); results.json lists them under
+``outputs.seg.omitted_segments``. Each segment carries a Tracking ID naming what it is
+(``organ:spleen``, ``pdac``, ``ln:<index>``) and a Tracking UID; a node's Tracking UID is the node's
+own (the SR's tracking UID for that node), so the SR and the SEG name one finding with one UID. See
+docs/OUTPUTS.md for the codes.
 """
 
 from __future__ import annotations
@@ -28,14 +30,29 @@ from pydicom.uid import generate_uid
 from lnmet.labels import ORGAN_CLASSES
 from lnmet.reporting import codes, dicom_common, style
 from lnmet.results import AnalysisResults, AnalysisResultsError
+from lnmet.types import LymphNodeFinding
 
 logger = logging.getLogger(__name__)
 
 PDAC_KEY = "pdac"
-LN_POSITIVE_KEY = "ln:positive"
-LN_NEGATIVE_KEY = "ln:negative"
-ALL_SEGMENT_KEYS: tuple[str, ...] = tuple(f"organ:{c.key}" for c in ORGAN_CLASSES) + (
-    PDAC_KEY, LN_POSITIVE_KEY, LN_NEGATIVE_KEY)
+# Segments every SEG may have (left out when empty); lymph node segments come on top, one per node.
+FIXED_SEGMENT_KEYS: tuple[str, ...] = tuple(f"organ:{c.key}" for c in ORGAN_CLASSES) + (PDAC_KEY,)
+
+
+def ln_segment_key(node: LymphNodeFinding) -> str:
+    """Tracking ID of a lymph node's own segment (``ln:<index>``)."""
+    return f"ln:{node.index}"
+
+
+def ln_segment_label(node: LymphNodeFinding) -> str:
+    """Segment label of a lymph node: its number and whether it was called metastatic."""
+    return f"Lymph node {node.index}, {'metastatic' if node.positive else 'non-metastatic'} (predicted)"
+
+
+def nodes_in_report_order(results: AnalysisResults) -> list[LymphNodeFinding]:
+    """The nodes by decreasing probability of metastasis (index breaks ties): the order of the SEG's
+    node segments, results.json and the PDF's node table."""
+    return sorted(results.lymph_nodes, key=lambda n: (-n.probability_positive, n.index))
 
 
 @dataclass
@@ -48,6 +65,7 @@ class _Segment:
     anatomic_regions: list | None
     rgb: tuple[int, int, int]
     modifier: hd.sr.CodedConcept | None = None
+    tracking_uid: str | None = None  # None: a new UID
 
 
 def _segments(results: AnalysisResults) -> list[_Segment]:
@@ -66,18 +84,17 @@ def _segments(results: AnalysisResults) -> list[_Segment]:
         category=hd.sr.CodedConcept.from_code(codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE),
         prop_type=hd.sr.CodedConcept.from_code(codes.NEOPLASM),
         anatomic_regions=[codes.PANCREAS], rgb=style.PDAC_RGB))
-    pos = [n.index for n in results.positive_nodes]
-    neg = [n.index for n in results.negative_nodes]
-    out.append(_Segment(
-        key=LN_POSITIVE_KEY, label="Lymph nodes, metastatic (predicted)", mask=np.isin(lns, pos),
-        category=hd.sr.CodedConcept.from_code(codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE),
-        prop_type=hd.sr.CodedConcept.from_code(codes.NEOPLASM_SECONDARY),
-        anatomic_regions=[codes.LYMPH_NODE], rgb=style.LN_POSITIVE_RGB))
-    out.append(_Segment(
-        key=LN_NEGATIVE_KEY, label="Lymph nodes, non-metastatic (predicted)", mask=np.isin(lns, neg),
-        category=hd.sr.CodedConcept.from_code(codes.ANATOMICAL_STRUCTURE),
-        prop_type=hd.sr.CodedConcept.from_code(codes.LYMPH_NODE),
-        anatomic_regions=None, rgb=style.LN_NEGATIVE_RGB))
+    for node in nodes_in_report_order(results):
+        if node.positive:  # "a secondary neoplasm located in a lymph node"
+            category, prop, regions = (codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, codes.NEOPLASM_SECONDARY,
+                                       [codes.LYMPH_NODE])
+        else:
+            category, prop, regions = codes.ANATOMICAL_STRUCTURE, codes.LYMPH_NODE, None
+        out.append(_Segment(
+            key=ln_segment_key(node), label=ln_segment_label(node), mask=lns == node.index,
+            category=hd.sr.CodedConcept.from_code(category), prop_type=hd.sr.CodedConcept.from_code(prop),
+            anatomic_regions=regions, rgb=style.LN_POSITIVE_RGB if node.positive else style.LN_NEGATIVE_RGB,
+            tracking_uid=node.tracking_uid))
     return out
 
 
@@ -87,10 +104,17 @@ def segment_numbers(seg: Dataset) -> dict[str, int]:
             if "TrackingID" in item}
 
 
+def segment_tracking_uids(seg: Dataset) -> dict[str, str]:
+    """Segment key (Tracking ID) -> the segment's Tracking UID, read from a SEG."""
+    return {str(item.TrackingID): str(item.TrackingUID) for item in seg.SegmentSequence
+            if "TrackingID" in item and "TrackingUID" in item}
+
+
 def omitted_segments(seg: Dataset) -> list[str]:
-    """Keys of the segments left out of ``seg`` because they were empty."""
+    """Keys of the organ and tumour segments left out of ``seg`` because they were empty (a lymph
+    node always has voxels, so its segment is never left out)."""
     present = segment_numbers(seg)
-    return [k for k in ALL_SEGMENT_KEYS if k not in present]
+    return [k for k in FIXED_SEGMENT_KEYS if k not in present]
 
 
 def build_seg(results: AnalysisResults) -> hd.seg.Segmentation:
@@ -112,7 +136,7 @@ def build_seg(results: AnalysisResults) -> hd.seg.Segmentation:
             segmented_property_type=s.prop_type,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
-            tracking_uid=generate_uid(),
+            tracking_uid=s.tracking_uid or generate_uid(),
             tracking_id=s.key,
             anatomic_regions=s.anatomic_regions,
             display_color=hd.color.CIELabColor.from_rgb(*s.rgb),
@@ -146,6 +170,7 @@ def build_seg(results: AnalysisResults) -> hd.seg.Segmentation:
         omit_empty_frames=True,
     )
     seg.SeriesDescription = dicom_common.series_description("SEG", synthetic)
+    dicom_common.set_series_date_time(seg)
     # Post-coordinated modifiers (e.g. laterality "Left" of the gastric artery): highdicom has no
     # argument for them, so they are added to the Segmented Property Type Code Sequence item.
     for item, s in zip(seg.SegmentSequence, segments):

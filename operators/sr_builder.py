@@ -8,19 +8,26 @@ Ports:
 Content tree (TID 1500 "Imaging Measurement Report", see docs/OUTPUTS.md for every concept):
 
 - observation context: the device observer is the application (name, version, manufacturer);
-  procedure reported: CT;
-- image library (TID 1600): the venous slices through the tumour's and each node's centre;
-- imaging measurements:
-    * the PDAC tumour (TID 1411, referencing the SEG's PDAC segment): volume, maximum axial
-      diameter, mean attenuation; or, when no tumour was found, a TID 1501 group "Neoplasm: Absent";
-    * one TID 1411 group per lymph node, tracking identifier "Lymph node <index>" + the node's
-      tracking UID, referencing the SEG segment of its class (positive or negative): volume, short
-      and long axis, mean attenuation (venous), probability of metastasis, distance to the nearest
-      organ/vessel; qualitative evaluations "Metastasis: Present/Absent" and the nearest structure;
-    * the patient-level result (TID 1501): probability, decision threshold, volume of the largest
-      positive node, "Metastasis: Present/Absent/Presence undetermined", the method;
-- report-level qualitative evaluations (TID 1500 row 12, TEXT): research-use notice, the series
-  used for each phase, each model (version, checksum, training data), the single-phase statement.
+  procedure reported: CT of abdomen;
+- image library (TID 1600): the venous slices the axes were measured on;
+- imaging measurements, two groups per finding (the PDAC tumour, each lymph node), sharing the
+  finding's tracking UID (a node's is its results.json ``tracking_uid`` and its SEG segment's):
+    * the *axes* group (TID 1501): Long Axis and Short Axis, each inferred from a two-point
+      POLYLINE on the venous slice where it was measured (SCOORD: what OHIF draws; it misdraws a
+      measurement whose first NUM also has a SCOORD3D); the Short Axis also carries the finding's
+      centre of mass in the venous frame of reference (SCOORD3D POINT). Its tracking identifier starts with
+      the OHIF/cornerstone tool name (``Cornerstone3DTools@^0.1.0:Bidirectional:``), the convention
+      under which OHIF lists a measurement, and ends with the finding's name ("Lymph node 3");
+    * the *volumetric* group (TID 1411, referencing the finding's own SEG segment; TID 1501 when
+      the SEG is disabled): volume, mean attenuation,
+      for nodes the probability of metastasis, the decision threshold and the distance to the
+      nearest organ/vessel, for the tumour its maximum axial diameter; qualitative evaluations;
+- report-level qualitative evaluations (TID 1500 row 12): the patient-level result (CODE
+  Metastasis: Present/Absent/Presence undetermined, and a statement with the probability, the
+  threshold and the method), the tumour's absence when none was found, the research-use notice,
+  the series used for each phase, each model, the single-phase statement. These have no place in
+  the imaging measurements: a measurement group without image coordinates stops OHIF 3.13 from
+  loading the report.
 
 Numbers are stored with their exact float value (FloatingPointValue) beside the 16-character
 decimal string, so that what is read back equals what was computed.
@@ -31,38 +38,88 @@ from __future__ import annotations
 import logging
 
 import highdicom as hd
+import numpy as np
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.uid import generate_uid
 
+from lnmet.measurements import PlacedAxes, lymph_node_axes, tumour_axes
 from lnmet.reporting import codes, dicom_common, research_notice
 from lnmet.results import AnalysisResults, AnalysisResultsError
 from lnmet.types import LymphNodeFinding, SeriesRef
-from operators.seg_builder import LN_NEGATIVE_KEY, LN_POSITIVE_KEY, PDAC_KEY, segment_numbers
+from operators.seg_builder import PDAC_KEY, ln_segment_key, segment_numbers, segment_tracking_uids
 
 logger = logging.getLogger(__name__)
 
-PATIENT_TRACKING_ID = "Patient-level lymph node metastasis"
 TUMOUR_TRACKING_ID = "PDAC"
+# OHIF (3.x, cornerstone adapters) lists a measurement group only when its Tracking Identifier names
+# one of its tools before a colon; what follows a second colon is ignored by it and read by people.
+OHIF_BIDIRECTIONAL_PREFIX = "Cornerstone3DTools@^0.1.0:Bidirectional:"
 
 
 def ln_tracking_id(node: LymphNodeFinding) -> str:
     return f"Lymph node {node.index}"
 
 
+def axes_tracking_id(name: str) -> str:
+    """Tracking identifier of a finding's axes group (OHIF's tool prefix + the finding's name)."""
+    return f"{OHIF_BIDIRECTIONAL_PREFIX}{name}"
+
+
 def _num(name, value: float, unit, **kw) -> hd.sr.Measurement:
     return hd.sr.Measurement(name=name, value=float(value), unit=unit, **kw)
 
 
-def _node_measurements(node: LymphNodeFinding) -> list[hd.sr.Measurement]:
+def _slice_point(ref, k: int, y_mm: float, x_mm: float) -> tuple[list[float], list[float]]:
+    """A point of slice ``k`` given in mm from the centre of its pixel (0, 0): (column, row) image
+    coordinates (DICOM: 0 at the outer corner of the first pixel) and LPS mm."""
+    sx, sy = ref.GetSpacing()[0], ref.GetSpacing()[1]
+    col, row = x_mm / sx, y_mm / sy
+    return [col + 0.5, row + 0.5], list(ref.TransformContinuousIndexToPhysicalPoint((col, row, float(k))))
+
+
+def _axis_measurement(name, ends, length_mm: float, placed: PlacedAxes, results: AnalysisResults,
+                      centre_mm=None) -> hd.sr.Measurement:
+    """NUM ``name`` [mm] inferred from its two end points on the slice where it was measured (SCOORD
+    POLYLINE, selected from that venous instance: what viewers draw) and, when given, from the
+    finding's centre of mass in the venous frame of reference (SCOORD3D POINT)."""
+    ref, k = results.reference, placed.slice_index
+    image = [_slice_point(ref, k, y, x)[0] for y, x in ends]
+    source = hd.sr.SourceImageForRegion(referenced_sop_class_uid=results.venous.sop_class_uid,
+                                        referenced_sop_instance_uid=results.venous.sop_instance_uids[k])
+    coordinates = [hd.sr.CoordinatesForMeasurement(graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                                                   graphic_data=np.array(image, dtype=float), source_image=source)]
+    if centre_mm is not None:
+        coordinates.append(hd.sr.CoordinatesForMeasurement3D(
+            graphic_type=hd.sr.GraphicTypeValues3D.POINT, graphic_data=np.array([[float(v) for v in centre_mm]]),
+            frame_of_reference_uid=results.venous.frame_of_reference_uid, purpose=codes.CENTER_OF_MASS))
+    return _num(name, length_mm, codes.UNIT_MM, referenced_coordinates=coordinates)
+
+
+def _axes_group(uid: str, name: str, placed: PlacedAxes, long_mm: float, short_mm: float, centre_mm, finding,
+                sites, results: AnalysisResults) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The axes group of a finding (TID 1501): Long Axis, then Short Axis with the centre of mass.
+
+    The order matters to OHIF 3.13: it reads the first NUM's coordinates to decide whether the
+    measurement is 2D or 3D (a SCOORD3D there makes it misplace the 2D lines), and takes the first
+    SCOORD of each axis as the line to draw."""
+    a = placed.axes
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=uid, identifier=axes_tracking_id(name)),
+        finding_type=finding, finding_sites=sites,
+        measurements=[_axis_measurement(codes.LONG_AXIS, a.long_ends, long_mm, placed, results),
+                      _axis_measurement(codes.SHORT_AXIS, a.short_ends, short_mm, placed, results, centre_mm)])
+
+
+def _node_measurements(node: LymphNodeFinding, results: AnalysisResults) -> list[hd.sr.Measurement]:
     out = [_num(codes.VOLUME, node.volume_mm3, codes.UNIT_MM3),
-           _num(codes.SHORT_AXIS, node.short_axis_mm, codes.UNIT_MM),
-           _num(codes.LONG_AXIS, node.long_axis_mm, codes.UNIT_MM),
            _num(codes.ATTENUATION, node.mean_hu_venous, codes.UNIT_HU, derivation=codes.MEAN),
            _num(codes.PROBABILITY_OF_CANCER, node.probability_positive, codes.UNIT_NONE)]
+    if results.ln_threshold is not None:
+        out.append(_num(codes.THRESHOLD_VALUE, results.ln_threshold, codes.UNIT_NONE))
     if node.nearest_structure:  # '' when no organ/vessel was segmented: no distance to report
-        out.append(_num(codes.DISTANCE_TO_NEAREST, node.distance_mm, codes.UNIT_MM))
+        out.append(_num(codes.DISTANCE, node.distance_mm, codes.UNIT_MM))
     return out
 
 
@@ -73,19 +130,12 @@ def _node_evaluations(node: LymphNodeFinding) -> list[hd.sr.QualitativeEvaluatio
     return out
 
 
-def library_images(results: AnalysisResults, headers: list[Dataset]) -> list[Dataset]:
-    """The venous instances of the TID 1600 image library: the slices through the tumour's and each
-    node's centre (the whole series is referenced by the evidence sequence already; listing its
-    hundreds of slices here would only make the SR large and slow to build)."""
-    ref = results.reference
-    points = [results.tumour.centroid_mm] if results.tumour.found and results.tumour.centroid_mm else []
-    points += [n.centroid_mm for n in sorted(results.lymph_nodes, key=lambda n: n.index)]
-    slices = []
-    for point in points:
-        k = int(round(ref.TransformPhysicalPointToContinuousIndex([float(v) for v in point])[2]))
-        if 0 <= k < len(headers) and k not in slices:
-            slices.append(k)
-    return [headers[k] for k in sorted(slices or [0])]
+def library_images(results: AnalysisResults, headers: list[Dataset], slices: list[int]) -> list[Dataset]:
+    """The venous instances of the TID 1600 image library: the slices the axes were measured on
+    (the whole series is referenced by the evidence sequence already; listing its hundreds of
+    slices here would only make the SR large and slow to build)."""
+    keep = sorted({k for k in slices if 0 <= k < len(headers)}) or [0]
+    return [headers[k] for k in keep]
 
 
 def _series_text(ref: SeriesRef) -> str:
@@ -96,6 +146,20 @@ def _series_text(ref: SeriesRef) -> str:
 
 def _text(name, value: str) -> hd.sr.TextContentItem:
     return hd.sr.TextContentItem(name=name, value=value, relationship_type="CONTAINS")
+
+
+def patient_statement(results: AnalysisResults) -> str:
+    """The patient-level result in words, with its numbers (the SR's report-level statement)."""
+    p = results.patient
+    prob = "no probability (no prediction could be made)" if p.probability is None else \
+        f"probability {p.probability:.3f}"
+    decision = {True: "metastasis predicted", False: "no metastasis predicted", None: "undetermined"}[p.positive]
+    text = (f"Patient-level lymph node metastasis: {decision}; {prob}, decision threshold {p.threshold:.3f} "
+            f"(positive when probability >= threshold); method: {p.method}; volume of the largest metastatic "
+            f"lymph node {p.largest_positive_ln_volume_mm3:.1f} mm3")
+    if results.ln_threshold is not None:
+        text += f"; a lymph node is called metastatic when its probability >= {results.ln_threshold:.3f}"
+    return text + (f". {p.statement}" if p.statement else ".")
 
 
 def _referenced_segment(seg: Dataset | None, numbers: dict[str, int], key: str,
@@ -117,76 +181,66 @@ def _group(tracking: hd.sr.TrackingIdentifier, referenced_segment, **kw):
 
 
 def build_sr(results: AnalysisResults, seg: Dataset | None) -> hd.sr.Comprehensive3DSR:
-    """Build the TID 1500 Comprehensive 3D SR of ``results``; LN and tumour groups reference the
-    segments of ``seg`` (pure function)."""
+    """Build the TID 1500 Comprehensive 3D SR of ``results``; LN and tumour groups reference their
+    own segments of ``seg`` (pure function)."""
     results.validate()
     headers = dicom_common.check_source_geometry(results)
     series_uid = results.venous.series.series_instance_uid
     numbers: dict[str, int] = {}
+    segment_uids: dict[str, str] = {}
     if seg is not None:
         if seg.StudyInstanceUID != headers[0].StudyInstanceUID:
             raise AnalysisResultsError(
                 f"SEG {seg.SOPInstanceUID} belongs to study {seg.StudyInstanceUID}, not to the venous "
                 f"series' study {headers[0].StudyInstanceUID}")
         numbers = segment_numbers(seg)
+        segment_uids = segment_tracking_uids(seg)
     algorithm = hd.sr.AlgorithmIdentification(
         name=results.run.app_name[:64], version=results.run.app_version,
         parameters=[f"{k}={v}" for k, v in dicom_common.model_parameters(results).items()],
         family=codes.ALGORITHM_FAMILY, manufacturer=dicom_common.MANUFACTURER)
 
     groups = []
+    slices: list[int] = []
     # ---------------------------------------------------------------- tumour
     tumour = results.tumour
-    tumour_tracking = hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=TUMOUR_TRACKING_ID)
     pancreas_site = [hd.sr.FindingSite(codes.PANCREAS)]
-    if tumour.found:
+    placed_tumour = tumour_axes(results.pdac_mask) if tumour.found else None
+    if placed_tumour is not None:
+        uid = segment_uids.get(PDAC_KEY) or generate_uid()
+        slices.append(placed_tumour.slice_index)
+        groups.append(_axes_group(uid, TUMOUR_TRACKING_ID, placed_tumour, placed_tumour.axes.long_mm,
+                                  placed_tumour.axes.short_mm, tumour.centroid_mm, codes.NEOPLASM, pancreas_site,
+                                  results))
         measurements = [_num(codes.VOLUME, tumour.volume_mm3, codes.UNIT_MM3),
-                        _num(codes.DIAMETER, tumour.max_axial_diameter_mm, codes.UNIT_MM)]
+                        _num(codes.DIAMETER, tumour.max_axial_diameter_mm, codes.UNIT_MM, derivation=codes.MAXIMUM)]
         if tumour.mean_hu_venous is not None:
             measurements.append(_num(codes.ATTENUATION, tumour.mean_hu_venous, codes.UNIT_HU,
                                      derivation=codes.MEAN))
-        groups.append(_group(tumour_tracking, _referenced_segment(seg, numbers, PDAC_KEY, series_uid),
+        groups.append(_group(hd.sr.TrackingIdentifier(uid=uid, identifier=TUMOUR_TRACKING_ID),
+                             _referenced_segment(seg, numbers, PDAC_KEY, series_uid),
                              finding_type=codes.NEOPLASM, finding_sites=pancreas_site,
                              algorithm_id=algorithm, measurements=measurements,
                              qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.NEOPLASM, codes.PRESENT)]))
-    else:
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tumour_tracking, finding_type=codes.NEOPLASM, finding_sites=pancreas_site,
-            algorithm_id=algorithm,
-            qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.NEOPLASM, codes.ABSENT)]))
 
     # ---------------------------------------------------------------- lymph nodes
     ln_site = [hd.sr.FindingSite(dcm_codes.SCT.AbdominalLymphNode)]
+    placed_nodes = lymph_node_axes(results.ln_instances)
     for node in sorted(results.lymph_nodes, key=lambda n: n.index):
-        key = LN_POSITIVE_KEY if node.positive else LN_NEGATIVE_KEY
+        key = ln_segment_key(node)
         ref_seg = _referenced_segment(seg, numbers, key, series_uid)
         if seg is not None and ref_seg is None:
             raise AnalysisResultsError(
-                f"lymph node {node.index} is {'positive' if node.positive else 'negative'} but the SEG has no "
-                f"'{key}' segment; build the SEG from the same AnalysisResults")
+                f"lymph node {node.index}: the SEG has no '{key}' segment; build the SEG from the same "
+                "AnalysisResults")
+        placed = placed_nodes[node.index]
+        slices.append(placed.slice_index)
+        groups.append(_axes_group(node.tracking_uid, ln_tracking_id(node), placed, node.long_axis_mm,
+                                  node.short_axis_mm, node.centroid_mm, codes.LYMPH_NODE, ln_site, results))
         groups.append(_group(
             hd.sr.TrackingIdentifier(uid=node.tracking_uid, identifier=ln_tracking_id(node)), ref_seg,
             finding_type=codes.LYMPH_NODE, finding_sites=ln_site, algorithm_id=algorithm,
-            measurements=_node_measurements(node), qualitative_evaluations=_node_evaluations(node)))
-
-    # ---------------------------------------------------------------- patient level
-    patient = results.patient
-    measurements = []
-    if patient.probability is not None:
-        measurements.append(_num(codes.PROBABILITY_OF_CANCER, patient.probability, codes.UNIT_NONE))
-    measurements.append(_num(codes.DECISION_THRESHOLD, patient.threshold, codes.UNIT_NONE))
-    measurements.append(_num(codes.LARGEST_POSITIVE_LN_VOLUME, patient.largest_positive_ln_volume_mm3,
-                             codes.UNIT_MM3))
-    decision = {True: codes.PRESENT, False: codes.ABSENT, None: codes.PRESENCE_UNDETERMINED}[patient.positive]
-    if patient.method not in codes.PATIENT_METHODS:
-        raise AnalysisResultsError(
-            f"patient prediction method {patient.method!r}; expected one of {sorted(codes.PATIENT_METHODS)}")
-    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=PATIENT_TRACKING_ID),
-        finding_type=codes.METASTASIS, finding_sites=[hd.sr.FindingSite(codes.LYMPH_NODE)],
-        method=codes.PATIENT_METHODS[patient.method], algorithm_id=algorithm,
-        measurements=measurements,
-        qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.METASTASIS, decision)]))
+            measurements=_node_measurements(node, results), qualitative_evaluations=_node_evaluations(node)))
 
     # ---------------------------------------------------------------- report
     app = results.run
@@ -199,10 +253,19 @@ def build_sr(results: AnalysisResults, seg: Dataset | None) -> hd.sr.Comprehensi
                                                       observer_identifying_attributes=device))
     report = hd.sr.MeasurementReport(
         observation_context=context, procedure_reported=codes.PROCEDURE_REPORTED,
-        imaging_measurements=groups, referenced_images=library_images(results, headers))
+        imaging_measurements=groups or None, referenced_images=library_images(results, headers, slices))
 
+    patient = results.patient
+    if patient.method not in codes.PATIENT_METHODS:
+        raise AnalysisResultsError(
+            f"patient prediction method {patient.method!r}; expected one of {sorted(codes.PATIENT_METHODS)}")
+    decision = {True: codes.PRESENT, False: codes.ABSENT, None: codes.PRESENCE_UNDETERMINED}[patient.positive]
     notes = hd.sr.ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
-    items = [_text(codes.RESEARCH_USE_NOTICE, research_notice(results.synthetic_training_data))]
+    items = [hd.sr.CodeContentItem(name=codes.METASTASIS, value=decision, relationship_type="CONTAINS"),
+             _text(codes.PATIENT_LEVEL_STATEMENT, patient_statement(results)),
+             _text(codes.RESEARCH_USE_NOTICE, research_notice(results.synthetic_training_data))]
+    if not tumour.found:
+        items.insert(1, hd.sr.CodeContentItem(name=codes.NEOPLASM, value=codes.ABSENT, relationship_type="CONTAINS"))
     items.append(_text(codes.SERIES_USED, _series_text(results.venous.series)))
     if results.arterial is not None:
         items.append(_text(codes.SERIES_USED, _series_text(results.arterial)))
@@ -216,8 +279,6 @@ def build_sr(results: AnalysisResults, seg: Dataset | None) -> hd.sr.Comprehensi
                            + (" (synthetic training data)" if synthetic else "")))
     if tumour.statement:
         items.append(_text(codes.TUMOUR_STATEMENT, tumour.statement))
-    if patient.statement:
-        items.append(_text(codes.PATIENT_LEVEL_STATEMENT, patient.statement))
     notes.ContentSequence = items
     report[0].ContentSequence.append(notes)
 
@@ -227,8 +288,10 @@ def build_sr(results: AnalysisResults, seg: Dataset | None) -> hd.sr.Comprehensi
         series_number=dicom_common.SR_SERIES_NUMBER, sop_instance_uid=generate_uid(), instance_number=1,
         manufacturer=dicom_common.MANUFACTURER, is_complete=True, is_final=False, is_verified=False)
     sr.SeriesDescription = dicom_common.series_description("SR", results.synthetic_training_data)
+    dicom_common.set_series_date_time(sr)
     sr.CodingSchemeIdentificationSequence = [codes.coding_scheme_identification()]
-    logger.info("SR built: %d measurement groups (%d lymph nodes)", len(groups), len(results.lymph_nodes))
+    logger.info("SR built: %d measurement groups (%d lymph nodes, tumour %s)", len(groups), len(results.lymph_nodes),
+                "found" if tumour.found else "not found")
     return sr
 
 

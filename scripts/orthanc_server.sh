@@ -10,11 +10,17 @@
 #
 # Loopback only: the REST API refuses remote hosts (RemoteAccessAllowed false, so no login is
 # needed) and the DICOM port accepts C-STORE/C-ECHO only from the client AE title
-# ${ORTHANC_CLIENT_AET} calling from 127.0.0.1 (DicomCheckModalityHost). No plugin is loaded.
-# Exit codes: 0 ok, 1 usage/start failure, 3 Orthanc is missing and cannot be installed.
+# ${ORTHANC_CLIENT_AET} calling from 127.0.0.1 (DicomCheckModalityHost). No plugin is loaded, unless
+# ORTHANC_DICOMWEB=1: then the DICOMweb plugin (Debian package 'orthanc-dicomweb', installed if
+# missing) serves QIDO-RS/WADO-RS/STOW-RS under /dicom-web/ on the same loopback HTTP port, and
+# ORTHANC_DICOMWEB_ROOT=/dicom-web/ is printed too.
+# Exit codes: 0 ok, 1 usage/start failure, 3 Orthanc (or its DICOMweb plugin) is missing and cannot
+# be installed.
 set -euo pipefail
 
 AET="LNMETPACS"
+DICOMWEB="${ORTHANC_DICOMWEB:-0}"
+DICOMWEB_PLUGIN_DIRS=(/usr/share/orthanc/plugins /usr/lib/orthanc)
 CLIENT_AET="LNMETSCU"
 MARKER=".lnmet-orthanc"
 
@@ -38,14 +44,48 @@ ensure_installed() {
         echo "orthanc_server.sh: Orthanc is not installed and cannot be installed (no apt-get)" >&2
         exit 3
     fi
-    if ! "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends orthanc >&2; then
-        "${as_root[@]}" apt-get update >&2 || true
-        if ! "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends orthanc >&2; then
-            echo "orthanc_server.sh: Orthanc is not installed and 'apt-get install orthanc' failed" >&2
+    apt_install "${as_root[@]}" -- orthanc
+    # The package starts a system service on the default ports; this script does not use it.
+}
+
+apt_install() {
+    # apt_install [ROOT-PREFIX...] -- PACKAGE: install one Debian package, refreshing the lists once
+    # if the first try fails; exit 3 when it cannot be had.
+    local prefix=()
+    while [ "$1" != "--" ]; do prefix+=("$1"); shift; done
+    shift
+    if ! "${prefix[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$1" >&2; then
+        "${prefix[@]}" apt-get update >&2 || true
+        if ! "${prefix[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "$1" >&2; then
+            echo "orthanc_server.sh: '$1' is not installed and 'apt-get install $1' failed" >&2
             exit 3
         fi
     fi
-    # The package starts a system service on the default ports; this script does not use it.
+}
+
+dicomweb_plugin() {
+    # Path of the DICOMweb plugin library, or nothing.
+    local d
+    for d in "${DICOMWEB_PLUGIN_DIRS[@]}"; do
+        if [ -e "$d/libOrthancDicomWeb.so" ]; then echo "$d/libOrthancDicomWeb.so"; return 0; fi
+    done
+    ls /usr/lib/orthanc/libOrthancDicomWeb.so* 2>/dev/null | head -n 1
+}
+
+ensure_dicomweb_installed() {
+    [ -n "$(dicomweb_plugin)" ] && return 0
+    echo "orthanc_server.sh: the DICOMweb plugin is missing, installing the Debian package 'orthanc-dicomweb'" >&2
+    local as_root=()
+    if [ "$(id -u)" != "0" ]; then
+        if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+            as_root=(sudo -n)
+        else
+            echo "orthanc_server.sh: orthanc-dicomweb is not installed and cannot be installed (not root, no sudo)" >&2
+            exit 3
+        fi
+    fi
+    apt_install "${as_root[@]}" -- orthanc-dicomweb
+    [ -n "$(dicomweb_plugin)" ] || { echo "orthanc_server.sh: orthanc-dicomweb installed but its library was not found" >&2; exit 3; }
 }
 
 orthanc_bin() {
@@ -63,6 +103,11 @@ free_port() {
 start() {
     local dir="${1:-}"
     ensure_installed
+    local plugins="[]"
+    if [ "$DICOMWEB" = "1" ]; then
+        ensure_dicomweb_installed
+        plugins="[ \"$(dicomweb_plugin)\" ]"
+    fi
     if [ -z "$dir" ]; then
         dir="$(mktemp -d "${TMPDIR:-/tmp}/lnmet-orthanc.XXXXXX")"
     else
@@ -80,7 +125,9 @@ start() {
   "Name": "lnmet-test-pacs",
   "StorageDirectory": "$dir/storage",
   "IndexDirectory": "$dir/index",
-  "Plugins": [],
+  "Plugins": $plugins,
+  "DicomWeb": { "Enable": true, "Root": "/dicom-web/", "EnableWado": false, "Ssl": false,
+                "StudiesMetadata": "Full", "SeriesMetadata": "Full" },
   "HttpServerEnabled": true,
   "HttpPort": $http,
   "RemoteAccessAllowed": false,
@@ -111,6 +158,7 @@ EOF
             echo "ORTHANC_DICOM_PORT=$dicom"
             echo "ORTHANC_AET=$AET"
             echo "ORTHANC_CLIENT_AET=$CLIENT_AET"
+            [ "$DICOMWEB" = "1" ] && echo "ORTHANC_DICOMWEB_ROOT=/dicom-web/"
             return 0
         fi
         if ! kill -0 "$pid" 2>/dev/null; then

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Sets up the project on a fresh machine (Python 3.11 + Debian): a virtual environment in .venv with the
 # pinned packages of requirements.txt, and the Debian tools the tests use (dicom3tools for dciodvfy,
-# dcmtk, Orthanc as a loopback PACS, poppler-utils for pdftoppm). Idempotent and quick when nothing changed.
+# dcmtk, Orthanc as a loopback PACS with its DICOMweb plugin, poppler-utils for pdftoppm, chromium for
+# the OHIF viewer test), and the OHIF viewer build (npm @ohif/app, pinned, scripts/install_ohif.sh).
+# Idempotent and quick when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +28,9 @@ command -v dciodvfy >/dev/null 2>&1 || need+=(dicom3tools)
 command -v storescu >/dev/null 2>&1 || need+=(dcmtk)
 command -v Orthanc >/dev/null 2>&1 || need+=(orthanc)
 command -v pdftoppm >/dev/null 2>&1 || need+=(poppler-utils)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/lib/orthanc/libOrthancDicomWeb.so* >/dev/null 2>&1 || need+=(orthanc-dicomweb)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
   echo "[setup] installing Debian packages: ${need[*]}"
@@ -33,4 +38,6 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "[setup] WARNING: could not install ${need[*]}; the tests that need them will be skipped with a message" >&2
   fi
 fi
+# The OHIF viewer build for the browser test (only the package's tarball; skipped when present).
+bash scripts/install_ohif.sh || echo "[setup] WARNING: the OHIF viewer could not be installed; the viewer test will be skipped with a message" >&2
 echo "[setup] ready: $(.venv/bin/python --version), $(.venv/bin/python -c 'import torch, monai; print("torch", torch.__version__, "monai", monai.__version__)' 2>/dev/null)"

@@ -82,6 +82,7 @@ def test_pdf_content_result_first_and_notice_on_every_page(results, built, pdf_f
         first.index("No lymph node metastasis predicted")
     assert decision < first.index("Series used") < first.index("Models")
     assert f"{results.patient.probability:.2f}" in first and f"{results.patient.threshold:.2f}" in first
+    assert f"metastatic when its probability is \u2265 {results.ln_threshold:.2f}" in first  # the node threshold
     for ref in (results.venous.series, results.arterial):
         assert ref.series_description in first
         tm = ref.acquisition_time
@@ -117,6 +118,7 @@ def test_encapsulated_pdf(results, built, tmp_path):
     assert sources == {k["sop_instance_uid"] for k in pdf.key_images}
     assert sources <= set(results.venous.sop_instance_uids)
     assert "research use only" in ds.DocumentTitle.lower()
+    assert ds.SeriesDate and ds.SeriesTime
 
 
 def test_results_json_valid_complete_and_anonymous(results, built):
@@ -137,7 +139,8 @@ def test_results_json_valid_complete_and_anonymous(results, built):
         node = by_index[entry["index"]]
         assert entry["tracking_uid"] == node.tracking_uid
         assert entry["volume_mm3"] == node.volume_mm3 and entry["short_axis_mm"] == node.short_axis_mm
-        assert entry["seg_segment_number"] == numbers["ln:positive" if node.positive else "ln:negative"]
+        assert entry["seg_segment_number"] == numbers[f"ln:{node.index}"]  # its own segment
+    assert doc["lymph_node_threshold"] == results.ln_threshold
     assert doc["patient"]["probability"] == results.patient.probability
     assert doc["phases"]["arterial"]["series_instance_uid"] == results.arterial.series_instance_uid
     assert all(m["synthetic_training_data"] for m in doc["models"]) and doc["synthetic_training_data"]

@@ -20,16 +20,17 @@ from lnmet.reporting import codes
 from lnmet.reporting.standin import results_from_study
 from lnmet.results import AnalysisResultsError
 from lnmet.types import TumourFinding
+from lnmet.measurements import lymph_node_axes
 from operators.seg_builder import (
-    ALL_SEGMENT_KEYS,
-    LN_NEGATIVE_KEY,
-    LN_POSITIVE_KEY,
+    FIXED_SEGMENT_KEYS,
     PDAC_KEY,
     build_seg,
+    ln_segment_key,
     omitted_segments,
     segment_numbers,
+    segment_tracking_uids,
 )
-from operators.sr_builder import PATIENT_TRACKING_ID, TUMOUR_TRACKING_ID, build_sr, ln_tracking_id
+from operators.sr_builder import TUMOUR_TRACKING_ID, axes_tracking_id, build_sr, ln_tracking_id
 
 
 def dciodvfy(path) -> tuple[list[str], list[str]]:
@@ -65,8 +66,8 @@ def expected_masks(results) -> dict[str, np.ndarray]:
     lns = sitk.GetArrayFromImage(results.ln_instances)
     out = {f"organ:{c.key}": organs == c.label for c in ORGAN_CLASSES}
     out[PDAC_KEY] = sitk.GetArrayFromImage(results.pdac_mask) > 0
-    out[LN_POSITIVE_KEY] = np.isin(lns, [n.index for n in results.positive_nodes])
-    out[LN_NEGATIVE_KEY] = np.isin(lns, [n.index for n in results.negative_nodes])
+    for node in results.lymph_nodes:
+        out[ln_segment_key(node)] = lns == node.index
     return out
 
 
@@ -123,6 +124,8 @@ def test_seg_coded_concepts(results, seg_file):
     seg = pydicom.dcmread(seg_file)
     by_key = {item.TrackingID: item for item in seg.SegmentSequence}
     for c in ORGAN_CLASSES:
+        if f"organ:{c.key}" not in by_key:  # a class absent from this study has no segment
+            continue
         item = by_key[f"organ:{c.key}"]
         assert item.SegmentedPropertyCategoryCodeSequence[0].CodeValue == codes.ANATOMICAL_STRUCTURE.value
         prop = item.SegmentedPropertyTypeCodeSequence[0]
@@ -133,21 +136,40 @@ def test_seg_coded_concepts(results, seg_file):
     assert pdac.SegmentedPropertyCategoryCodeSequence[0].CodeValue == "49755003"
     assert pdac.SegmentedPropertyTypeCodeSequence[0].CodeValue == "108369006"
     assert pdac.AnatomicRegionSequence[0].CodeValue == "15776009"
-    pos, neg = by_key[LN_POSITIVE_KEY], by_key[LN_NEGATIVE_KEY]
-    assert pos.SegmentedPropertyTypeCodeSequence[0].CodeValue == "14799000"  # Neoplasm, Secondary
-    assert pos.AnatomicRegionSequence[0].CodeValue == "59441001"  # in a lymph node
-    assert neg.SegmentedPropertyTypeCodeSequence[0].CodeValue == "59441001"
+    for node in results.lymph_nodes:  # one segment per node, its tracking UID the node's own
+        item = by_key[ln_segment_key(node)]
+        assert item.TrackingUID == node.tracking_uid
+        if node.positive:
+            assert item.SegmentLabel == f"Lymph node {node.index}, metastatic (predicted)"
+            assert item.SegmentedPropertyTypeCodeSequence[0].CodeValue == "14799000"  # Neoplasm, Secondary
+            assert item.AnatomicRegionSequence[0].CodeValue == "59441001"  # in a lymph node
+        else:
+            assert item.SegmentLabel == f"Lymph node {node.index}, non-metastatic (predicted)"
+            assert item.SegmentedPropertyTypeCodeSequence[0].CodeValue == "59441001"
+    assert len({i.TrackingUID for i in seg.SegmentSequence}) == len(seg.SegmentSequence)
     assert [int(i.SegmentNumber) for i in seg.SegmentSequence] == list(range(1, len(seg.SegmentSequence) + 1))
+    # Nodes by decreasing probability after the organs and the tumour.
+    node_items = [i for i in seg.SegmentSequence if i.TrackingID.startswith("ln:")]
+    probs = {ln_segment_key(n): n.probability_positive for n in results.lymph_nodes}
+    assert [probs[i.TrackingID] for i in node_items] == sorted(probs.values(), reverse=True)
+    assert seg.SeriesDate and seg.SeriesTime
 
 
 def test_seg_omits_empty_segments(results):
-    # All nodes negative: no "positive LN" segment, numbers stay consecutive.
-    negative = [dataclasses.replace(n, positive=False, probability_positive=0.1) for n in results.lymph_nodes]
-    seg = build_seg(dataclasses.replace(results, lymph_nodes=negative))
+    # An organ class with no voxel: no segment for it, numbers stay consecutive.
+    organs = sitk.Image(results.organs)
+    arr = sitk.GetArrayFromImage(organs)
+    arr[arr == 1] = 0  # no spleen
+    no_spleen = sitk.GetImageFromArray(arr)
+    no_spleen.CopyInformation(results.organs)
+    seg = build_seg(dataclasses.replace(results, organs=no_spleen))
     numbers = segment_numbers(seg)
-    assert LN_POSITIVE_KEY not in numbers and LN_POSITIVE_KEY in omitted_segments(seg)
+    before = omitted_segments(build_seg(results))
+    assert "organ:spleen" not in before, "the tiny study should have a spleen"
+    assert "organ:spleen" not in numbers and set(omitted_segments(seg)) == set(before) | {"organ:spleen"}
     assert sorted(numbers.values()) == list(range(1, len(numbers) + 1))
-    assert set(numbers) | set(omitted_segments(seg)) == set(ALL_SEGMENT_KEYS)
+    assert set(numbers) - {ln_segment_key(n) for n in results.lymph_nodes} | set(omitted_segments(seg)) == \
+        set(FIXED_SEGMENT_KEYS)
 
 
 def test_seg_refuses_labels_off_the_reference_grid(results):
@@ -181,9 +203,23 @@ def _evaluation(group, name) -> str:
     return found[0].value
 
 
+def _segment_volumes(results, seg_file) -> dict[int, float]:
+    """Segment number -> volume in mm3 counted from the SEG's own frames."""
+    seg = hd.seg.segread(seg_file)
+    voxel = float(np.prod(results.reference.GetSpacing()))
+    out = {}
+    for item in seg.SegmentSequence:
+        planes = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=results.venous.sop_instance_uids,
+            segment_numbers=[int(item.SegmentNumber)], combine_segments=False)
+        out[int(item.SegmentNumber)] = float(planes.astype(bool).sum()) * voxel
+    return out
+
+
 def test_sr_lymph_node_groups_equal_the_computed_values(results, seg_file, sr_file):
     seg = pydicom.dcmread(seg_file)
     numbers = segment_numbers(seg)
+    volumes = _segment_volumes(results, seg_file)
     report = _report(sr_file)
     for node in results.lymph_nodes:
         groups = report.get_volumetric_roi_measurement_groups(tracking_uid=node.tracking_uid)
@@ -193,21 +229,57 @@ def test_sr_lymph_node_groups_equal_the_computed_values(results, seg_file, sr_fi
         assert g.finding_type == codes.LYMPH_NODE
         ref = g.referenced_segment
         assert ref.referenced_sop_instance_uid == seg.SOPInstanceUID
-        assert ref.referenced_segment_numbers == [numbers[LN_POSITIVE_KEY if node.positive else LN_NEGATIVE_KEY]]
+        assert ref.referenced_segment_numbers == [numbers[ln_segment_key(node)]]  # its own segment
         assert ref.source_series_for_segmentation.value == results.venous.series.series_instance_uid
         assert _value(g, codes.VOLUME) == node.volume_mm3
-        assert _value(g, codes.SHORT_AXIS) == node.short_axis_mm
-        assert _value(g, codes.LONG_AXIS) == node.long_axis_mm
+        # The volume in the SR is the volume of the segment it references.
+        assert _value(g, codes.VOLUME) == pytest.approx(volumes[numbers[ln_segment_key(node)]], rel=1e-9)
         assert _value(g, codes.ATTENUATION) == node.mean_hu_venous
         assert _value(g, codes.PROBABILITY_OF_CANCER) == node.probability_positive
-        assert _value(g, codes.DISTANCE_TO_NEAREST) == node.distance_mm
+        assert _value(g, codes.THRESHOLD_VALUE) == results.ln_threshold
+        assert _value(g, codes.DISTANCE) == node.distance_mm
         assert g.get_measurements(name=codes.VOLUME)[0].unit == codes.UNIT_MM3
         assert _evaluation(g, codes.METASTASIS) == (codes.PRESENT if node.positive else codes.ABSENT)
         assert _evaluation(g, codes.NEAREST_STRUCTURE).value == \
             [c.snomed_code for c in ORGAN_CLASSES if c.key == node.nearest_structure][0]
 
 
-def test_sr_tumour_and_patient_groups(results, seg_file, sr_file):
+def test_sr_axes_groups_carry_coordinates_on_the_measured_slice(results, sr_file):
+    """Long/short axis as two-point polylines on the venous slice they were measured on, their
+    lengths the reported values; the centre of mass as a SCOORD3D point; read back by highdicom."""
+    report = _report(sr_file)
+    ref = results.reference
+    sx, sy = ref.GetSpacing()[0], ref.GetSpacing()[1]
+    placed = lymph_node_axes(results.ln_instances)
+    for node in results.lymph_nodes:
+        [g] = report.get_image_measurement_groups(tracking_uid=node.tracking_uid)
+        assert str(g.tracking_identifier) == axes_tracking_id(ln_tracking_id(node))
+        assert str(g.tracking_identifier).startswith("Cornerstone3DTools@^0.1.0:Bidirectional:")
+        names = [m.name for m in g.get_measurements()]
+        assert names == [codes.LONG_AXIS, codes.SHORT_AXIS]  # OHIF reads the first NUM's coordinates
+        for name, value in ((codes.LONG_AXIS, node.long_axis_mm), (codes.SHORT_AXIS, node.short_axis_mm)):
+            [m] = g.get_measurements(name=name)
+            assert m.value == value
+            coords = m.referenced_coordinates
+            line = coords[0]
+            assert line.value_type.value == "SCOORD" and line.graphic_type.value == "POLYLINE"
+            assert line.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == \
+                results.venous.sop_instance_uids[placed[node.index].slice_index]
+            (c0, r0), (c1, r1) = line.value
+            length = float(np.hypot((c1 - c0) * sx, (r1 - r0) * sy))
+            assert length == pytest.approx(value, abs=1e-4), (node.index, name)  # GraphicData is float32
+            # The line lies on the node on that slice.
+            lns = sitk.GetArrayViewFromImage(results.ln_instances)[placed[node.index].slice_index]
+            mid = (int((r0 + r1) / 2), int((c0 + c1) / 2))
+            assert lns[mid] == node.index or name == codes.LONG_AXIS
+        [short] = g.get_measurements(name=codes.SHORT_AXIS)
+        centre = [c for c in short.referenced_coordinates if c.value_type.value == "SCOORD3D"]
+        assert len(centre) == 1 and centre[0].graphic_type.value == "POINT"
+        assert centre[0].ReferencedFrameOfReferenceUID == results.venous.frame_of_reference_uid
+        np.testing.assert_allclose(centre[0].value.ravel(), node.centroid_mm, atol=1e-4)
+
+
+def test_sr_tumour_group_and_patient_level_result(results, seg_file, sr_file):
     report = _report(sr_file)
     seg = pydicom.dcmread(seg_file)
     tumour = [g for g in report.get_volumetric_roi_measurement_groups()
@@ -215,18 +287,30 @@ def test_sr_tumour_and_patient_groups(results, seg_file, sr_file):
     assert len(tumour) == 1
     t = results.tumour
     assert _value(tumour[0], codes.VOLUME) == t.volume_mm3
-    assert _value(tumour[0], codes.DIAMETER) == t.max_axial_diameter_mm
+    [diameter] = tumour[0].get_measurements(name=codes.DIAMETER)
+    assert diameter.value == t.max_axial_diameter_mm and diameter.derivation == codes.MAXIMUM
     assert _value(tumour[0], codes.ATTENUATION) == t.mean_hu_venous
     assert tumour[0].referenced_segment.referenced_segment_numbers == [segment_numbers(seg)[PDAC_KEY]]
-    patient = [g for g in report.get_image_measurement_groups()
-               if str(g.tracking_identifier) == PATIENT_TRACKING_ID]
-    assert len(patient) == 1
+    # Its tracking UID is the PDAC segment's; its axes group shares it; the long axis is the maximum diameter.
+    uid = segment_tracking_uids(seg)[PDAC_KEY]
+    assert str(tumour[0].tracking_uid) == uid
+    [axes] = report.get_image_measurement_groups(tracking_uid=uid)
+    assert axes.get_measurements(name=codes.LONG_AXIS)[0].value == pytest.approx(t.max_axial_diameter_mm, abs=1e-9)
+    # The patient-level result is a report-level evaluation (no measurement group without coordinates:
+    # OHIF 3.13 cannot load a report that has one).
+    sr = pydicom.dcmread(sr_file)
+    groups = report.get_image_measurement_groups()
+    assert all(str(g.tracking_identifier).startswith("Cornerstone3DTools@") for g in groups)
+    notes = sr.ContentSequence[-1]
+    [metastasis] = [i for i in notes.ContentSequence if i.ValueType == "CODE"
+                    and i.ConceptNameCodeSequence[0].CodeValue == codes.METASTASIS.value]
     p = results.patient
-    assert _value(patient[0], codes.PROBABILITY_OF_CANCER) == p.probability
-    assert _value(patient[0], codes.DECISION_THRESHOLD) == p.threshold
-    assert _value(patient[0], codes.LARGEST_POSITIVE_LN_VOLUME) == p.largest_positive_ln_volume_mm3
-    assert _evaluation(patient[0], codes.METASTASIS) == (codes.PRESENT if p.positive else codes.ABSENT)
-    assert patient[0].method == codes.PATIENT_METHODS[p.method]
+    assert metastasis.ConceptCodeSequence[0].CodeValue == (codes.PRESENT if p.positive else codes.ABSENT).value
+    [statement] = [i.TextValue for i in notes.ContentSequence
+                   if i.ConceptNameCodeSequence[0].CodeValue == codes.PATIENT_LEVEL_STATEMENT.value]
+    assert f"probability {p.probability:.3f}" in statement and f"decision threshold {p.threshold:.3f}" in statement
+    assert f"probability >= {results.ln_threshold:.3f}" in statement
+    assert sr.SeriesDate and sr.SeriesTime
 
 
 def test_sr_references_context_and_notices(results, seg_file, sr_file):
@@ -247,7 +331,7 @@ def test_sr_references_context_and_notices(results, seg_file, sr_file):
         f"{results.run.app_name} {results.run.app_version}"
     notes = sr.ContentSequence[-1]
     assert notes.ConceptNameCodeSequence[0].CodeMeaning == "Qualitative Evaluations"
-    texts = [i.TextValue for i in notes.ContentSequence]
+    texts = [i.TextValue for i in notes.ContentSequence if i.ValueType == "TEXT"]
     assert any("Research use only" in t and "synthetic" in t for t in texts)
     assert any(results.venous.series.series_instance_uid in t for t in texts)
     assert any(results.arterial.series_instance_uid in t for t in texts)
@@ -259,10 +343,9 @@ def test_sr_references_context_and_notices(results, seg_file, sr_file):
     images = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID
               for group in library[0].ContentSequence for i in group.ContentSequence if i.ValueType == "IMAGE"}
     assert images <= set(results.venous.sop_instance_uids)
-    ref = results.reference
-    for node in results.lymph_nodes:  # the slice through every node's centre is in the library
-        k = int(round(ref.TransformPhysicalPointToContinuousIndex(node.centroid_mm)[2]))
-        assert results.venous.sop_instance_uids[k] in images
+    placed = lymph_node_axes(results.ln_instances)
+    for node in results.lymph_nodes:  # the slice every node's axes were measured on is in the library
+        assert results.venous.sop_instance_uids[placed[node.index].slice_index] in images
 
 
 def test_sr_without_tumour_single_phase_and_undetermined_patient(results, seg_file):
@@ -276,11 +359,13 @@ def test_sr_without_tumour_single_phase_and_undetermined_patient(results, seg_fi
     assert PDAC_KEY in omitted_segments(seg)
     sr = build_sr(variant, seg)
     report = hd.sr.MeasurementReport.from_sequence([sr])
-    tumour = [g for g in report.get_image_measurement_groups() if str(g.tracking_identifier) == TUMOUR_TRACKING_ID]
-    assert len(tumour) == 1 and _evaluation(tumour[0], codes.NEOPLASM) == codes.ABSENT
-    patient = [g for g in report.get_image_measurement_groups()
-               if str(g.tracking_identifier) == PATIENT_TRACKING_ID][0]
-    assert patient.get_measurements(name=codes.PROBABILITY_OF_CANCER) == []
-    assert _evaluation(patient, codes.METASTASIS) == dcm_codes.DCM.PresenceUndetermined
-    texts = [i.TextValue for i in sr.ContentSequence[-1].ContentSequence]
+    assert not [g for g in report.get_image_measurement_groups() + report.get_volumetric_roi_measurement_groups()
+                if TUMOUR_TRACKING_ID in str(g.tracking_identifier)]
+    notes = sr.ContentSequence[-1].ContentSequence
+    codes_found = {i.ConceptNameCodeSequence[0].CodeValue: i.ConceptCodeSequence[0].CodeValue
+                   for i in notes if i.ValueType == "CODE"}
+    assert codes_found[codes.NEOPLASM.value] == codes.ABSENT.value
+    assert codes_found[codes.METASTASIS.value] == dcm_codes.DCM.PresenceUndetermined.value
+    texts = [i.TextValue for i in notes if i.ValueType == "TEXT"]
+    assert any("no probability" in t for t in texts)
     assert any(t.startswith("Single-phase analysis") for t in texts)

@@ -26,9 +26,15 @@ ABDOMEN = codes.SCT.Abdomen  # 818981001
 
 # ---------------------------------------------------------------- SR measurement names and units
 VOLUME = codes.SCT.Volume  # 118565006, CID 7469
-SHORT_AXIS = codes.SCT.ShortAxis  # 103340004, CID 7470
-LONG_AXIS = codes.SCT.LongAxis  # 103339001, CID 7470
+# CID 7470. The code meanings are written "Long Axis"/"Short Axis" (DICOM's own spelling in earlier
+# editions; pydicom has "Long axis"): the cornerstone/OHIF SR loader finds the two axes of a
+# bidirectional measurement by these exact meanings. Code value and scheme are what identify them.
+SHORT_AXIS = CodedConcept(codes.SCT.ShortAxis.value, "SCT", "Short Axis")  # 103340004
+LONG_AXIS = CodedConcept(codes.SCT.LongAxis.value, "SCT", "Long Axis")  # 103339001
 DIAMETER = codes.SCT.Diameter  # 81827009, CID 7470
+MAXIMUM = codes.SCT.Maximum  # 56851009, CID 7464 (derivation: the tumour's diameter is the maximum axial one)
+CENTER_OF_MASS = codes.DCM.CenterOfMass  # 128138: purpose of the node's/tumour's centre point (SCOORD3D)
+THRESHOLD_VALUE = codes.DCM.ThresholdValue  # 122411: the node-level decision threshold
 ATTENUATION = codes.DCM.AttenuationCoefficient  # 112031, with derivation "Mean"
 MEAN = codes.SCT.Mean  # 373098007, CID 7464
 PROBABILITY_OF_CANCER = codes.DCM.ProbabilityOfCancer  # 111047, CID 6048
@@ -43,8 +49,9 @@ UNIT_MM = codes.UCUM.Millimeter
 UNIT_HU = codes.UCUM.HounsfieldUnit
 UNIT_NONE = codes.UCUM.NoUnits  # "1": probabilities and thresholds are dimensionless
 
-# Procedure reported (TID 1500 row 4, CID 100).
-PROCEDURE_REPORTED = codes.LN.CTUnspecifiedBodyRegion  # 25045-6
+# Procedure reported (TID 1500 row 4, CID 100 is extensible and has no abdominal CT): SNOMED CT
+# "Computed tomography of abdomen" (procedure).
+PROCEDURE_REPORTED = CodedConcept("169070004", "SCT", "Computed tomography of abdomen")
 DEVICE_OBSERVER = codes.DCM.Device
 # TID 1500 row 12: the report-level "Qualitative Evaluations" container.
 QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
@@ -59,10 +66,9 @@ def _private(value: str, meaning: str) -> CodedConcept:
     return CodedConcept(value, PRIVATE_SCHEME, meaning)
 
 
-DISTANCE_TO_NEAREST = _private("LNM001", "Distance to nearest organ or vessel")
+# The distance from a node to its nearest organ/vessel is the standard Distance (DCM 121206); which
+# structure is nearest has no standard concept.
 NEAREST_STRUCTURE = _private("LNM002", "Nearest organ or vessel")
-DECISION_THRESHOLD = _private("LNM003", "Decision threshold")
-LARGEST_POSITIVE_LN_VOLUME = _private("LNM004", "Volume of largest metastatic lymph node")
 RESEARCH_USE_NOTICE = _private("LNM010", "Research use notice")
 MODEL_USED = _private("LNM011", "Model used")
 SINGLE_PHASE_STATEMENT = _private("LNM012", "Single-phase analysis")

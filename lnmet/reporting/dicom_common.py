@@ -87,6 +87,14 @@ def now_dicom() -> tuple[str, str]:
     return now.strftime("%Y%m%d"), now.strftime("%H%M%S")
 
 
+def set_series_date_time(ds: Dataset) -> None:
+    """SeriesDate/SeriesTime of a new output series: when it was made (its ContentDate/ContentTime
+    when set, so that the two agree; else now). PACS worklists and viewers sort and show series by them."""
+    date, time = now_dicom()
+    ds.SeriesDate = str(getattr(ds, "ContentDate", "") or date)
+    ds.SeriesTime = str(getattr(ds, "ContentTime", "") or time)
+
+
 def copy_patient_and_study(source: Dataset, target: Dataset) -> None:
     """Copy the Patient and General Study modules of ``source`` into ``target`` (same patient,
     same study). Type 2 attributes absent from the source are written empty."""

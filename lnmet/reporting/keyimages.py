@@ -142,12 +142,15 @@ def _render(results: AnalysisResults, o: _Oriented, z: int, focus: np.ndarray, t
     fig.suptitle(title, color="white", fontsize=10, fontweight="bold")
     handles = [mpatches.Patch(color=style.rgb01(style.PDAC_RGB), label="PDAC"),
                mpatches.Patch(color=style.rgb01(style.LN_POSITIVE_RGB), label="LN metastatic"),
-               mpatches.Patch(color=style.rgb01(style.LN_NEGATIVE_RGB), label="LN non-metastatic"),
-               mpatches.Patch(color=(0.7, 0.7, 0.7), alpha=0.5, label="organs/vessels (faint)")]
-    leg = fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=7, frameon=False)
+               mpatches.Patch(color=style.rgb01(style.LN_NEGATIVE_RGB), label="LN non-metastatic")]
+    # Each organ/vessel on this slice in its own overlay colour (not one grey swatch for all).
+    present = set(np.unique(o.organs[z]).tolist())
+    handles += [mpatches.Patch(color=style.rgb01(style.ORGAN_RGB[c.key]), label=c.name)
+                for c in ORGAN_CLASSES if c.label in present]
+    leg = fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=6, frameon=False)
     for t in leg.get_texts():
         t.set_color("white")
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=0.09, wspace=0.03)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=0.15, wspace=0.03)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", facecolor="black")
     plt.close(fig)

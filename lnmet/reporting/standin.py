@@ -56,7 +56,8 @@ def _on_grid(img: sitk.Image, ref: sitk.Image, pixel_id: int) -> sitk.Image:
 
 
 def results_from_study(study, study_dir: str | os.PathLike, *, single_phase: bool = False,
-                       patient_probability: float = 0.73, threshold: float = 0.5) -> AnalysisResults:
+                       patient_probability: float = 0.73, threshold: float = 0.5,
+                       ln_threshold: float = 0.5) -> AnalysisResults:
     """Stand-in :class:`AnalysisResults` from a generated study (``synthetic.generate_study``)
     and the folder ``write_study`` wrote it to."""
     study_dir = Path(study_dir)
@@ -102,4 +103,5 @@ def results_from_study(study, study_dir: str | os.PathLike, *, single_phase: boo
                   + ([] if arterial is None else [f"arterial: {arterial.series_description} ({arterial.reason})"]),
                   device="cpu", timings_s={"stand-in": 0.0}, warnings=[STANDIN_WARNING])
     return AnalysisResults(venous=venous, arterial=arterial, organs=organs, pdac_mask=pdac, tumour=tumour,
-                           ln_instances=lns, lymph_nodes=nodes, patient=patient, models=models, run=run)
+                           ln_instances=lns, lymph_nodes=nodes, patient=patient, models=models, run=run,
+                           ln_threshold=ln_threshold)
