@@ -22,6 +22,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 
 from lnmet.attention import attention_array
 from lnmet.config import AttentionSettings
@@ -40,12 +41,16 @@ class TaskSpec:
     loss: str  # "dice_ce" (nnU-Net) or "ce_tversky" (paper Eq. 4-6)
     has_organs: bool  # organsTr/ present (attention map, LN instances)
     default_model_name: str
+    # Intensity statistics from the labelled voxels grown by this margin: a small target (a tumour)
+    # alone would clip the input to its own narrow HU range, so that any soft tissue of a scan with
+    # other contrast looks like it (the PDAC model of generator 1.x clipped to 9-93 HU).
+    normalization_margin_mm: float = 0.0
 
 
 TASKS: dict[str, TaskSpec] = {
     "organs": TaskSpec("organs", "dice_ce", False, "organ_seg"),
     "lymph_nodes": TaskSpec("lymph_nodes", "ce_tversky", True, "ln_seg"),
-    "pdac": TaskSpec("pdac", "dice_ce", False, "pdac_seg"),
+    "pdac": TaskSpec("pdac", "dice_ce", False, "pdac_seg", normalization_margin_mm=20.0),
 }
 
 MAX_COORDS_PER_CLASS = 20000  # foreground voxel positions kept per class for patch sampling
@@ -234,11 +239,15 @@ def load_cases(dataset_dir: str | Path, case_ids: Sequence[str], meta: dict[str,
     return out
 
 
-def foreground_samples(cases: Sequence[CaseData], per_case: int = 20000, seed: int = 0) -> Iterator[np.ndarray]:
-    """HU values ``[C, N]`` of foreground voxels of each case (nnU-Net's normalisation statistics)."""
+def foreground_samples(cases: Sequence[CaseData], per_case: int = 20000, seed: int = 0,
+                       margin_mm: float = 0.0) -> Iterator[np.ndarray]:
+    """HU values ``[C, N]`` of foreground voxels of each case (nnU-Net's normalisation statistics),
+    the foreground grown by ``margin_mm`` when given."""
     rng = np.random.default_rng(seed)
     for case in cases:
         fg = case.label > 0
+        if margin_mm > 0 and fg.any():
+            fg = ndimage.distance_transform_edt(~fg, sampling=case.spacing_zyx) <= margin_mm
         if case.attention is not None:
             fg = fg | (case.attention > 0)  # the LN task's own foreground is tiny: use the region it attends
         idx = np.flatnonzero(fg)

@@ -222,7 +222,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                              f"not {task.name} (attention {attention})")
         normalization = state["normalization"]
     else:
-        normalization = compute_ct_normalization(foreground_samples(train_cases, seed=args.seed), chans)
+        normalization = compute_ct_normalization(
+            foreground_samples(train_cases, seed=args.seed, margin_mm=task.normalization_margin_mm), chans)
     log.info("normalisation: %s", "; ".join(f"{p['channel']} clip {p['clip_hu'][0]:.0f}..{p['clip_hu'][1]:.0f} "
                                             f"mean {p['mean']:.1f} std {p['std']:.1f}" for p in normalization))
 
