@@ -54,6 +54,7 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 MAX_COORDS_PER_CLASS = 20000  # foreground voxel positions kept per class for patch sampling
+ATTENTION_MARGIN_MM = 60.0  # LN task: cases cropped to the attended region grown by this (about half a patch)
 
 
 @dataclass
@@ -209,7 +210,9 @@ def load_case(dataset_dir: str | Path, case_id: str, meta: dict[str, Any], task:
         if attention_settings is None:
             raise ValueError("load_case: the LN task needs the attention settings")
         organs = sitk.GetArrayFromImage(extra["organs"])
-        attention = attention_array(organs, spacing_zyx, attention_settings)[box].astype(np.float16)
+        full_attention = attention_array(organs, spacing_zyx, attention_settings)
+        box = _attended_box(full_attention > 0, box, [int(math.ceil(ATTENTION_MARGIN_MM / s)) for s in spacing_zyx])
+        attention = full_attention[box].astype(np.float16)
         informative = _coords(attention > 0, rng)
         if "instances" in extra:
             instances = sitk.GetArrayFromImage(extra["instances"]).astype(np.uint16)[box]
@@ -223,6 +226,17 @@ def load_case(dataset_dir: str | Path, case_id: str, meta: dict[str, Any], task:
     return CaseData(case_id=case_id, image=image, label=label, spacing_zyx=spacing_zyx, attention=attention,
                     instances=instances, class_coords=coords, informative_coords=informative, tissue=tissue,
                     tissue_is_anatomy=is_anatomy, tissue_hu=tissue_medians(image, tissue))
+
+
+def _attended_box(attended: np.ndarray, body: tuple[slice, ...], margin: Sequence[int]) -> tuple[slice, ...]:
+    """The body box narrowed to the attended region grown by ``margin`` voxels: patches of the
+    attention-guided task always hold attended voxels (informative negative selection), so the
+    rest of the body is never sampled; keeping it out halves the memory of a case."""
+    if not attended.any():
+        return body
+    idx = np.nonzero(attended)
+    return tuple(slice(max(b.start, int(i.min()) - m), min(b.stop, int(i.max()) + m + 1))
+                 for b, i, m in zip(body, idx, margin))
 
 
 def load_cases(dataset_dir: str | Path, case_ids: Sequence[str], meta: dict[str, Any], task: TaskSpec,

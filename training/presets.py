@@ -120,7 +120,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (PAPER, SMALL)}
 # a PDAC is hypo-enhancing against its pancreas: random HU would teach those models that a fat-dense
 # blob can be a node or that a tumour may be brighter than the gland.
 TASK_RANDOMISATION = {
-    "organs": RandomisationSettings(),
+    "organs": RandomisationSettings(probability=0.75, random_hu_probability=0.15, no_contrast_probability=0.2),
     "lymph_nodes": RandomisationSettings(random_hu_probability=0.0),
     "pdac": RandomisationSettings(random_hu_probability=0.0),
 }

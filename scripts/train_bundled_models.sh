@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Reproduces every bundled model from scratch on the project's own synthetic studies (generator 2.0):
+# the training data, the five models in dependency order, the plain baseline of the LN ablation and
+# the tumour-only patient classifier (used by the evaluations), then the model manifest.
+# About 8-10 hours on a 2-core CPU (docs/TRAINING.md gives each step's time); add --device cuda to
+# the training commands on a GPU. Steps whose output exists are skipped, so a stopped run resumes.
+#
+#     bash scripts/train_bundled_models.sh            # everything
+#     STEP=organs bash scripts/train_bundled_models.sh   # one step: data organs pdac ln ln_baseline ln_cls patient manifest
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+STEP=${STEP:-all}
+want() { [ "$STEP" = all ] || [ "$STEP" = "$1" ]; }
+
+if want data; then
+  # Seeds 0-199 train the segmentation and node models, 200-279 the patient classifier; each case is
+  # acquired at its own voxel size and coverage and resampled by the app's own code (synthetic/acquisition.py).
+  for start in 0 50 100 150; do
+    [ -f "data/nnunet/Dataset501_PancreasOrgans/labelsTr/SYN$(printf %06d $((start + 49))).nii.gz" ] ||
+      $PY -m synthetic export-nnunet --seed $start --count 50 --preset train --out data/nnunet --workers 2 --acquisition random
+  done
+  [ -f data/nnunet_patients/Dataset501_PancreasOrgans/labelsTr/SYN000279.nii.gz ] ||
+    $PY -m synthetic export-nnunet --seed 200 --count 80 --preset train --out data/nnunet_patients --workers 2 --acquisition random
+fi
+
+SEG="$PY -m training.train_segmentation --preset small --threads 1 --seed 0 --log-every 50"
+if want organs && [ ! -f build/train/organ_seg.done ]; then
+  # Leg 1 (a pilot on the first 50 cases), then leg 2 on 150 cases, resumed from leg 1's checkpoint.
+  [ -f build/pilot/organ_seg/model.ts ] ||
+    $SEG --dataset data/nnunet/Dataset501_PancreasOrgans --task organs --out build/pilot/organ_seg/model.ts \
+        --name organ_seg --iterations 1000 --max-cases 50 --val-fraction 0.1 --val-max-cases 3 \
+        --checkpoint build/checkpoints/organ_seg.pt
+  $SEG --dataset data/nnunet/Dataset501_PancreasOrgans --task organs --out models/organ_seg/model.ts \
+      --iterations 6000 --max-cases 150 --val-fraction 0.1 --val-max-cases 6 --model-version 0.2.0 \
+      --checkpoint build/checkpoints/organ_seg.pt --resume
+  mkdir -p build/train && touch build/train/organ_seg.done
+fi
+if want pdac && [ ! -f build/train/pdac_seg.done ]; then
+  $SEG --dataset data/nnunet/Dataset503_PancreasTumour --task pdac --out models/pdac_seg/model.ts \
+      --iterations 3000 --max-cases 120 --val-fraction 0.1 --val-max-cases 6 --model-version 0.2.0
+  mkdir -p build/train && touch build/train/pdac_seg.done
+fi
+LN="--dataset data/nnunet/Dataset502_PancreasLymphNodes --task lymph_nodes --iterations 3000 --max-cases 120 \
+    --val-fraction 0.1 --val-max-cases 6 --per-node-sampling"
+if want ln && [ ! -f build/train/ln_seg.done ]; then
+  $SEG $LN --out models/ln_seg/model.ts --model-version 0.4.0
+  mkdir -p build/train && touch build/train/ln_seg.done
+fi
+if want ln_baseline && [ ! -f build/train/ln_seg_baseline.done ]; then
+  $SEG $LN --no-attention --name ln_seg_baseline --out build/ln_seg_baseline/model.ts
+  mkdir -p build/train && touch build/train/ln_seg_baseline.done
+fi
+if want ln_cls && [ ! -f build/train/ln_cls.done ]; then
+  $PY -m training.train_ln_classifier --dataset data/nnunet/Dataset502_PancreasLymphNodes \
+      --ln-seg-model models/ln_seg/model.ts --out models/ln_cls/model.ts --iterations 600 --lr 0.01 \
+      --max-cases 200 --threads 2 --seed 0 --model-version 0.4.0
+  mkdir -p build/train && touch build/train/ln_cls.done
+fi
+if want patient && [ ! -f build/train/patient_cls.done ]; then
+  COMMON="--data data/nnunet_patients --ln-seg-model models/ln_seg/model.ts --ln-cls-model models/ln_cls/model.ts \
+          --max-cases 80 --cache build/cache/patient_cls --threads 1"
+  $PY -m training.train_patient_classifier $COMMON --out build/unused.ts --volumes-only --shard 0/2 &
+  $PY -m training.train_patient_classifier $COMMON --out build/unused.ts --volumes-only --shard 1/2 &
+  wait
+  $PY -m training.train_patient_classifier $COMMON --mode combined --out models/patient_cls/model.ts \
+      --iterations 600 --lr 0.01 --max-minutes 15 --model-version 0.5.0
+  $PY -m training.train_patient_classifier $COMMON --mode tumour_only --name patient_cls_tumour_only \
+      --out build/patient_cls_tumour_only/model.ts --iterations 600 --lr 0.01 --max-minutes 15
+  mkdir -p build/train && touch build/train/patient_cls.done
+fi
+if want manifest; then
+  $PY scripts/update_model_manifest.py
+fi
