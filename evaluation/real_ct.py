@@ -1,0 +1,146 @@
+"""The bundled models on real CT (issue 16): ``../shared/real-ct-validation``, never trained on.
+
+The volume is a real NON-contrast upper-abdomen CT (3 mm voxels) of a patient without known PDAC,
+with TotalSegmentator's labels as the reference (an automatic reference: the Dice below is
+agreement with TotalSegmentator). It is run the way the app runs a single-phase study: the NIfTI is
+reoriented to the DICOM patient frame (as a DICOM series of it would load), resampled to the
+models' working grid by the app's own code, and segmented by the operators' own functions
+(venous image in both channels). The script prints
+
+- organ Dice per class against TotalSegmentator (goals: spleen >= 0.70, stomach >= 0.50, aorta >=
+  0.60, pancreas and duodenum >= 0.30) with predicted and reference volumes;
+- lymph-node detections after the app's filters (goal <= 5: the patient has no known nodes);
+- PDAC components of the raw tumour segmentation and their volumes (goal: none > 1 ml).
+
+It measures the models themselves; the app's quality gate may (rightly) call this scan not
+assessable. Rerun it after retraining any model:
+
+    python -m evaluation.real_ct [--models models] [--data ../shared/real-ct-validation] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from lnmet.attention import attention_map  # noqa: E402
+from lnmet.config import load_settings  # noqa: E402
+from lnmet.inference import SegmentationModel, resolve_model_path, segment_registered  # noqa: E402
+from lnmet.instances import instance_ids, ln_instances  # noqa: E402
+from lnmet.labels import ORGAN_BY_KEY  # noqa: E402
+from lnmet.metrics import dice  # noqa: E402
+from lnmet.types import PhaseVolume, SeriesRef  # noqa: E402
+from operators.ln_segmentation import segment_lymph_nodes  # noqa: E402
+from operators.organ_segmentation import segment_organs  # noqa: E402
+from operators.phase_registration import register_and_resample  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "real-ct-validation"
+# TotalSegmentator v2 `total` label values of the classes it shares with the attention map.
+TOTALSEG_LABELS = {"spleen": 1, "esophagus": 15, "stomach": 6, "aorta": 52, "pancreas": 7, "duodenum": 19}
+GOALS = {"spleen": 0.70, "stomach": 0.50, "aorta": 0.60, "pancreas": 0.30, "duodenum": 0.30}
+LN_GOAL, PDAC_GOAL_ML = 5, 1.0
+
+
+def load_real_ct(data: Path) -> tuple[sitk.Image, sitk.Image]:
+    """CT (float32 HU) and TotalSegmentator labels, reoriented to the DICOM patient frame (LPS)."""
+    ct = sitk.ReadImage(str(data / "ct.nii.gz"))
+    labels = sitk.ReadImage(str(data / "totalsegmentator_labels.nii.gz"))
+    if ct.GetSize() != labels.GetSize():
+        raise ValueError(f"{data}: CT {ct.GetSize()} and labels {labels.GetSize()} differ in size")
+    return sitk.Cast(sitk.DICOMOrient(ct, "LPS"), sitk.sitkFloat32), sitk.DICOMOrient(labels, "LPS")
+
+
+def venous_phase(image: sitk.Image) -> PhaseVolume:
+    ref = SeriesRef(phase="venous", study_instance_uid="", series_instance_uid="", series_description="real CT",
+                    series_number=None, modality="CT", acquisition_time=None, num_slices=image.GetSize()[2],
+                    reason="evaluation/real_ct.py")
+    return PhaseVolume(phase="venous", image=image, series=ref, source_files=[], sop_instance_uids=[],
+                       sop_class_uid="1.2.840.10008.5.1.4.1.1.2", frame_of_reference_uid="")
+
+
+def evaluate(models: Path, data: Path) -> dict[str, Any]:
+    settings = load_settings()
+    ct, ts = load_real_ct(data)
+    organ_model = SegmentationModel.load(resolve_model_path("organ_seg", models / "organ_seg" / "model.ts"))
+    registered = register_and_resample(venous_phase(ct), None, settings, organ_model.metadata["spacing_mm"])
+    organs_working, organs = segment_organs(registered, organ_model)
+    pred = sitk.GetArrayFromImage(organs)
+    ref = sitk.GetArrayFromImage(ts)
+    voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
+    rows = {}
+    for key, ts_label in TOTALSEG_LABELS.items():
+        p, t = pred == ORGAN_BY_KEY[key].label, ref == ts_label
+        rows[key] = {"dice": dice(p, t) if t.any() else None, "predicted_ml": round(float(p.sum()) * voxel_ml, 1),
+                     "reference_ml": round(float(t.sum()) * voxel_ml, 1), "goal": GOALS.get(key)}
+
+    ln_model = SegmentationModel.load(resolve_model_path("ln_seg", models / "ln_seg" / "model.ts"))
+    att = attention_map(organs_working, settings.attention) if ln_model.uses_attention else None
+    prob, _ = segment_lymph_nodes(registered, att, ln_model)
+    det = settings.ln_detection
+    inst = ln_instances(prob, ct, det.probability_threshold, det.min_volume_mm3, det.min_density_hu)
+    ids = instance_ids(inst)
+    inst_arr = sitk.GetArrayFromImage(inst)
+    node_ml = [round(float((inst_arr == i).sum()) * voxel_ml, 2) for i in ids]
+
+    pdac_model = SegmentationModel.load(resolve_model_path("pdac_seg", models / "pdac_seg" / "model.ts"))
+    raw, _, _ = segment_registered(registered, pdac_model)
+    comps, n = ndimage.label(raw > 0, structure=np.ones((3, 3, 3), bool))
+    w_ml = float(np.prod(registered.working_venous.GetSpacing())) / 1000.0
+    pdac_ml = sorted((round(float(v) * w_ml, 2) for v in np.bincount(comps.ravel())[1:]), reverse=True) if n else []
+    liver = ref == 5
+    return {
+        "data": str(data), "models": {m.name: m.metadata.get("version") for m in (organ_model, ln_model, pdac_model)},
+        "organs": rows,
+        "lymph_nodes": {"detections": len(ids), "volumes_ml": node_ml, "goal_max": LN_GOAL,
+                        "inside_liver": int(sum(bool(liver[inst_arr == i].mean() > 0.5) for i in ids))},
+        "pdac": {"components_ml": pdac_ml[:10], "components_over_1ml": sum(v > PDAC_GOAL_ML for v in pdac_ml),
+                 "goal": "no component > 1 ml"},
+    }
+
+
+def format_report(r: dict[str, Any]) -> str:
+    lines = [f"real CT {r['data']} (non-contrast, 3 mm; reference: TotalSegmentator), models {r['models']}",
+             f"{'class':<10} {'Dice':>6} {'goal':>6} {'pred ml':>9} {'ref ml':>8}"]
+    for key, row in r["organs"].items():
+        d = "n/a" if row["dice"] is None else f"{row['dice']:.3f}"
+        g = "" if row["goal"] is None else (f">={row['goal']:.2f}" + (" met" if row["dice"] is not None and
+                                                                    row["dice"] >= row["goal"] else " MISSED"))
+        lines.append(f"{key:<10} {d:>6} {g:>6} {row['predicted_ml']:>9} {row['reference_ml']:>8}")
+    ln = r["lymph_nodes"]
+    lines.append(f"lymph-node detections after the app's filters: {ln['detections']} (goal <= {ln['goal_max']}; "
+                 f"{ln['inside_liver']} inside the liver), largest ml {ln['volumes_ml'][:8]}")
+    pd = r["pdac"]
+    lines.append(f"PDAC components (raw tumour segmentation): {pd['components_over_1ml']} over 1 ml (goal: none); "
+                 f"largest ml {pd['components_ml'][:5]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m evaluation.real_ct", description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", default=str(ROOT / "models"))
+    p.add_argument("--data", default=str(DEFAULT_DATA))
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    args = p.parse_args(argv)
+    data = Path(args.data)
+    if not (data / "ct.nii.gz").is_file():
+        p.error(f"{data}: no ct.nii.gz (the real validation volume, see its SOURCES.md)")
+    result = evaluate(Path(args.models), data)
+    print(format_report(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

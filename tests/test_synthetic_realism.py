@@ -1,0 +1,135 @@
+"""Generator 2.0: the anatomy around the labelled structures, per-patient contrast, scanner noise and
+streaks, and acquisition randomisation of the training export (issue 16)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from lnmet.labels import ANATOMY_LABELS as L
+from synthetic.acquisition import Acquisition, sample_acquisition
+from synthetic.appearance import Contrast
+from synthetic.grid import PRESETS, Grid
+from synthetic.scanner import Scanner, add_streaks, kernel_noise
+from synthetic.study import render_labels, sample_patient
+
+# The whole upper abdomen at 3 mm: every structure of generator 2.0 is in this field of view.
+COARSE = Grid.centred((120, 120, 67), (3.0, 3.0, 3.0), (0.0, 15.0, -10.0))
+
+
+@pytest.fixture(scope="module")
+def patients():
+    return [sample_patient(seed) for seed in (11, 12, 13)]
+
+
+@pytest.fixture(scope="module")
+def rendered(patients):
+    return [render_labels(p, COARSE)[0] for p in patients]
+
+
+def test_neighbours_of_the_labelled_structures_are_drawn(rendered):
+    """Ribs, table, bowel with contents, kidneys with medulla, vessels and interlobular fat exist in
+    every patient, and lie where they belong."""
+    for labels in rendered:
+        present = set(np.unique(labels).tolist())
+        for name in ("bone_cortical", "costal_cartilage", "table_shell", "bowel", "gas", "kidney_medulla",
+                     "renal_sinus_fat", "other_artery", "other_vein", "hepatic_vein", "adrenal", "skin",
+                     "portal_splenic_vein", "ivc", "liver", "spleen", "pancreas", "pancreas_fat"):
+            assert L[name] in present, f"{name} missing"
+        mid = labels[:, :, labels.shape[2] // 2]  # the midline column: table behind the patient's back
+        table_y = np.nonzero(mid == L["table_shell"])[1]
+        skin_y = np.nonzero(mid == L["skin"])[1]
+        assert table_y.size and table_y.min() >= skin_y.max()
+
+
+def test_body_habitus_varies_between_patients(patients):
+    subcut = [p.anatomy.body.subcut for p in (sample_patient(s) for s in range(20, 40))]
+    arms = [sample_patient(s).anatomy.body.arms_down for s in range(20, 40)]
+    assert max(subcut) - min(subcut) > 10.0  # thin to obese
+    assert any(arms) and not all(arms)  # arms beside the body in some patients, raised in most
+
+
+def test_visceral_fat_at_the_pancreas_level_is_realistic(rendered):
+    """Fat (subcutaneous + visceral) takes 25-55% of the body at the pancreas level (real CT: about
+    26-42%; generator 1.x: ~40% of plain visceral fat in an ellipse)."""
+    k = int(round((-5.0 - COARSE.origin[2]) / COARSE.spacing[2]))
+    for labels in rendered:
+        sl = labels[k]
+        body = (sl > 0) & ~np.isin(sl, [L["table_shell"], L["table_core"]])
+        fat = np.isin(sl, [L["body_fat"], L["subcutaneous_fat"]])
+        assert 0.2 <= fat.sum() / body.sum() <= 0.6
+
+
+def test_contrast_varies_per_patient_and_none_is_native():
+    rng = np.random.default_rng(0)
+    cons = [Contrast.sample(np.random.default_rng(s)) for s in range(30)]
+    aorta_art = np.array([c.mean("aorta", "arterial") for c in cons])
+    liver_ven = np.array([c.mean("liver", "venous") for c in cons])
+    assert aorta_art.min() < 250 < 330 < aorta_art.max()  # weak to strong arterial enhancement
+    assert 70 < np.median(liver_ven) < 120 and liver_ven.std() > 8
+    assert np.all(aorta_art > np.array([c.mean("aorta", "venous") for c in cons]))
+    none = Contrast(strength=0.0)
+    assert none.mean("aorta", "arterial") == none.mean("aorta", "native") == pytest.approx(42.0)
+    assert rng is not None
+
+
+def test_kernel_noise_has_a_ramp_spectrum():
+    """Filtered back-projection noise: little power at low frequency, a grain of a few voxels."""
+    n = kernel_noise((4, 128, 128), (0.7, 0.7, 1.0), 0.3, np.random.default_rng(1))
+    assert n.std() == pytest.approx(1.0, rel=0.05)
+    spec = np.abs(np.fft.fft2(n[2])) ** 2
+    f = np.sqrt(np.fft.fftfreq(128, 0.7)[:, None] ** 2 + np.fft.fftfreq(128, 0.7)[None, :] ** 2)
+    low, mid = spec[(f > 0) & (f < 0.05)].mean(), spec[(f > 0.2) & (f < 0.35)].mean()
+    assert mid > 3 * low  # white noise would have equal power
+    # neighbouring pixels correlate (white noise would not)
+    assert np.corrcoef(n[2, :, :-1].ravel(), n[2, :, 1:].ravel())[0, 1] > 0.2
+
+
+def test_streaks_darken_the_line_between_dense_objects():
+    grid = Grid.centred((100, 100, 1), (2.0, 2.0, 2.0), (0.0, 0.0, 0.0))
+    labels = np.zeros(grid.shape, np.uint8)
+    labels[0, 45:55, 10:20] = L["bone_cortical"]
+    labels[0, 45:55, 80:90] = L["bone_cortical"]
+    hu = np.zeros(grid.shape, np.float32)
+    out = add_streaks(hu.copy(), labels, grid, Scanner(noise_hu=0, kernel_cutoff=0.3, streak_hu=30.0),
+                      np.random.default_rng(0))
+    between = out[0, 48:52, 35:65].mean()
+    away = out[0, 5:10, 35:65].mean()
+    assert between < -15.0 and abs(away) < 5.0
+
+
+def test_acquisition_randomisation_mixes_voxel_sizes():
+    base = PRESETS["train"]
+    acqs = [sample_acquisition(np.random.default_rng(s), base) for s in range(60)]
+    kinds = {a.kind for a in acqs}
+    assert kinds == {"preset", "fine", "thick"}
+    thick = [a.slice_mm for a in acqs if a.kind == "thick"]
+    assert min(thick) >= 2.0 and max(thick) <= 5.0
+    assert any(a.z_range_mm is not None for a in acqs)
+    p = Acquisition("thick", 0.8, 4.0, (-50.0, 50.0)).preset(base)
+    assert p.spacing == (0.8, 0.8, 4.0) and p.size[2] == 25
+    assert p.noise_hu < base.noise_hu  # thicker slices, less noise
+
+
+def test_random_acquisition_export_is_resampled_to_the_training_grid(tmp_path):
+    """A case acquired at another voxel size ends on the preset's grid (the app's resampling), with
+    labels rendered on that grid that match the image (the aorta is bright where it is labelled)."""
+    from synthetic.nnunet import export_nnunet
+
+    seed = next(s for s in range(200) if sample_acquisition(np.random.default_rng([20241, s, 11]), PRESETS["tiny"]).kind
+                == "thick")
+    export_nnunet(tmp_path, [seed], "tiny", acquisition="random")
+    case = f"SYN{seed:06d}"
+    ds = tmp_path / "Dataset501_PancreasOrgans"
+    img = sitk.ReadImage(str(ds / "imagesTr" / f"{case}_0000.nii.gz"))
+    lab = sitk.ReadImage(str(ds / "labelsTr" / f"{case}.nii.gz"))
+    anat = sitk.ReadImage(str(ds / "anatomyTr" / f"{case}.nii.gz"))
+    assert img.GetSpacing() == pytest.approx(PRESETS["tiny"].spacing)
+    assert img.GetSize() == lab.GetSize() == anat.GetSize()
+    a, l = sitk.GetArrayFromImage(img), sitk.GetArrayFromImage(lab)
+    assert np.median(a[l == 4]) > 150  # arterial channel: the aorta enhances
+    row = json.loads((tmp_path / "patients.json").read_text())[case]
+    assert row["acquisition"]["kind"] == "thick" and row["contrast"]["mean_hu"]["arterial"]["aorta"] > 150
