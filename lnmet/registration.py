@@ -50,7 +50,15 @@ class RegistrationResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"  # ITK's own variable; set by cohort workers
+
+
 def available_cores() -> int:
+    """The registration's thread count: ``$ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` when set (a worker
+    sharing a machine with others), else every core this process may run on."""
+    wanted = os.environ.get(THREADS_ENV, "").strip()
+    if wanted.isdigit() and int(wanted) > 0:
+        return int(wanted)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
