@@ -65,9 +65,20 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+DOWNSAMPLING = "block_average"  # or "gaussian" (profiling switch)
+
+
 def registration_image(image: sitk.Image, spacing_mm: float) -> sitk.Image:
-    """The image on its own extent at isotropic ``spacing_mm``: clamped, smoothed, float32."""
+    """The image on its own extent at isotropic ``spacing_mm``: clamped, smoothed, float32.
+
+    The fine image is first averaged over blocks of whole voxels no larger than ``spacing_mm``
+    (``BinShrink``: cheap, and itself an anti-aliasing filter), then smoothed with the Gaussian
+    that the remaining change of resolution asks for, then resampled."""
     img = sitk.Cast(image, sitk.sitkFloat32)
+    if DOWNSAMPLING == "block_average":
+        factors = [max(1, int(spacing_mm / (2.0 * s) + 1e-6)) for s in img.GetSpacing()]
+        if max(factors) > 1:
+            img = sitk.BinShrink(img, factors)
     img = sitk.Clamp(img, sitk.sitkFloat32, CLAMP_HU[0], CLAMP_HU[1])
     sigmas = [0.5 * max(0.0, spacing_mm ** 2 - s ** 2) ** 0.5 for s in img.GetSpacing()]
     if max(sigmas) > 0.05:
@@ -76,16 +87,32 @@ def registration_image(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     return sitk.Resample(img, grid, sitk.Transform(), sitk.sitkLinear, CLAMP_HU[0], sitk.sitkFloat32)
 
 
-def _method(settings: RegistrationSettings, seed: int, multi_resolution: bool = True) -> sitk.ImageRegistrationMethod:
+def _sampling_fraction(settings: RegistrationSettings, fixed: sitk.Image | None, shrink: int = 1) -> float:
+    """``sampling_fraction``, lowered where the level has more voxels than ``max_samples`` allows."""
+    if settings.max_samples is None or fixed is None:
+        return settings.sampling_fraction
+    voxels = float(np.prod([max(1, -(-n // shrink)) for n in fixed.GetSize()]))
+    return min(settings.sampling_fraction, settings.max_samples / voxels)
+
+
+def _method(settings: RegistrationSettings, seed: int, multi_resolution: bool = True,
+            levels: int | None = None, fixed: sitk.Image | None = None) -> sitk.ImageRegistrationMethod:
+    """Mattes MI with seeded random sampling (at most ``max_samples`` per level, counted on
+    ``fixed``); ``levels``: use the first (coarsest) levels of the multi-resolution schedule only
+    (None: all)."""
     r = sitk.ImageRegistrationMethod()
     r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=HISTOGRAM_BINS)
     r.SetMetricSamplingStrategy(r.RANDOM)
-    r.SetMetricSamplingPercentage(settings.sampling_fraction, seed)
+    r.SetMetricSamplingPercentage(_sampling_fraction(settings, fixed), seed)
     r.SetInterpolator(sitk.sitkLinear)
     if multi_resolution:
-        r.SetShrinkFactorsPerLevel(list(settings.shrink_factors))
-        r.SetSmoothingSigmasPerLevel(list(settings.smoothing_sigmas_mm))
+        n = len(settings.shrink_factors) if levels is None else levels
+        shrink = list(settings.shrink_factors[:n])
+        r.SetShrinkFactorsPerLevel(shrink)
+        r.SetSmoothingSigmasPerLevel(list(settings.smoothing_sigmas_mm[:n]))
         r.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+        if settings.max_samples is not None and fixed is not None:
+            r.SetMetricSamplingPercentagePerLevel([_sampling_fraction(settings, fixed, k) for k in shrink], seed)
     return r
 
 
@@ -125,7 +152,7 @@ def register_phases(fixed: sitk.Image, moving: sitk.Image, settings: Registratio
         metrics: dict[str, float] = {"working_spacing_mm": ws, "threads": float(n_threads)}
 
         affine = initial_affine(fixed, moving, same_frame_of_reference)
-        probe = _method(settings, seed, multi_resolution=False)  # metric on the full registration grid
+        probe = _method(settings, seed, multi_resolution=False, fixed=f)  # metric on the full registration grid
         probe.SetInitialTransform(affine, inPlace=False)
         try:
             metrics["metric_initial"] = float(probe.MetricEvaluate(f, m))
@@ -134,7 +161,7 @@ def register_phases(fixed: sitk.Image, moving: sitk.Image, settings: Registratio
                                     f"{str(exc).strip().splitlines()[-1]}") from None
 
         if settings.affine_iterations > 0:
-            r = _method(settings, seed)
+            r = _method(settings, seed, fixed=f)
             r.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3,
                                                        numberOfIterations=settings.affine_iterations,
                                                        relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
@@ -151,9 +178,10 @@ def register_phases(fixed: sitk.Image, moving: sitk.Image, settings: Registratio
             extent = [sz * sp for sz, sp in zip(f.GetSize(), f.GetSpacing())]
             mesh = [max(1, int(round(e / settings.bspline_mesh_mm))) for e in extent]
             bspline = sitk.BSplineTransformInitializer(f, mesh, 3)
-            r = _method(settings, seed)
+            r = _method(settings, seed, levels=settings.bspline_levels, fixed=f)
             r.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=settings.bspline_iterations,
-                                   maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=1000,
+                                   maximumNumberOfCorrections=5,
+                                   maximumNumberOfFunctionEvaluations=settings.bspline_max_evaluations,
                                    costFunctionConvergenceFactor=1e7)
             r.SetMovingInitialTransform(affine)
             r.SetInitialTransform(bspline, inPlace=True)
@@ -165,7 +193,7 @@ def register_phases(fixed: sitk.Image, moving: sitk.Image, settings: Registratio
                      metrics["metric_bspline"], r.GetOptimizerStopConditionDescription())
             composite.AddTransform(bspline)
 
-        probe = _method(settings, seed, multi_resolution=False)
+        probe = _method(settings, seed, multi_resolution=False, fixed=f)
         probe.SetInitialTransform(composite, inPlace=False)
         metrics["metric_final"] = float(probe.MetricEvaluate(f, m))
         metrics["seconds"] = time.perf_counter() - t0

@@ -36,7 +36,7 @@ BROKEN_SEED = 8
 THREADS = "2"  # the worker's CPUs = the single-study app's threads, so the two runs compute alike
 
 
-def _cohort(args: list[str], timeout: float = 900) -> subprocess.CompletedProcess:
+def _cohort(args: list[str], timeout: float = 1800) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PDAC_LN_", "HOLOSCAN_", "RAY_"))}
     return subprocess.run([sys.executable, "-m", "cohort", *args], capture_output=True, text=True, cwd=ROOT,
                           env=env, timeout=timeout)
@@ -93,7 +93,7 @@ def app_outputs(studies, tmp_path_factory) -> dict[int, Path]:
     for seed in GOOD_SEEDS:
         outs[seed] = base / str(seed)
         done = run_app(["-i", str(studies["own"][seed] / "dicom"), "-o", str(outs[seed]), "-m", str(ROOT / "models")],
-                       env=env, timeout=900)
+                       env=env, timeout=1800)
         assert done.returncode == 0, done.stderr[-3000:]
     return outs
 
