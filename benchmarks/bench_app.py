@@ -108,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="keep the outputs in this folder (default: a temp folder)")
     parser.add_argument("--baseline-root", type=Path,
                         help="another checkout of the project (e.g. a git worktree of main): its app runs on the "
-                             "same study in the same run, before and after this one, and the ratio is printed")
+                             "same study in the same run, and the ratio is printed")
+    parser.add_argument("--order", default="ABBA",
+                        help="with --baseline-root: run order, A = baseline, B = this checkout (default ABBA: "
+                             "a drifting load falls on both alike; AB for one run each)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench_app_") as tmp:
@@ -124,14 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         base_root = args.baseline_root.resolve()
         base_models = base_root / "models" if args.models == ROOT / "models" else args.models
         runs: dict[str, list[dict]] = {"baseline": [], "this checkout": []}
-        for label in ("baseline", "this checkout", "this checkout", "baseline"):  # ABBA: load drifts cancel
+        keep = args.keep or work
+        for label in ("baseline" if c == "A" else "this checkout" for c in args.order.upper()):
             root, models = (base_root, base_models) if label == "baseline" else (ROOT, args.models)
-            runs[label].append(run_once(root, study, work / f"out_{label.replace(' ', '_')}_{len(runs[label])}",
+            runs[label].append(run_once(root, study, keep / f"out_{label.replace(' ', '_')}_{len(runs[label])}",
                                         models, args.device, work))
         for label, rs in runs.items():
             _print_run(f"{label} ({base_root if label == 'baseline' else ROOT}), fastest of {len(rs)}",
                        min(rs, key=lambda r: r["wall"]), study)
-    print("\nwhole app, process wall time (s), in run order baseline, this, this, baseline:")
+    print(f"\nwhole app, process wall time (s), run order {args.order.upper()} (A baseline, B this checkout):")
     for label, rs in runs.items():
         walls = ", ".join(f"{r['wall']:.1f}" for r in rs)
         registration = ", ".join(f"{_stage(r, 'phase_registration'):.1f}" for r in rs)

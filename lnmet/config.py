@@ -55,8 +55,6 @@ class RegistrationSettings:
     shrink_factors: tuple[int, ...]
     smoothing_sigmas_mm: tuple[float, ...]
     sampling_fraction: float
-    bspline_levels: int | None = None  # the B-spline stage uses the first (coarsest) levels only; None: all
-    bspline_max_evaluations: int = 1000  # metric evaluations per level of the B-spline optimizer (L-BFGS-B)
     max_samples: int | None = None  # at most this many metric samples per level (None: sampling_fraction alone)
 
 
@@ -254,10 +252,6 @@ def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
         smoothing_sigmas_mm=tuple(float(_number(s, "registration.smoothing_sigmas_mm", lo=0)) for s in sigmas),
         sampling_fraction=float(_number(_get(reg, "registration", "sampling_fraction"),
                                         "registration.sampling_fraction", lo=0.001, hi=1.0)),
-        bspline_levels=(None if reg.get("bspline_levels") is None else _number(
-            reg["bspline_levels"], "registration.bspline_levels", lo=1, hi=len(shrink), integer=True)),
-        bspline_max_evaluations=_number(reg.get("bspline_max_evaluations", 1000),
-                                        "registration.bspline_max_evaluations", lo=1, integer=True),
         max_samples=_number(reg.get("max_samples"), "registration.max_samples", lo=1000, integer=True,
                             allow_none=True),
     )
