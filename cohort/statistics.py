@@ -123,7 +123,8 @@ def format_statistics(stats: dict[str, Any]) -> list[str]:
              + ", ".join(f"{v} {k}" for k, v in stats["left_out"].items())]
     if "auc" not in stats:
         return lines + ["  nothing to analyse"]
-    lines.append(f"  threshold {stats['threshold']}")
+    thr = stats["threshold"]
+    lines.append("  threshold " + (f"{thr:.3f}" if isinstance(thr, float) else ", ".join(f"{t:.3f}" for t in thr)))
     for key, name in (("auc", "AUC"), ("balanced_accuracy", "balanced accuracy"), ("sensitivity", "sensitivity"),
                       ("specificity", "specificity"), ("accuracy", "accuracy")):
         v = stats[key]
