@@ -47,7 +47,7 @@ RECORDS_NAME, STATISTICS_NAME = "cohort.json", "statistics.json"
 PROGRESS_EVERY_S = 30.0
 LOCAL_OBJECT_STORE_BYTES = 128 * 2**20  # records are small: keep Ray's shared memory small
 PASSED_ENV = ("PDAC_LN_CONFIG", "PDAC_LN_DEVICE", "PDAC_LN_MODEL_MANIFEST")
-UPLOAD_EXCLUDES = [".venv", ".git", "output", "data", "build", "tests", "**/__pycache__"]
+UPLOAD_EXCLUDES = [".venv", ".git", "output", "data", "build", "tests", ".pytest_cache", "**/__pycache__"]
 GIB = 2**30
 
 

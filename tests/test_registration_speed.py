@@ -10,7 +10,7 @@ import SimpleITK as sitk
 from lnmet.config import SettingsError, load_settings, parse_settings
 from lnmet.geometry import resample_image, working_grid
 from lnmet.registration import _sampling_fraction, displacement_field, registration_image, transform_points
-from test_config import RAW, ROOT, _with
+from test_config import ROOT, _with
 
 
 def _smooth_transform(reference: sitk.Image) -> sitk.Transform:
