@@ -87,19 +87,24 @@ def run_cohort(root: Path, out: Path, models: Path, workers: int, cpus: int, mem
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - t0
     driver_cpu = _children_cpu() - before_cpu  # the cohort driver (Ray's own daemons are not its children)
-    if done.returncode != 0:
+    if done.returncode not in (0, 1):  # 1: some study failed (counted below); else the cohort did not run
         raise RuntimeError(f"the cohort failed (exit {done.returncode}): {done.stdout[-2000:]} {done.stderr[-2000:]}")
     record = json.loads((out / "cohort.json").read_text())
+    failed = [r for r in record["studies"] if r["status"] == "failed"]
+    for r in failed:
+        print(f"  failed in the cohort: {r['study_uid']}: {r['error']}", flush=True)
     per_worker: dict[str, dict] = {}
     for r in record["studies"]:
-        w = r["worker"]
+        w = r.get("worker")
+        if not w:
+            continue
         key = f"{w['host']}:{w['pid']}"
         prev = per_worker.get(key, {"studies": 0, "peak": 0.0, "cpu": 0.0})
         per_worker[key] = {"studies": prev["studies"] + 1, "peak": max(prev["peak"], r["worker_peak_rss_mib"]),
                            "cpu": max(prev["cpu"], r["worker_cpu_s"])}
     cpu = sum(w["cpu"] for w in per_worker.values()) + driver_cpu
-    return {"wall": wall, "per_study_wall": [r["seconds"] for r in record["studies"]], "cpu": cpu,
-            "peaks": [w["peak"] for w in per_worker.values()], "workers": per_worker}
+    return {"wall": wall, "per_study_wall": [r.get("seconds") for r in record["studies"]], "cpu": cpu,
+            "peaks": [w["peak"] for w in per_worker.values()], "workers": per_worker, "failed": len(failed)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'way':<30}{'wall s':>9}{'s/study':>9}{'ratio':>8}{'CPU s/study':>13}  peak memory per process (MiB)")
     for name, r in results.items():
         peaks = ", ".join(f"{p:.0f}" for p in r["peaks"])
-        print(f"{name:<30}{r['wall']:>9.1f}{r['wall'] / n:>9.1f}{base / r['wall']:>8.2f}{r['cpu'] / n:>13.1f}  {peaks}")
+        failed = f"  ({r['failed']} failed)" if r.get("failed") else ""
+        print(f"{name:<30}{r['wall']:>9.1f}{r['wall'] / n:>9.1f}{base / r['wall']:>8.2f}{r['cpu'] / n:>13.1f}  {peaks}{failed}")
     print("(ratio: sequential wall / this wall; peak memory: each app run, or each Ray worker over all its studies)")
     return 0
 
