@@ -244,6 +244,11 @@ def run_cohort(opts: CohortOptions, print_fn: Callable[[str], None] = print) -> 
     if out == inp or (inp.is_dir() and out.is_relative_to(inp)):
         raise CohortInputError(f"the output folder {out} must not be inside the input folder {inp}: "
                                "its DICOM outputs would be read as studies")
+    labels = None
+    if opts.labels is not None:  # read first: a bad label file stops the cohort before any work
+        from cohort.statistics import read_labels
+
+        labels = read_labels(opts.labels)
     studies = find_studies(inp)
     models = _model_sha256(opts.models)
     out.mkdir(parents=True, exist_ok=True)
@@ -295,10 +300,10 @@ def run_cohort(opts: CohortOptions, print_fn: Callable[[str], None] = print) -> 
     print_fn(f"cohort table: {csv_path} and {parquet_path.name}; {len(rows) - len(failed)} done, {len(failed)} failed")
     for r in failed:
         print_fn(f"  failed: {r['study_uid']} ({r['sources']}): {r['error']}")
-    if opts.labels is not None:
-        from cohort.statistics import cohort_statistics, format_statistics, read_labels
+    if labels is not None:
+        from cohort.statistics import cohort_statistics, format_statistics
 
-        stats = cohort_statistics(rows, read_labels(opts.labels))
+        stats = cohort_statistics(rows, labels)
         _write_json(out / STATISTICS_NAME, stats)
         for line in format_statistics(stats):
             print_fn(line)
