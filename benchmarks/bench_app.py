@@ -1,14 +1,17 @@
 #!/usr/bin/env python
 """Benchmark of the whole application on one `standard` study (512x512, 200 slices).
 
-Runs ``python app -i STUDY/dicom -o OUT -m MODELS`` as a subprocess (the only child of this
-process) and prints the wall time of every stage (the app's own stage timings, written as JSON
-through ``$PDAC_LN_TIMINGS``), the total wall time and the peak resident memory of the app process
-(``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss`` after it ended). The study is generated in this
+Runs ``python app -i STUDY/dicom -o OUT -m MODELS`` as a subprocess and prints the wall time of
+every stage (the app's own stage timings, written as JSON through ``$PDAC_LN_TIMINGS``), the total
+wall time and the peak resident memory of the app process (its own rusage, from ``wait4``). With
+``--baseline-root`` another checkout's app runs on the same study in the same run (order
+baseline, this, this, baseline), for a ratio that a loaded machine does not distort much. The study is generated in this
 process first (not timed, not counted in the child's memory) unless ``--study`` gives one.
 
     python benchmarks/bench_app.py                       # seed 100000, models/, device auto
     python benchmarks/bench_app.py --study output/sample_study/SYN000001 --device cpu
+    git worktree add /tmp/main-wt main && python benchmarks/bench_app.py --baseline-root /tmp/main-wt
+        # old vs new in one run: baseline, this, this, baseline; fastest of each and the ratio
 """
 
 from __future__ import annotations
@@ -52,6 +55,50 @@ def _study(args: argparse.Namespace, work: Path) -> Path:
     return path
 
 
+def run_once(root: Path, study: Path, out: Path, models: Path, device: str, work: Path) -> dict:
+    """``python <root>/app`` on the study in a subprocess: the app's stage timings, the process wall
+    time and the process's own peak memory (wait4)."""
+    timings = work / "timings.json"
+    timings.unlink(missing_ok=True)
+    env = dict(os.environ, PDAC_LN_TIMINGS=str(timings))
+    if device != "auto":
+        env["PDAC_LN_DEVICE"] = device
+    cmd = [sys.executable, str(root / "app"), "-i", str(study / "dicom"), "-o", str(out), "-m", str(models)]
+    print("running:", " ".join(cmd), flush=True)
+    with tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, preexec_fn=_big_stack)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        err.seek(0)
+        if proc.returncode != 0:
+            print(err.read()[-4000:], file=sys.stderr)
+            raise RuntimeError(f"the application in {root} failed (exit {proc.returncode})")
+    data = json.loads(timings.read_text())
+    return {"data": data, "wall": wall, "peak_mib": usage.ru_maxrss / 1024.0,
+            "outputs": sum(1 for p in Path(out).rglob("*") if p.is_file())}
+
+
+def _print_run(label: str, run: dict, study: Path) -> None:
+    data = run["data"]
+    width = max([len(s["name"]) + (2 if s["parent"] else 0) for s in data["stages"]] + [24])
+    info = study / "ground_truth" / "study.json"
+    meta = json.loads(info.read_text()) if info.is_file() else {}
+    size = "x".join(str(v) for v in meta.get("geometry", {}).get("size_xyz", []))
+    print(f"\n{label}: {meta.get('preset', '?')} study {study.name} {size} on {data['device']} ({os.cpu_count()} CPU cores)")
+    print(f"{'stage':<{width}} {'wall s':>9}")
+    for s in data["stages"]:
+        name = ("  " + s["name"]) if s["parent"] else s["name"]
+        print(f"{name:<{width}} {s['seconds']:9.2f}")
+    print(f"{'total (app, incl. imports)':<{width}} {data['total_seconds']:9.2f}")
+    print(f"{'total (process wall)':<{width}} {run['wall']:9.2f}")
+    print(f"peak memory (app process, max RSS): {run['peak_mib']:.0f} MiB ({run['peak_mib'] / 1024:.2f} GiB)")
+    if data.get("peak_gpu_mib") is not None:
+        print(f"peak GPU memory (torch, allocated): {data['peak_gpu_mib']:.0f} MiB")
+    print(f"outputs written: {run['outputs']} file(s)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--study", type=Path, help="a written study folder (with dicom/); default: generate one")
@@ -59,47 +106,48 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-m", "--models", type=Path, default=ROOT / "models")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--keep", type=Path, help="keep the outputs in this folder (default: a temp folder)")
+    parser.add_argument("--baseline-root", type=Path,
+                        help="another checkout of the project (e.g. a git worktree of main): its app runs on the "
+                             "same study in the same run, and the ratio is printed")
+    parser.add_argument("--order", default="ABBA",
+                        help="with --baseline-root: run order, A = baseline, B = this checkout (default ABBA: "
+                             "a drifting load falls on both alike; AB for one run each)")
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench_app_") as tmp:
         work = Path(tmp)
         study = _study(args, work)
         out = args.keep or work / "out"
-        timings = work / "timings.json"
-        env = dict(os.environ, PDAC_LN_TIMINGS=str(timings))
-        if args.device != "auto":
-            env["PDAC_LN_DEVICE"] = args.device
-        cmd = [sys.executable, str(ROOT / "app"), "-i", str(study / "dicom"), "-o", str(out), "-m", str(args.models)]
-        print("running:", " ".join(cmd))
-        t0 = time.perf_counter()
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, preexec_fn=_big_stack)
-        wall = time.perf_counter() - t0
-        peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
-        if done.returncode != 0:
-            print(done.stderr[-4000:], file=sys.stderr)
-            print(f"the application failed (exit {done.returncode})", file=sys.stderr)
-            return 1
-        data = json.loads(timings.read_text())
-        n_outputs = sum(1 for p in Path(out).rglob("*") if p.is_file())
-
-    width = max([len(s["name"]) + (2 if s["parent"] else 0) for s in data["stages"]] + [24])
-    info = study / "ground_truth" / "study.json"
-    preset = json.loads(info.read_text()).get("preset", "?") if info.is_file() else "?"
-    size = "x".join(str(v) for v in json.loads(info.read_text()).get("geometry", {}).get("size_xyz", [])) if info.is_file() else ""
-    print(f"\n{preset} study {study.name} {size} on {data['device']} ({os.cpu_count()} CPU cores)")
-    print(f"{'stage':<{width}} {'wall s':>9}")
-    for s in data["stages"]:
-        name = ("  " + s["name"]) if s["parent"] else s["name"]
-        print(f"{name:<{width}} {s['seconds']:9.2f}")
-    print(f"{'total (app, incl. imports)':<{width}} {data['total_seconds']:9.2f}")
-    print(f"{'total (process wall)':<{width}} {wall:9.2f}")
-    print(f"peak memory (app process, max RSS): {peak_mib:.0f} MiB ({peak_mib / 1024:.2f} GiB)")
-    if data.get("peak_gpu_mib") is not None:
-        print(f"peak GPU memory (torch, allocated): {data['peak_gpu_mib']:.0f} MiB")
-    suggested = max(1, int(-(-peak_mib * 1.5 // 1024)))
-    print(f"suggested app.yaml resources.memory (peak x 1.5, rounded up): {suggested}Gi")
-    print(f"outputs written: {n_outputs} file(s)")
+        if args.baseline_root is None:
+            run = run_once(ROOT, study, out, args.models, args.device, work)
+            _print_run("this checkout", run, study)
+            suggested = max(1, int(-(-run["peak_mib"] * 1.5 // 1024)))
+            print(f"suggested app.yaml resources.memory (peak x 1.5, rounded up): {suggested}Gi")
+            return 0
+        base_root = args.baseline_root.resolve()
+        base_models = base_root / "models" if args.models == ROOT / "models" else args.models
+        runs: dict[str, list[dict]] = {"baseline": [], "this checkout": []}
+        keep = args.keep or work
+        for label in ("baseline" if c == "A" else "this checkout" for c in args.order.upper()):
+            root, models = (base_root, base_models) if label == "baseline" else (ROOT, args.models)
+            runs[label].append(run_once(root, study, keep / f"out_{label.replace(' ', '_')}_{len(runs[label])}",
+                                        models, args.device, work))
+        for label, rs in runs.items():
+            _print_run(f"{label} ({base_root if label == 'baseline' else ROOT}), fastest of {len(rs)}",
+                       min(rs, key=lambda r: r["wall"]), study)
+    print(f"\nwhole app, process wall time (s), run order {args.order.upper()} (A baseline, B this checkout):")
+    for label, rs in runs.items():
+        walls = ", ".join(f"{r['wall']:.1f}" for r in rs)
+        registration = ", ".join(f"{_stage(r, 'phase_registration'):.1f}" for r in rs)
+        print(f"  {label:<14} {walls}  (registration {registration})")
+    b = min(r["wall"] for r in runs["baseline"])
+    n = min(r["wall"] for r in runs["this checkout"])
+    print(f"fastest: baseline {b:.1f} s, this checkout {n:.1f} s: x{b / n:.2f} faster")
     return 0
+
+
+def _stage(run: dict, name: str) -> float:
+    return sum(s["seconds"] for s in run["data"]["stages"] if s["name"] == name and not s["parent"])
 
 
 if __name__ == "__main__":

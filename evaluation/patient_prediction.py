@@ -29,7 +29,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -41,7 +41,7 @@ if str(ROOT) not in sys.path:
 from evaluation.ln_detection import (FIRST_HELD_OUT_SEED, _cached_image, ln_probability,  # noqa: E402
                                      predicted_organs, read_case, start_run, working_inputs)
 from lnmet.inference import SegmentationModel, resolve_model_path  # noqa: E402
-from lnmet.metrics import (binary_metrics, bootstrap_ci, delong_test, dice, roc_auc)  # noqa: E402
+from lnmet.metrics import classification_summary, delong_test, dice  # noqa: E402
 from lnmet.model_io import sha256_file  # noqa: E402
 from lnmet.networks.ln_classifier import LNPipeline  # noqa: E402
 from lnmet.networks.patient_classifier import PatientModel, nodes_only_score  # noqa: E402
@@ -52,22 +52,9 @@ DICE_GOAL = 0.7
 METHODS = ("tumour_only", "nodes_only", "combined")
 
 
-def _metric_fns(threshold: float) -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
-    def thr(key: str) -> Callable[[np.ndarray, np.ndarray], float]:
-        return lambda y, s: binary_metrics(y, s >= threshold)[key]
-
-    return {"auc": roc_auc, "accuracy": thr("accuracy"), "balanced_accuracy": thr("balanced_accuracy"),
-            "sensitivity": thr("sensitivity"), "specificity": thr("specificity")}
-
-
 def summarize_method(y: np.ndarray, s: np.ndarray, threshold: float, seed: int = 0) -> dict[str, Any]:
     """Every metric with its 95% bootstrap CI (1,000 resamples of the patients, seeded)."""
-    out: dict[str, Any] = {"threshold": threshold}
-    for name, fn in _metric_fns(threshold).items():
-        value = fn(y, s)
-        lo, hi = bootstrap_ci(fn, y, s, n_resamples=1000, seed=seed)
-        out[name] = {"value": float(value), "ci95": [lo, hi]}
-    return out
+    return classification_summary(y, s, threshold, n_resamples=1000, seed=seed)
 
 
 def evaluate_patient(cache: Path, data: Path, case: str, m: dict[str, Any], settings: Any) -> dict[str, Any]:

@@ -55,6 +55,7 @@ class RegistrationSettings:
     shrink_factors: tuple[int, ...]
     smoothing_sigmas_mm: tuple[float, ...]
     sampling_fraction: float
+    max_samples: int | None = None  # at most this many metric samples per level (None: sampling_fraction alone)
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,8 @@ def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
         smoothing_sigmas_mm=tuple(float(_number(s, "registration.smoothing_sigmas_mm", lo=0)) for s in sigmas),
         sampling_fraction=float(_number(_get(reg, "registration", "sampling_fraction"),
                                         "registration.sampling_fraction", lo=0.001, hi=1.0)),
+        max_samples=_number(reg.get("max_samples"), "registration.max_samples", lo=1000, integer=True,
+                            allow_none=True),
     )
 
     attention = _parse_attention(_get(raw, "", "attention"))

@@ -205,6 +205,29 @@ def bootstrap_ci(metric: Callable[[np.ndarray, np.ndarray], float], y_true: Arra
     return float(lo), float(hi)
 
 
+def classification_metric_fns(threshold: float) -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
+    """AUC and, at ``threshold`` (positive when score >= threshold), accuracy, balanced accuracy,
+    sensitivity and specificity, each as ``metric(y, scores)`` (for :func:`bootstrap_ci`)."""
+    def at_threshold(key: str) -> Callable[[np.ndarray, np.ndarray], float]:
+        return lambda y, s: binary_metrics(y, np.asarray(s) >= threshold)[key]
+
+    return {"auc": roc_auc, "accuracy": at_threshold("accuracy"),
+            "balanced_accuracy": at_threshold("balanced_accuracy"),
+            "sensitivity": at_threshold("sensitivity"), "specificity": at_threshold("specificity")}
+
+
+def classification_summary(y_true: ArrayLike, scores: ArrayLike, threshold: float, n_resamples: int = 1000,
+                           seed: int = 0) -> dict[str, object]:
+    """Every metric of :func:`classification_metric_fns` with its 95% percentile bootstrap CI
+    (``n_resamples`` resamples of the cases, seeded): ``{name: {"value", "ci95": [lo, hi]}}``."""
+    y, s = np.asarray(y_true).astype(bool).ravel(), np.asarray(scores, dtype=np.float64).ravel()
+    out: dict[str, object] = {"threshold": float(threshold)}
+    for name, fn in classification_metric_fns(threshold).items():
+        lo, hi = bootstrap_ci(fn, y, s, n_resamples=n_resamples, seed=seed)
+        out[name] = {"value": float(fn(y, s)), "ci95": [lo, hi]}
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # DeLong's test
 # ------------------------------------------------------------------------------------------------

@@ -112,13 +112,36 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     return load_model(path)[1]
 
 
+_KEPT: dict[tuple[str, int, int, str], tuple[torch.jit.ScriptModule, dict[str, Any]]] | None = None
+
+
+def keep_models_loaded(enabled: bool = True) -> None:
+    """Keep every model that :func:`load_model` loads in memory for the rest of the process, so that
+    loading the same unchanged file again (same path, size and modification time, same device)
+    returns the loaded module. For long-lived workers that run the app on one study after another
+    (``cohort``); off by default. The modules are used read-only (inference)."""
+    global _KEPT
+    _KEPT = {} if enabled else None
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"
                ) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     """Load a model file; returns the TorchScript module (eval mode, on ``device``) and its
-    validated metadata."""
+    validated metadata (from memory when :func:`keep_models_loaded` is on and the file is unchanged)."""
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file not found: {path}")
+    if _KEPT is None:
+        return _load_model_file(path, device)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns, str(device))
+    if key not in _KEPT:
+        _KEPT[key] = _load_model_file(path, device)
+    module, metadata = _KEPT[key]
+    return module, json.loads(json.dumps(metadata))  # callers may change their metadata copy
+
+
+def _load_model_file(path: Path, device: str | torch.device) -> tuple[torch.jit.ScriptModule, dict[str, Any]]:
     extra = {METADATA_FILE: ""}
     try:
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)

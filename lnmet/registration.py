@@ -13,8 +13,12 @@ aliasing, HU clamped to [-1000, 1500] so that metal/air do not dominate the hist
 2. B-spline stage on top of it: control-point mesh of ``bspline_mesh_mm``, Mattes MI, L-BFGS-B,
    the same multi-resolution schedule.
 
-Metric sampling is random with a fixed seed and the thread count is fixed (the available cores),
-so a run is deterministic on a given machine. The result is one composite transform mapping a
+Metric sampling is random with a fixed seed (``sampling_fraction`` of the voxels, at most
+``max_samples`` per level) and the thread count is fixed (the available cores, or
+``$ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``), so a run is deterministic on a given machine. The
+arterial phase is put on the fine working grid through the transform sampled every
+``working_spacing_mm`` (:func:`displacement_field`), far cheaper than evaluating the B-spline at
+every output voxel. The result is one composite transform mapping a
 venous (fixed) physical point to the arterial (moving) point showing the same tissue:
 ``T(p) = affine(bspline(p))`` - SimpleITK's resampling convention, so
 ``lnmet.geometry.resample_image(arterial, grid, T)`` puts the arterial phase on any venous grid.
@@ -23,6 +27,7 @@ venous (fixed) physical point to the arterial (moving) point showing the same ti
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -50,7 +55,15 @@ class RegistrationResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"  # ITK's own variable; set by cohort workers
+
+
 def available_cores() -> int:
+    """The registration's thread count: ``$ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` when set (a worker
+    sharing a machine with others), else every core this process may run on."""
+    wanted = os.environ.get(THREADS_ENV, "").strip()
+    if wanted.isdigit() and int(wanted) > 0:
+        return int(wanted)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - non-Linux
@@ -58,8 +71,15 @@ def available_cores() -> int:
 
 
 def registration_image(image: sitk.Image, spacing_mm: float) -> sitk.Image:
-    """The image on its own extent at isotropic ``spacing_mm``: clamped, smoothed, float32."""
+    """The image on its own extent at isotropic ``spacing_mm``: clamped, smoothed, float32.
+
+    A fine image is first averaged over blocks of whole voxels up to half of ``spacing_mm``
+    (``BinShrink``: cheap; a 0.7 mm CT becomes 1.4 mm), so that the Gaussian that the remaining
+    change of resolution asks for runs on a quarter of the voxels; then it is resampled."""
     img = sitk.Cast(image, sitk.sitkFloat32)
+    factors = [max(1, int(spacing_mm / (2.0 * s) + 1e-6)) for s in img.GetSpacing()]
+    if max(factors) > 1:
+        img = sitk.BinShrink(img, factors)
     img = sitk.Clamp(img, sitk.sitkFloat32, CLAMP_HU[0], CLAMP_HU[1])
     sigmas = [0.5 * max(0.0, spacing_mm ** 2 - s ** 2) ** 0.5 for s in img.GetSpacing()]
     if max(sigmas) > 0.05:
@@ -68,16 +88,29 @@ def registration_image(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     return sitk.Resample(img, grid, sitk.Transform(), sitk.sitkLinear, CLAMP_HU[0], sitk.sitkFloat32)
 
 
-def _method(settings: RegistrationSettings, seed: int, multi_resolution: bool = True) -> sitk.ImageRegistrationMethod:
+def _sampling_fraction(settings: RegistrationSettings, fixed: sitk.Image | None, shrink: int = 1) -> float:
+    """``sampling_fraction``, lowered where the level has more voxels than ``max_samples`` allows."""
+    if settings.max_samples is None or fixed is None:
+        return settings.sampling_fraction
+    voxels = float(np.prod([max(1, -(-n // shrink)) for n in fixed.GetSize()]))
+    return min(settings.sampling_fraction, settings.max_samples / voxels)
+
+
+def _method(settings: RegistrationSettings, seed: int, multi_resolution: bool = True,
+            fixed: sitk.Image | None = None) -> sitk.ImageRegistrationMethod:
+    """Mattes MI with seeded random sampling (at most ``max_samples`` per level, counted on ``fixed``)."""
     r = sitk.ImageRegistrationMethod()
     r.SetMetricAsMattesMutualInformation(numberOfHistogramBins=HISTOGRAM_BINS)
     r.SetMetricSamplingStrategy(r.RANDOM)
-    r.SetMetricSamplingPercentage(settings.sampling_fraction, seed)
+    r.SetMetricSamplingPercentage(_sampling_fraction(settings, fixed), seed)
     r.SetInterpolator(sitk.sitkLinear)
     if multi_resolution:
-        r.SetShrinkFactorsPerLevel(list(settings.shrink_factors))
+        shrink = list(settings.shrink_factors)
+        r.SetShrinkFactorsPerLevel(shrink)
         r.SetSmoothingSigmasPerLevel(list(settings.smoothing_sigmas_mm))
         r.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+        if settings.max_samples is not None and fixed is not None:
+            r.SetMetricSamplingPercentagePerLevel([_sampling_fraction(settings, fixed, k) for k in shrink], seed)
     return r
 
 
@@ -117,7 +150,7 @@ def register_phases(fixed: sitk.Image, moving: sitk.Image, settings: Registratio
         metrics: dict[str, float] = {"working_spacing_mm": ws, "threads": float(n_threads)}
 
         affine = initial_affine(fixed, moving, same_frame_of_reference)
-        probe = _method(settings, seed, multi_resolution=False)  # metric on the full registration grid
+        probe = _method(settings, seed, multi_resolution=False, fixed=f)  # metric on the full registration grid
         probe.SetInitialTransform(affine, inPlace=False)
         try:
             metrics["metric_initial"] = float(probe.MetricEvaluate(f, m))
@@ -126,7 +159,7 @@ def register_phases(fixed: sitk.Image, moving: sitk.Image, settings: Registratio
                                     f"{str(exc).strip().splitlines()[-1]}") from None
 
         if settings.affine_iterations > 0:
-            r = _method(settings, seed)
+            r = _method(settings, seed, fixed=f)
             r.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=1e-3,
                                                        numberOfIterations=settings.affine_iterations,
                                                        relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
@@ -143,7 +176,7 @@ def register_phases(fixed: sitk.Image, moving: sitk.Image, settings: Registratio
             extent = [sz * sp for sz, sp in zip(f.GetSize(), f.GetSpacing())]
             mesh = [max(1, int(round(e / settings.bspline_mesh_mm))) for e in extent]
             bspline = sitk.BSplineTransformInitializer(f, mesh, 3)
-            r = _method(settings, seed)
+            r = _method(settings, seed, fixed=f)
             r.SetOptimizerAsLBFGSB(gradientConvergenceTolerance=1e-5, numberOfIterations=settings.bspline_iterations,
                                    maximumNumberOfCorrections=5, maximumNumberOfFunctionEvaluations=1000,
                                    costFunctionConvergenceFactor=1e7)
@@ -157,13 +190,32 @@ def register_phases(fixed: sitk.Image, moving: sitk.Image, settings: Registratio
                      metrics["metric_bspline"], r.GetOptimizerStopConditionDescription())
             composite.AddTransform(bspline)
 
-        probe = _method(settings, seed, multi_resolution=False)
+        probe = _method(settings, seed, multi_resolution=False, fixed=f)
         probe.SetInitialTransform(composite, inPlace=False)
         metrics["metric_final"] = float(probe.MetricEvaluate(f, m))
         metrics["seconds"] = time.perf_counter() - t0
         return RegistrationResult(transform=composite, metrics=metrics)
     finally:
         sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(previous_threads)
+
+
+def displacement_field(transform: sitk.Transform, grid: sitk.Image, spacing_mm: float) -> sitk.Transform:
+    """``transform`` sampled as a displacement field about ``spacing_mm`` apart over ``grid``'s voxel
+    centres (first to last, so every point of ``grid`` lies between samples), linearly interpolated.
+
+    Resampling a fine grid through the field evaluates the B-spline once per sample instead of once
+    per output voxel (about 8 times fewer from 1.5 mm to 3 mm); the control points are
+    ``bspline_mesh_mm`` apart, so between samples a few mm apart the transform is all but linear
+    (differences of the order of 0.01 mm)."""
+    counts, spacing = [], []
+    for n, s in zip(grid.GetSize(), grid.GetSpacing()):
+        extent = (n - 1) * s
+        m = max(2, int(math.ceil(extent / spacing_mm - 1e-6)) + 1) if extent > 0 else 1
+        counts.append(m)
+        spacing.append(extent / (m - 1) if m > 1 else s)
+    field = sitk.TransformToDisplacementField(transform, sitk.sitkVectorFloat64, counts, grid.GetOrigin(),
+                                              spacing, grid.GetDirection())
+    return sitk.DisplacementFieldTransform(field)
 
 
 def warp_labels(labels: sitk.Image, reference: sitk.Image, transform: sitk.Transform | None) -> sitk.Image:

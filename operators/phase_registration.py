@@ -22,7 +22,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from lnmet.config import Settings, load_settings
 from lnmet.geometry import resample_image, working_grid
-from lnmet.registration import register_phases
+from lnmet.registration import displacement_field, register_phases
 from lnmet.types import PhaseVolume, RegisteredPhases
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,9 @@ def register_and_resample(venous: PhaseVolume, arterial: PhaseVolume | None, set
     same_for = bool(venous.frame_of_reference_uid) and venous.frame_of_reference_uid == arterial.frame_of_reference_uid
     result = register_phases(venous.image, arterial.image, settings.registration, same_frame_of_reference=same_for)
     result.metrics["same_frame_of_reference"] = float(same_for)
-    working_arterial = resample_image(arterial.image, grid, result.transform)
+    # Through the transform sampled every registration voxel: the same image, far fewer B-spline evaluations.
+    dense = displacement_field(result.transform, grid, settings.registration.working_spacing_mm)
+    working_arterial = resample_image(arterial.image, grid, dense)
     log.info("registered arterial to venous in %.1f s (MI %.4f -> %.4f); working grid %s at %s mm",
              result.metrics["seconds"], result.metrics["metric_initial"], result.metrics["metric_final"],
              grid.GetSize(), grid.GetSpacing())
