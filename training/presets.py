@@ -122,7 +122,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (PAPER, SMALL)}
 TASK_RANDOMISATION = {
     "organs": RandomisationSettings(probability=0.75, random_hu_probability=0.15, no_contrast_probability=0.2),
     "lymph_nodes": RandomisationSettings(random_hu_probability=0.0),
-    "pdac": RandomisationSettings(random_hu_probability=0.0),
+    # A PDAC is only visible on contrast-enhanced CT (isodense without contrast): no non-contrast
+    # patches, and contrast at least half the usual strength, so the label always marks a visible lesion.
+    "pdac": RandomisationSettings(probability=0.6, random_hu_probability=0.0, no_contrast_probability=0.0,
+                                  strength_range=(0.5, 1.4), organ_shift_hu=8.0),
 }
 
 
