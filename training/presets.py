@@ -121,7 +121,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (PAPER, SMALL)}
 # blob can be a node or that a tumour may be brighter than the gland.
 TASK_RANDOMISATION = {
     "organs": RandomisationSettings(probability=0.75, random_hu_probability=0.15, no_contrast_probability=0.2),
-    "lymph_nodes": RandomisationSettings(random_hu_probability=0.0),
+    "lymph_nodes": RandomisationSettings(probability=0.5, random_hu_probability=0.0),
     # A PDAC is only visible on contrast-enhanced CT (isodense without contrast): no non-contrast
     # patches, and contrast at least half the usual strength, so the label always marks a visible lesion.
     "pdac": RandomisationSettings(probability=0.6, random_hu_probability=0.0, no_contrast_probability=0.0,
