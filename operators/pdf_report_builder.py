@@ -6,13 +6,18 @@ Ports:
         dataset, the page count and the key images shown; None when disabled)
 
 Pages (A4, reportlab; images by matplotlib):
-    1. the patient-level result first (decision, probability, threshold, method), then the findings
-       in brief, the series used for each phase (acquisition times, why chosen), the models;
-    2. key images, two per page: the tumour, then each metastatic node by decreasing probability;
-    3. the table of all lymph nodes sorted by probability (35 rows per page).
-So the page count is ``1 + ceil(key images / 2) + max(1, ceil(nodes / 35))``. Every page has the
-patient's name and ID in its header (a radiologist must know whose report it is; they never go to
-the logs) and the research-use notice in its footer.
+    1. the summary a radiologist reads in seconds: the research-use notice, the verdict (patient-level
+       decision, probability, threshold, findings in one line, method), one key image (the most
+       probable metastatic node, else the tumour) and the most probable nodes (class, probability,
+       short axis, volume, nearest organ/vessel, image number) with the node threshold;
+    2. the other key images, two per page: the tumour, then each metastatic node by decreasing
+       probability;
+    3. the table of all lymph nodes sorted by probability (35 rows per page);
+    4. the series used for each phase and why (in words), the models with their training, the run.
+So the page count is ``1 + ceil(max(0, key images - 1) / 2) + max(1, ceil(nodes / 35)) + 1``
+(:class:`PagePlan`). Every page has the patient's name and ID in its header (a radiologist must
+know whose report it is; they never go to the logs) and the research-use notice in its footer.
+Free text (header values, reasons, statements) enters the paragraphs through :func:`markup`.
 
 The Encapsulated PDF instance is made with pydicom: the SDK's DICOMEncapsulatedPDFWriterOperator
 writes its file itself (no atomic publishing) and highdicom has no PDF class. It has the patient
@@ -22,14 +27,17 @@ Sequence listing the venous instances shown as key images.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import logging
 import math
 import re
 from datetime import datetime
+from xml.sax.saxutils import escape
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
+from pydicom.datadict import dictionary_description, keyword_dict
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian, generate_uid
@@ -41,6 +49,7 @@ from reportlab.lib.units import mm
 from reportlab.pdfgen import canvas as rl_canvas
 from reportlab.platypus import (
     Image,
+    KeepInFrame,
     PageBreak,
     Paragraph,
     SimpleDocTemplate,
@@ -53,11 +62,18 @@ from lnmet.labels import ORGAN_BY_KEY
 from lnmet.reporting import RESEARCH_NOTICE, SYNTHETIC_NOTICE, dicom_common
 from lnmet.reporting.keyimages import KeyImage, render_key_images
 from lnmet.results import AnalysisResults, PdfDocument
+from lnmet.types import LymphNodeFinding
 
 logger = logging.getLogger(__name__)
 
 KEY_IMAGES_PER_PAGE = 2
 NODE_ROWS_PER_PAGE = 35
+FIRST_PAGE_NODE_ROWS = 12  # the most probable nodes on page 1; all of them in the node table
+MARGINS_MM = (15.0, 17.0, 19.0)  # left/right, top, bottom (room for the header and the notice band)
+FRAME_WIDTH_MM = 210.0 - 2 * MARGINS_MM[0]
+FRAME_HEIGHT_MM = 297.0 - MARGINS_MM[1] - MARGINS_MM[2] - 5.0  # less reportlab's frame padding (2 x 6 pt)
+FIRST_PAGE_IMAGE_WIDTH_MM = 180.0
+KEY_IMAGE_ASPECT = 3.9 / 7.4  # height / width of a rendered key image
 METHOD_TEXT = {
     "combined": "tumour + lymph-node model (Zheng et al., IJCV 2024: tumour CT patches with the volume of "
                 "the largest metastatic node)",
@@ -69,7 +85,7 @@ DOCUMENT_TITLE = "LN metastasis prediction report - research use only"
 
 def expected_page_count(n_key_images: int, n_nodes: int) -> int:
     """Pages of the report for this many key images and lymph nodes (see the module docstring)."""
-    return 1 + math.ceil(n_key_images / KEY_IMAGES_PER_PAGE) + max(1, math.ceil(n_nodes / NODE_ROWS_PER_PAGE))
+    return PagePlan.of(n_key_images, n_nodes).total
 
 
 def notice_text(synthetic: bool) -> str:
@@ -202,101 +218,217 @@ def build_pdf_bytes(results: AnalysisResults, key_images: list[KeyImage]) -> tup
         canv.drawRightString(w - 15 * mm, 4 * mm, f"Page {page} of {total}")
         canv.restoreState()
 
-    story = []
-    # ------------------------------------------------------------------ page 1: result first
-    story.append(Paragraph("Lymph node metastasis prediction \u2014 pancreatic cancer (CT)", st["title"]))
-    banner = Table([[Paragraph(notice.upper(), st["notice"])]], colWidths=[180 * mm])
-    banner.setStyle(TableStyle([("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#b00020")),
-                                ("TOPPADDING", (0, 0), (-1, -1), 5), ("BOTTOMPADDING", (0, 0), (-1, -1), 5)]))
-    story += [banner, Spacer(1, 4 * mm)]
+    nodes = sorted(results.lymph_nodes, key=lambda n: (-n.probability_positive, n.index))
+    lead = lead_key_image(key_images)
+    plan = PagePlan.of(len(key_images), len(nodes))
+    story = _first_page(results, st, notice, lead, nodes, plan)
+    story += _key_image_pages([ki for ki in key_images if ki is not lead], st)
+    story += _node_table_pages(results, st, nodes)
+    story += _details_page(results, st)
+
+    buf = io.BytesIO()
+    doc = SimpleDocTemplate(buf, pagesize=A4, leftMargin=MARGINS_MM[0] * mm, rightMargin=MARGINS_MM[0] * mm,
+                            topMargin=MARGINS_MM[1] * mm, bottomMargin=MARGINS_MM[2] * mm, title=DOCUMENT_TITLE,
+                            author=results.run.app_name,
+                            subject=notice, creator=f"{results.run.app_name} {results.run.app_version}")
+    doc.build(story, canvasmaker=functools.partial(_NumberedCanvas, header=header_footer))
+    data = buf.getvalue()
+    return data, _count_pages(data)
+
+
+def markup(value: object, max_chars: int = 200) -> str:
+    """Free text (DICOM header values, statements, reasons, warnings, titles) as paragraph markup:
+    escaped, on one line, shortened with an ellipsis. Every such text of the report goes through
+    here, so that what makes it safe for reportlab lives in one place."""
+    flat = " ".join(("" if value is None else str(value)).split())
+    if len(flat) > max_chars:
+        flat = flat[: max_chars - 1] + "\u2026"
+    return escape(flat)
+
+
+def plain_selection_reason(reason: str) -> str:
+    """Why a series was chosen, in words a reader knows (the phase selector's reason names the
+    app.yaml rule with its regular expressions, and adds the slice count and time the table shows):
+    ``rule series_selection.rules.arterial[0] {SeriesDescription: '(?i).*art.*'} matched; 40 slices,
+    AcquisitionTime 10:00:00`` becomes ``series description matched the arterial rule (app.yaml
+    series_selection, rule 1)``."""
+    reason = re.sub(r";\s*\d+ slices, [^;()]*", "", reason)  # the table has slices and time
+    m = re.match(r"\s*rule series_selection\.rules\.(\w+)\[(\d+)\]\s*\{(.*)\}\s*matched(.*)$", reason, re.S)
+    if m:
+        phase, index, body, rest = m.groups()
+        keywords = re.findall(r"(?:^|,\s)([A-Z][A-Za-z0-9]+):\s", body)
+        names = [(dictionary_description(k) if k in keyword_dict else k).lower() for k in keywords]
+        what = " and ".join(names) or "the header"
+        reason = (f"{what} matched the {phase} rule (app.yaml series_selection, rule {int(index) + 1})"
+                  + rest.rstrip())
+    reason = re.sub(r"\{[^{}]*\}", "", reason)  # any rule text left: never print raw patterns
+    reason = reason.replace("timing fallback:", "no description rule matched; chosen by acquisition time:")
+    return " ".join(reason.split())
+
+
+def decision_text(results: AnalysisResults) -> tuple[str, colors.Color]:
+    """The patient-level decision as the report words it, and its colour."""
     p = results.patient
     if p.positive is None or p.probability is None:
-        decision, colour = "Undetermined: no patient-level prediction", colors.HexColor("#555555")
-    elif p.positive:
-        decision, colour = "Lymph node metastasis PREDICTED (positive)", colors.HexColor("#b00020")
-    else:
-        decision, colour = "No lymph node metastasis predicted (negative)", colors.HexColor("#1b5e20")
-    result_style = ParagraphStyle("res", parent=st["result"], textColor=colour)
+        return "Undetermined: no patient-level prediction", colors.HexColor("#555555")
+    if p.positive:
+        return "Lymph node metastasis PREDICTED (positive)", colors.HexColor("#b00020")
+    return "No lymph node metastasis predicted (negative)", colors.HexColor("#1b5e20")
+
+
+def _node_threshold_text(results: AnalysisResults) -> str:
+    value = "<b>unknown</b>" if results.ln_threshold is None else f"<b>{results.ln_threshold:.2f}</b>"
+    return f"a node is called metastatic when its probability is \u2265 {value} (node threshold)"
+
+
+def verdict_flowables(results: AnalysisResults, st: dict[str, ParagraphStyle]) -> list:
+    """The verdict box at the top of page 1: the patient-level decision, its probability and
+    threshold, the findings in one line, the method. (A status line about the input, such as "not
+    assessable", goes directly above this box.)"""
+    p = results.patient
+    decision, colour = decision_text(results)
     prob = "n/a" if p.probability is None else f"{p.probability:.2f} ({100 * p.probability:.0f}%)"
-    result_rows = [
-        [Paragraph(decision, result_style)],
-        [Paragraph(f"Probability of lymph node metastasis: <b>{prob}</b> &nbsp;&nbsp; decision threshold: "
-                   f"<b>{p.threshold:.2f}</b> (positive when probability \u2265 threshold)", st["body"])],
-        [Paragraph("Lymph nodes: a node is called metastatic when its probability is \u2265 "
-                   + ("<b>unknown</b>" if results.ln_threshold is None else f"<b>{results.ln_threshold:.2f}</b>")
-                   + " (node threshold; the patient threshold above applies to the patient).", st["body"])],
-        [Paragraph(f"Method: {METHOD_TEXT.get(p.method, p.method)}. Volume of the largest metastatic node: "
-                   f"{p.largest_positive_ln_volume_mm3:.0f} mm\u00b3."
-                   + (f" {p.statement}" if p.statement else ""), st["body"])],
-    ]
-    rt = Table(result_rows, colWidths=[180 * mm])
-    rt.setStyle(TableStyle([("BOX", (0, 0), (-1, -1), 1.2, colour), ("TOPPADDING", (0, 0), (-1, -1), 4),
-                            ("BOTTOMPADDING", (0, 0), (-1, -1), 4), ("LEFTPADDING", (0, 0), (-1, -1), 6)]))
-    story += [rt, Spacer(1, 2 * mm)]
-
-    story.append(Paragraph("Findings", st["h2"]))
     t = results.tumour
-    tumour_text = (f"Tumour (PDAC) segmented: volume {t.volume_mm3:.0f} mm\u00b3 ({t.volume_mm3 / 1000:.1f} mL), "
-                   f"maximum axial diameter {t.max_axial_diameter_mm:.1f} mm"
-                   + (f", mean {t.mean_hu_venous:.0f} HU (venous)" if t.mean_hu_venous is not None else "") + "."
-                   if t.found else f"No tumour found. {t.statement}")
-    npos, nneg = len(results.positive_nodes), len(results.negative_nodes)
-    story.append(Paragraph(tumour_text, st["body"]))
-    story.append(Paragraph(
-        f"Lymph nodes: {len(results.lymph_nodes)} segmented, <b>{npos} classified metastatic</b>, {nneg} "
-        "non-metastatic (table on the last page(s); key images through the tumour and each metastatic node).",
-        st["body"]))
-
-    story.append(Paragraph("Series used", st["h2"]))
-    rows = [["Phase", "Series description", "No.", "Acquired", "Slices", "Why chosen"]]
-    for ref in (results.arterial, results.venous.series):
-        if ref is None:
-            continue
-        rows.append([ref.phase, Paragraph(ref.series_description or "-", st["cell"]), str(ref.series_number or "-"),
-                     _fmt_time(ref.acquisition_time), str(ref.num_slices), Paragraph(ref.reason, st["cell"])])
-    story.append(_grid_table(rows, [18 * mm, 45 * mm, 10 * mm, 24 * mm, 13 * mm, 70 * mm], zebra=False))
+    tumour = (f"tumour (PDAC) {t.volume_mm3 / 1000:.1f} mL, maximum axial diameter {t.max_axial_diameter_mm:.0f} mm"
+              if t.found else "no tumour found")
+    npos = len(results.positive_nodes)
+    rows = [
+        [Paragraph(decision, ParagraphStyle("res", parent=st["result"], textColor=colour))],
+        [Paragraph(f"Probability of lymph node metastasis <b>{prob}</b>; decision threshold <b>{p.threshold:.2f}</b> "
+                   "(positive when probability \u2265 threshold).", st["body"])],
+        [Paragraph(f"Findings: {tumour}; {len(results.lymph_nodes)} lymph nodes segmented, <b>{npos} metastatic</b> "
+                   f"(node threshold {'unknown' if results.ln_threshold is None else f'{results.ln_threshold:.2f}'})."
+                   , st["body"])],
+        [Paragraph(f"Method: {markup(METHOD_TEXT.get(p.method, p.method), 400)}. Volume of the largest metastatic node: "
+                   f"{p.largest_positive_ln_volume_mm3:.0f} mm\u00b3." + (f" {markup(p.statement, 600)}" if p.statement else ""),
+                   st["small"])],
+    ]
     if results.run.single_phase:
-        story.append(Spacer(1, 1.5 * mm))
-        story.append(Paragraph("<b>Single-phase analysis:</b> no arterial phase was available; the venous phase "
+        rows.append([Paragraph("<b>Single-phase analysis:</b> no arterial phase was available; the venous phase "
                                "alone was used (the models expect both phases; results are less reliable).",
-                               st["body"]))
+                               st["body"])])
+    box = Table(rows, colWidths=[FRAME_WIDTH_MM * mm])
+    box.setStyle(TableStyle([("BOX", (0, 0), (-1, -1), 1.2, colour), ("TOPPADDING", (0, 0), (-1, -1), 3),
+                             ("BOTTOMPADDING", (0, 0), (-1, -1), 3), ("LEFTPADDING", (0, 0), (-1, -1), 6)]))
+    return [box, Spacer(1, 2 * mm)]
 
-    story.append(Paragraph("Models", st["h2"]))
-    rows = [["Model", "Version", "Trained on", "Synthetic data", "SHA-256 (first 12)"]]
-    for m in results.models:
-        rows.append([m.name, m.version, Paragraph(m.trained_on, st["cell"]),
-                     "yes" if m.metadata.get("synthetic_training_data") else "no", m.sha256[:12]])
-    story.append(_grid_table(rows, [34 * mm, 24 * mm, 64 * mm, 22 * mm, 36 * mm]))
-    story.append(Spacer(1, 2 * mm))
-    run = results.run
-    run_text = f"Run: {run.app_name} {run.app_version} on {run.device}"
-    if run.timings_s:
-        run_text += f", total {sum(run.timings_s.values()):.0f} s"
-    story.append(Paragraph(run_text + ".", st["small"]))
-    for w in run.warnings[:4]:
-        story.append(Paragraph(f"Warning: {w}", st["small"]))
-    if len(run.warnings) > 4:
-        story.append(Paragraph(f"... {len(run.warnings) - 4} more warnings in results.json", st["small"]))
-    story.append(Paragraph(
-        "This report was produced automatically by a research application. It has not been reviewed by a "
-        "physician and must not be used for diagnosis or treatment decisions.", st["small"]))
 
-    # ------------------------------------------------------------------ key images
+def lead_key_image(key_images: list[KeyImage]) -> KeyImage | None:
+    """The key image of page 1: the most probable metastatic node, else the tumour, else none."""
+    return next((k for k in key_images if k.target.startswith("ln:")), key_images[0] if key_images else None)
+
+
+@dataclasses.dataclass(frozen=True)
+class PagePlan:
+    """Where things are: page 1 the summary (verdict, the lead key image, the top nodes), then the
+    other key images two per page, the node table (35 rows per page), and last the series and models."""
+
+    key_image_pages: int
+    node_table_pages: int
+
+    @classmethod
+    def of(cls, n_key_images: int, n_nodes: int) -> PagePlan:
+        return cls(key_image_pages=math.ceil(max(0, n_key_images - 1) / KEY_IMAGES_PER_PAGE),
+                   node_table_pages=max(1, math.ceil(n_nodes / NODE_ROWS_PER_PAGE)))
+
+    @property
+    def node_table_page(self) -> int:
+        return 2 + self.key_image_pages
+
+    @property
+    def details_page(self) -> int:
+        return self.node_table_page + self.node_table_pages
+
+    @property
+    def total(self) -> int:
+        return self.details_page
+
+
+def _structure_and_distance(n: LymphNodeFinding) -> str:
+    if not n.nearest_structure:
+        return "-"
+    return f"{_structure_name(n.nearest_structure)}, {n.distance_mm:.1f} mm"
+
+
+def _node_summary(results: AnalysisResults, st: dict[str, ParagraphStyle], nodes: list[LymphNodeFinding],
+                  plan: PagePlan) -> list:
+    """Page 1's node table: the most probable nodes with what decides (class, probability, short
+    axis, volume) and where they are (nearest organ/vessel, image number)."""
+    out = [Paragraph("Lymph nodes, most probable first", st["h2"]),
+           Paragraph(_node_threshold_text(results).capitalize() + ".", st["body"]), Spacer(1, 1 * mm)]
+    if not nodes:
+        return out + [Paragraph("No lymph node was segmented.", st["body"])]
+    shown = nodes[:FIRST_PAGE_NODE_ROWS]
+    rows = [["#", "Class", "Probability", "Short axis\n(mm)", "Volume\n(mm\u00b3)",
+             "Nearest organ/vessel, distance", "Image"]]
+    for n in shown:
+        rows.append([str(n.index), "metastatic" if n.positive else "non-metastatic", f"{n.probability_positive:.2f}",
+                     f"{n.short_axis_mm:.1f}", f"{n.volume_mm3:.0f}", _structure_and_distance(n),
+                     _image_number(results, n.centroid_mm)])
+    table = _grid_table(rows, [10 * mm, 27 * mm, 20 * mm, 20 * mm, 20 * mm, 67 * mm, 16 * mm])
+    style = [("ALIGN", (2, 1), (4, -1), "RIGHT"), ("ALIGN", (6, 1), (6, -1), "RIGHT")]
+    for r, n in enumerate(shown, start=1):
+        if n.positive:
+            style += [("TEXTCOLOR", (1, r), (1, r), colors.HexColor("#b00020")),
+                      ("FONT", (0, r), (-1, r), "Helvetica-Bold", 8)]
+    table.setStyle(TableStyle(style))
+    out.append(table)
+    hidden = nodes[len(shown):]
+    more = (f"{len(hidden)} more node(s) ({sum(n.positive for n in hidden)} metastatic) not shown here. "
+            if hidden else "")
+    out.append(Paragraph(
+        f"{more}All nodes with long axis and mean HU: page {plan.node_table_page}. Image: instance number in venous "
+        f"series {markup(results.venous.series.series_number or '-')} of the slice through the node's centre. "
+        f"Phases and series chosen, models: page {plan.details_page}.", st["small"]))
+    return out
+
+
+def _key_image_flowables(ki: KeyImage, st: dict[str, ParagraphStyle], width_mm: float) -> list:
+    return [Image(io.BytesIO(ki.png), width=width_mm * mm, height=width_mm * mm * KEY_IMAGE_ASPECT),
+            Paragraph(f"{markup(ki.title)}. Axial venous slice through the largest cross-section; left: whole slice "
+                      "(dashed box = zoomed region), right: zoom with node numbers; legend: each structure on the "
+                      "slice in its overlay colour.", st["caption"])]
+
+
+def _first_page(results: AnalysisResults, st: dict[str, ParagraphStyle], notice: str, lead: KeyImage | None,
+                nodes: list[LymphNodeFinding], plan: PagePlan) -> list:
+    """Page 1, read in seconds: the research-use notice, the verdict, one key image, the top nodes.
+    Shrunk to fit one page if it must (a long status or statement never pushes it onto two)."""
+    banner = Table([[Paragraph(notice.upper(), st["notice"])]], colWidths=[FRAME_WIDTH_MM * mm])
+    banner.setStyle(TableStyle([("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#b00020")),
+                                ("TOPPADDING", (0, 0), (-1, -1), 4), ("BOTTOMPADDING", (0, 0), (-1, -1), 4)]))
+    page = [Paragraph("Lymph node metastasis prediction \u2014 pancreatic cancer (CT)", st["title"]),
+            banner, Spacer(1, 3 * mm)]
+    # A status line about the input (e.g. "not assessable" from a quality gate) belongs here, above the verdict.
+    page += verdict_flowables(results, st)
+    if lead is not None:
+        page += _key_image_flowables(lead, st, FIRST_PAGE_IMAGE_WIDTH_MM)
+        if plan.key_image_pages:
+            pages = "page 2" if plan.key_image_pages == 1 else f"pages 2\u2013{1 + plan.key_image_pages}"
+            page.append(Paragraph(f"Other key images: {pages}.", st["small"]))
+    else:
+        page.append(Paragraph("No key image: no tumour was found and no node was classified metastatic.",
+                              st["body"]))
+    page += _node_summary(results, st, nodes, plan)
+    return [KeepInFrame(FRAME_WIDTH_MM * mm, FRAME_HEIGHT_MM * mm, page, mode="shrink"), PageBreak()]
+
+
+def _key_image_pages(key_images: list[KeyImage], st: dict[str, ParagraphStyle]) -> list:
+    story = []
     for i in range(0, len(key_images), KEY_IMAGES_PER_PAGE):
-        story.append(PageBreak())
         story.append(Paragraph("Key images", st["h2"]))
         for ki in key_images[i:i + KEY_IMAGES_PER_PAGE]:
-            story.append(Image(io.BytesIO(ki.png), width=180 * mm, height=180 * mm * 3.9 / 7.4))
-            story.append(Paragraph(
-                f"{ki.title}. Slice through the largest cross-section; left: whole axial slice (box = zoomed "
-                "region), right: zoom with node numbers.", st["caption"]))
+            story += _key_image_flowables(ki, st, FRAME_WIDTH_MM)
             story.append(Spacer(1, 4 * mm))
+        story.append(PageBreak())
+    return story
 
-    # ------------------------------------------------------------------ node table
-    nodes = sorted(results.lymph_nodes, key=lambda n: (-n.probability_positive, n.index))
+
+def _node_table_pages(results: AnalysisResults, st: dict[str, ParagraphStyle],
+                      nodes: list[LymphNodeFinding]) -> list:
+    story = []
     chunks = [nodes[i:i + NODE_ROWS_PER_PAGE] for i in range(0, len(nodes), NODE_ROWS_PER_PAGE)] or [[]]
     for c, chunk in enumerate(chunks):
-        story.append(PageBreak())
         story.append(Paragraph("Lymph nodes, by decreasing probability of metastasis"
                                + (f" (continued, {c + 1}/{len(chunks)})" if c else ""), st["h2"]))
         if results.ln_threshold is not None:
@@ -304,6 +436,7 @@ def build_pdf_bytes(results: AnalysisResults, key_images: list[KeyImage]) -> tup
                                    "(node threshold).", st["small"]))
         if not nodes:
             story.append(Paragraph("No lymph node was segmented.", st["body"]))
+            story.append(PageBreak())
             break
         rows = [["#", "Class", "Prob.", "Volume\n(mm\u00b3)", "Short axis\n(mm)", "Long axis\n(mm)",
                  "Mean HU\n(venous)", "Nearest organ/vessel", "Distance\n(mm)", "Image"]]
@@ -326,16 +459,51 @@ def build_pdf_bytes(results: AnalysisResults, key_images: list[KeyImage]) -> tup
                 "Short and long axis: in the axial slice of largest cross-section. Distance: from the node's "
                 "boundary to the nearest of the 10 organs/vessels of the attention map (0 = touching). "
                 "Probability: the node classifier's probability that the node is metastatic. Image: instance "
-                f"number, in venous series {results.venous.series.series_number}, of the slice through the "
-                "node's centre.", st["small"]))
+                f"number, in venous series {markup(results.venous.series.series_number or '-')}, of the slice "
+                "through the node's centre.", st["small"]))
+        story.append(PageBreak())
+    return story
 
-    buf = io.BytesIO()
-    doc = SimpleDocTemplate(buf, pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm, topMargin=17 * mm,
-                            bottomMargin=19 * mm, title=DOCUMENT_TITLE, author=results.run.app_name,
-                            subject=notice, creator=f"{results.run.app_name} {results.run.app_version}")
-    doc.build(story, canvasmaker=functools.partial(_NumberedCanvas, header=header_footer))
-    data = buf.getvalue()
-    return data, _count_pages(data)
+
+def _details_page(results: AnalysisResults, st: dict[str, ParagraphStyle]) -> list:
+    """The last page: the series used for each phase and why, the models with their training, the run."""
+    story = [Paragraph("Series used", st["h2"])]
+    rows = [["Phase", "Series description", "No.", "Acquired", "Slices", "Why chosen"]]
+    for ref in (results.arterial, results.venous.series):
+        if ref is None:
+            continue
+        rows.append([ref.phase, Paragraph(markup(ref.series_description or "-", 160), st["cell"]),
+                     "-" if ref.series_number is None else str(ref.series_number), _fmt_time(ref.acquisition_time),
+                     str(ref.num_slices),
+                     Paragraph(markup(plain_selection_reason(ref.reason), 500), st["cell"])])
+    story.append(_grid_table(rows, [18 * mm, 45 * mm, 10 * mm, 24 * mm, 13 * mm, 70 * mm], zebra=False))
+    if results.run.single_phase:
+        story.append(Spacer(1, 1.5 * mm))
+        story.append(Paragraph("<b>Single-phase analysis:</b> no arterial phase was available; the venous phase "
+                               "alone was used (the models expect both phases; results are less reliable).",
+                               st["body"]))
+
+    story.append(Paragraph("Models", st["h2"]))
+    rows = [["Model", "Version", "Trained on", "Synthetic data", "SHA-256 (first 12)"]]
+    for m in results.models:
+        rows.append([Paragraph(markup(m.name, 30), st["cell"]), Paragraph(markup(m.version, 20), st["cell"]),
+                     Paragraph(markup(m.trained_on, 1000), st["cell"]),
+                     "yes" if m.metadata.get("synthetic_training_data") else "no", m.sha256[:12]])
+    story.append(_grid_table(rows, [34 * mm, 24 * mm, 64 * mm, 22 * mm, 36 * mm]))
+    story.append(Spacer(1, 2 * mm))
+    run = results.run
+    run_text = f"Run: {markup(run.app_name)} {markup(run.app_version)} on {markup(run.device)}"
+    if run.timings_s:
+        run_text += f", total {sum(run.timings_s.values()):.0f} s"
+    story.append(Paragraph(run_text + ".", st["small"]))
+    for w in run.warnings[:4]:
+        story.append(Paragraph(f"Warning: {markup(w, 400)}", st["small"]))
+    if len(run.warnings) > 4:
+        story.append(Paragraph(f"... {len(run.warnings) - 4} more warnings in results.json", st["small"]))
+    story.append(Paragraph(
+        "This report was produced automatically by a research application. It has not been reviewed by a "
+        "physician and must not be used for diagnosis or treatment decisions.", st["small"]))
+    return story
 
 
 def _count_pages(pdf: bytes) -> int:

@@ -1,4 +1,5 @@
-"""PDF report (pdftoppm renders the planned pages; notices, result first, node table), its DICOM
+"""PDF report (pdftoppm renders the planned pages; notices, result first, node table; page 1 in
+detail: tests/test_outputs_pdf_page1.py), its DICOM
 Encapsulated PDF (dciodvfy, patient/study copied, sources), and results.json (schema, UIDs, no
 patient identifiers)."""
 
@@ -70,6 +71,7 @@ def test_pdf_renders_to_the_planned_pages(results, built, pdf_file, tmp_path):
 
 def test_pdf_content_result_first_and_notice_on_every_page(results, built, pdf_file):
     texts = _page_texts(pdf_file, built[2].page_count)
+    n_key = len(built[2].key_images)
     src = pydicom.dcmread(results.venous.source_files[0], stop_before_pixels=True)
     for i, text in enumerate(texts, start=1):
         flat = " ".join(text.split())
@@ -80,22 +82,27 @@ def test_pdf_content_result_first_and_notice_on_every_page(results, built, pdf_f
     first = " ".join(texts[0].split())
     decision = first.index("Lymph node metastasis PREDICTED") if results.patient.positive else \
         first.index("No lymph node metastasis predicted")
-    assert decision < first.index("Series used") < first.index("Models")
+    assert decision < first.index("Lymph nodes, most probable first")
     assert f"{results.patient.probability:.2f}" in first and f"{results.patient.threshold:.2f}" in first
     assert f"metastatic when its probability is \u2265 {results.ln_threshold:.2f}" in first  # the node threshold
+    # The series and models: the last page (page 1 says where).
+    last = " ".join(texts[-1].split())
+    assert f"Phases and series chosen, models: page {len(texts)}" in first
+    assert last.index("Series used") < last.index("Models")
     for ref in (results.venous.series, results.arterial):
-        assert ref.series_description in first
+        assert ref.series_description in last
         tm = ref.acquisition_time
-        assert f"{tm[0:2]}:{tm[2:4]}:{tm[4:6]}" in first
+        assert f"{tm[0:2]}:{tm[2:4]}:{tm[4:6]}" in last
     for m in results.models:
-        assert m.name in first and m.version in first
-    # The node table (last page) lists every node, by decreasing probability.
-    table = texts[-1]
+        assert m.name in last and m.version in last
+    # The node table (before the last page) lists every node, by decreasing probability.
+    table = texts[-2]
     rows = [line.split() for line in table.splitlines()
             if line.split() and line.split()[0].isdigit() and len(line.split()) >= 9]
     assert [int(r[0]) for r in rows] == [n.index for n in sorted(results.lymph_nodes,
                                                                  key=lambda n: -n.probability_positive)]
-    assert "Key images" in " ".join(texts[1].split())
+    if n_key > 1:  # the other key images follow page 1
+        assert "Key images" in " ".join(texts[1].split())
 
 
 def test_encapsulated_pdf(results, built, tmp_path):

@@ -4,7 +4,10 @@ Each key image is one PNG with two panels: the whole axial slice (window W400/L4
 around the region of interest, and a zoom on that region. Overlays: organs/vessels faint, PDAC gold,
 metastatic nodes magenta, non-metastatic nodes cyan (the SEG's display colours), node numbers in
 the zoom, a scale bar in each panel, orientation letters (radiological convention: the patient's
-right on the image's left). Rendered with matplotlib's Agg backend (no display needed).
+right on the image's left). Colour is kept for the structures: the annotations (box, letters, scale
+bars, numbers) are white, so every coloured pixel is an overlay, and the legend under the panels
+lists exactly the structures on the slice, each in its overlay colour (:func:`legend_entries`; the
+PDF tests check this on the rendered page). Rendered with matplotlib's Agg backend (no display needed).
 """
 
 from __future__ import annotations
@@ -29,6 +32,11 @@ WINDOW_LEVEL = 40.0
 ZOOM_MIN_MM = 60.0  # the zoom panel shows at least this much (square)
 ORGAN_ALPHA = 0.22
 FINDING_ALPHA = 0.35
+# Figure layout (fractions of the figure's height): the panels lie between PANELS_BOTTOM and
+# PANELS_TOP, the titles above, the legend below.
+PANELS_TOP = 0.86
+PANELS_BOTTOM = 0.15
+ANNOTATION_COLOUR = "white"
 
 
 @dataclass
@@ -71,6 +79,24 @@ def _source_index(results: AnalysisResults, oriented: sitk.Image, z: int, yx: tu
     return int(round(results.reference.TransformPhysicalPointToContinuousIndex(point)[2]))
 
 
+def _findings(o: _Oriented, z: int, results: AnalysisResults) -> list[tuple[str, np.ndarray, tuple[int, int, int]]]:
+    """The findings on slice ``z``: (legend label, mask, colour), drawn over the organs."""
+    pos_idx = [n.index for n in results.positive_nodes]
+    neg_idx = [n.index for n in results.negative_nodes]
+    return [("PDAC", o.pdac[z] > 0, style.PDAC_RGB),
+            ("LN metastatic", np.isin(o.lns[z], pos_idx), style.LN_POSITIVE_RGB),
+            ("LN non-metastatic", np.isin(o.lns[z], neg_idx), style.LN_NEGATIVE_RGB)]
+
+
+def legend_entries(o: _Oriented, z: int, results: AnalysisResults) -> list[tuple[str, tuple[int, int, int]]]:
+    """(label, RGB 0-255) of every structure drawn on slice ``z``, in the colour it is drawn in:
+    the findings first, then the organs/vessels."""
+    entries = [(label, rgb) for label, m, rgb in _findings(o, z, results) if m.any()]
+    present = set(np.unique(o.organs[z]).tolist())
+    entries += [(c.name, style.ORGAN_RGB[c.key]) for c in ORGAN_CLASSES if c.label in present]
+    return entries
+
+
 def _overlay(ax, o: _Oriented, z: int, extent, show_numbers: bool, results: AnalysisResults) -> None:
     ny, nx = o.ct.shape[1:]
     rgba = np.zeros((ny, nx, 4), np.float32)
@@ -78,10 +104,7 @@ def _overlay(ax, o: _Oriented, z: int, extent, show_numbers: bool, results: Anal
         m = o.organs[z] == c.label
         rgba[m, :3] = style.rgb01(style.ORGAN_RGB[c.key])
         rgba[m, 3] = ORGAN_ALPHA
-    pos_idx = [n.index for n in results.positive_nodes]
-    neg_idx = [n.index for n in results.negative_nodes]
-    findings = ((o.pdac[z] > 0, style.PDAC_RGB), (np.isin(o.lns[z], pos_idx), style.LN_POSITIVE_RGB),
-                (np.isin(o.lns[z], neg_idx), style.LN_NEGATIVE_RGB))
+    findings = [(m, rgb) for _, m, rgb in _findings(o, z, results)]
     for m, rgb in findings:
         rgba[m, :3] = style.rgb01(rgb)
         rgba[m, 3] = FINDING_ALPHA
@@ -97,8 +120,8 @@ def _overlay(ax, o: _Oriented, z: int, extent, show_numbers: bool, results: Anal
             if idx == 0:
                 continue
             yy, xx = np.nonzero(o.lns[z] == idx)
-            ax.text((xx.max() + 1.5) * sx, (yy.min() - 0.5) * sy, str(int(idx)), color="white", fontsize=8,
-                    fontweight="bold", ha="left", va="bottom",
+            ax.text((xx.max() + 1.5) * sx, (yy.min() - 0.5) * sy, str(int(idx)), color=ANNOTATION_COLOUR, fontsize=8,
+                    fontweight="bold", ha="left", va="bottom", clip_on=True,  # none outside the zoom
                     bbox=dict(boxstyle="round,pad=0.1", fc="black", ec="none", alpha=0.6))
 
 
@@ -127,10 +150,11 @@ def _render(results: AnalysisResults, o: _Oriented, z: int, focus: np.ndarray, t
         else:
             ax.set_xlim(0, w_mm)
             ax.set_ylim(h_mm, 0)
-            ax.add_patch(mpatches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="yellow", lw=1.0, ls="--"))
+            ax.add_patch(mpatches.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=ANNOTATION_COLOUR, lw=1.0,
+                                            ls="--"))
             _scale_bar_at(ax, 0.0, w_mm, 0.0, h_mm)
             for text, (px, py) in (("R", (0.02, 0.5)), ("L", (0.98, 0.5)), ("A", (0.5, 0.97)), ("P", (0.5, 0.03))):
-                ax.text(px, py, text, transform=ax.transAxes, color="yellow", fontsize=9, fontweight="bold",
+                ax.text(px, py, text, transform=ax.transAxes, color=ANNOTATION_COLOUR, fontsize=9, fontweight="bold",
                         ha="center", va="center",
                         bbox=dict(boxstyle="round,pad=0.15", fc="black", ec="none", alpha=0.7))
         ax.set_xticks([])
@@ -140,17 +164,13 @@ def _render(results: AnalysisResults, o: _Oriented, z: int, focus: np.ndarray, t
     axes[0].set_title("Axial, venous phase (W400/L40)", color="white", fontsize=8)
     axes[1].set_title("Zoom", color="white", fontsize=8)
     fig.suptitle(title, color="white", fontsize=10, fontweight="bold")
-    handles = [mpatches.Patch(color=style.rgb01(style.PDAC_RGB), label="PDAC"),
-               mpatches.Patch(color=style.rgb01(style.LN_POSITIVE_RGB), label="LN metastatic"),
-               mpatches.Patch(color=style.rgb01(style.LN_NEGATIVE_RGB), label="LN non-metastatic")]
-    # Each organ/vessel on this slice in its own overlay colour (not one grey swatch for all).
-    present = set(np.unique(o.organs[z]).tolist())
-    handles += [mpatches.Patch(color=style.rgb01(style.ORGAN_RGB[c.key]), label=c.name)
-                for c in ORGAN_CLASSES if c.label in present]
-    leg = fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize=6, frameon=False)
+    # Each structure on this slice in its overlay colour (not one grey swatch for all organs).
+    handles = [mpatches.Patch(color=style.rgb01(rgb), label=label) for label, rgb in legend_entries(o, z, results)]
+    leg = fig.legend(handles=handles, loc="lower center", ncol=max(1, min(len(handles), 5)), fontsize=7,
+                     frameon=False)
     for t in leg.get_texts():
         t.set_color("white")
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.86, bottom=0.15, wspace=0.03)
+    fig.subplots_adjust(left=0.01, right=0.99, top=PANELS_TOP, bottom=PANELS_BOTTOM, wspace=0.03)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", facecolor="black")
     plt.close(fig)
@@ -162,8 +182,8 @@ def _scale_bar_at(ax, x0: float, x1: float, y0: float, y1: float) -> None:
     nice = [5, 10, 20, 50]
     length = max([n for n in nice if n <= width * 0.3] or [nice[0]])
     bx, by = x0 + width * 0.05, y1 - (y1 - y0) * 0.06
-    ax.plot([bx, bx + length], [by, by], color="white", lw=3, solid_capstyle="butt")
-    ax.text(bx + length / 2, by - (y1 - y0) * 0.025, f"{length} mm", color="white", ha="center",
+    ax.plot([bx, bx + length], [by, by], color=ANNOTATION_COLOUR, lw=3, solid_capstyle="butt")
+    ax.text(bx + length / 2, by - (y1 - y0) * 0.025, f"{length} mm", color=ANNOTATION_COLOUR, ha="center",
             va="bottom", fontsize=7, fontweight="bold")
 
 
