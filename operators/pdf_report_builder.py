@@ -52,6 +52,7 @@ from reportlab.platypus import (
 from lnmet.labels import ORGAN_BY_KEY
 from lnmet.reporting import RESEARCH_NOTICE, SYNTHETIC_NOTICE, dicom_common
 from lnmet.reporting.keyimages import KeyImage, render_key_images
+from lnmet.reporting.pdf_text import markup
 from lnmet.results import AnalysisResults, PdfDocument
 
 logger = logging.getLogger(__name__)
@@ -94,10 +95,16 @@ def _fmt_date(da: str | None) -> str:
 
 
 def _person(pn) -> str:
+    """``FAMILY, Given``, with the ideographic form after it when the name has one (plain text:
+    escape it with :func:`lnmet.reporting.pdf_text.markup`)."""
     if not pn:
         return "(no name)"
     family, given = getattr(pn, "family_name", ""), getattr(pn, "given_name", "")
-    return f"{family.upper()}, {given}".strip(", ") if family or given else str(pn)
+    ideographic = " ".join(str(getattr(pn, "ideographic", "") or "").replace("^", " ").split())
+    name = f"{family.upper()}, {given}".strip(", ") if family or given else ""
+    if name and ideographic:
+        return f"{name} ({ideographic})"
+    return name or ideographic or str(pn)
 
 
 def _image_number(results: AnalysisResults, point_mm) -> str:
@@ -175,11 +182,14 @@ def build_pdf_bytes(results: AnalysisResults, key_images: list[KeyImage]) -> tup
     synthetic = results.synthetic_training_data
     notice = notice_text(synthetic)
     created = datetime.now().strftime("%Y-%m-%d %H:%M")
-    patient_line = (f"<b>{_person(getattr(src, 'PatientName', None))}</b> &nbsp; ID {getattr(src, 'PatientID', '') or '-'}"
-                    f" &nbsp; born {_fmt_date(getattr(src, 'PatientBirthDate', ''))}"
-                    f" &nbsp; sex {getattr(src, 'PatientSex', '') or '-'}")
-    study_line = (f"Study {_fmt_date(getattr(src, 'StudyDate', ''))} &nbsp; accession "
-                  f"{getattr(src, 'AccessionNumber', '') or '-'}")
+    # Header values are free text: escaped and shortened (lnmet.reporting.pdf_text) so that markup,
+    # non-Latin names or overlong values neither break the layout nor the PDF builder.
+    patient_line = (f"<b>{markup(_person(getattr(src, 'PatientName', None)), 70)}</b> &nbsp; ID "
+                    f"{markup(getattr(src, 'PatientID', '') or '-', 40)}"
+                    f" &nbsp; born {markup(_fmt_date(getattr(src, 'PatientBirthDate', '')), 12)}"
+                    f" &nbsp; sex {markup(getattr(src, 'PatientSex', '') or '-', 4)}")
+    study_line = (f"Study {markup(_fmt_date(getattr(src, 'StudyDate', '')), 12)} &nbsp; accession "
+                  f"{markup(getattr(src, 'AccessionNumber', '') or '-', 20)}")
 
     def header_footer(canv: rl_canvas.Canvas, page: int, total: int) -> None:
         w, h = A4
@@ -225,9 +235,9 @@ def build_pdf_bytes(results: AnalysisResults, key_images: list[KeyImage]) -> tup
         [Paragraph("Lymph nodes: a node is called metastatic when its probability is \u2265 "
                    + ("<b>unknown</b>" if results.ln_threshold is None else f"<b>{results.ln_threshold:.2f}</b>")
                    + " (node threshold; the patient threshold above applies to the patient).", st["body"])],
-        [Paragraph(f"Method: {METHOD_TEXT.get(p.method, p.method)}. Volume of the largest metastatic node: "
-                   f"{p.largest_positive_ln_volume_mm3:.0f} mm\u00b3."
-                   + (f" {p.statement}" if p.statement else ""), st["body"])],
+        [Paragraph(f"Method: {markup(METHOD_TEXT.get(p.method, p.method), 400)}. Volume of the largest metastatic "
+                   f"node: {p.largest_positive_ln_volume_mm3:.0f} mm\u00b3."
+                   + (f" {markup(p.statement, 600)}" if p.statement else ""), st["body"])],
     ]
     rt = Table(result_rows, colWidths=[180 * mm])
     rt.setStyle(TableStyle([("BOX", (0, 0), (-1, -1), 1.2, colour), ("TOPPADDING", (0, 0), (-1, -1), 4),
@@ -239,7 +249,7 @@ def build_pdf_bytes(results: AnalysisResults, key_images: list[KeyImage]) -> tup
     tumour_text = (f"Tumour (PDAC) segmented: volume {t.volume_mm3:.0f} mm\u00b3 ({t.volume_mm3 / 1000:.1f} mL), "
                    f"maximum axial diameter {t.max_axial_diameter_mm:.1f} mm"
                    + (f", mean {t.mean_hu_venous:.0f} HU (venous)" if t.mean_hu_venous is not None else "") + "."
-                   if t.found else f"No tumour found. {t.statement}")
+                   if t.found else f"No tumour found. {markup(t.statement, 600)}")
     npos, nneg = len(results.positive_nodes), len(results.negative_nodes)
     story.append(Paragraph(tumour_text, st["body"]))
     story.append(Paragraph(
@@ -252,9 +262,21 @@ def build_pdf_bytes(results: AnalysisResults, key_images: list[KeyImage]) -> tup
     for ref in (results.arterial, results.venous.series):
         if ref is None:
             continue
-        rows.append([ref.phase, Paragraph(ref.series_description or "-", st["cell"]), str(ref.series_number or "-"),
-                     _fmt_time(ref.acquisition_time), str(ref.num_slices), Paragraph(ref.reason, st["cell"])])
+        number = "-" if ref.series_number is None else str(ref.series_number)
+        rows.append([ref.phase, Paragraph(markup(ref.series_description or "-", 160), st["cell"]), number,
+                     _fmt_time(ref.acquisition_time)[:16], str(ref.num_slices),
+                     Paragraph(markup(ref.reason, 500), st["cell"])])
     story.append(_grid_table(rows, [18 * mm, 45 * mm, 10 * mm, 24 * mm, 13 * mm, 70 * mm], zebra=False))
+    completed = [f"{ref.phase}: " + ", ".join(
+        markup(d["attribute"], 40) + (f" {markup(d['value'], 70)}" if d["value"] else " (per image)")
+        for d in ref.derived_attributes if d["value"] != "")
+        for ref in (results.arterial, results.venous.series) if ref is not None and ref.derived_attributes]
+    if completed:  # identifiers the files lacked: the outputs reference the values the app completed
+        story.append(Spacer(1, 1.5 * mm))
+        story.append(Paragraph(
+            "<b>Identifiers completed by the application</b> (empty or missing in the files; the SEG, SR and this "
+            "report reference these values; how each was derived: results.json, derived_attributes): "
+            + "; ".join(completed) + ".", st["small"]))
     if results.run.single_phase:
         story.append(Spacer(1, 1.5 * mm))
         story.append(Paragraph("<b>Single-phase analysis:</b> no arterial phase was available; the venous phase "
@@ -264,17 +286,17 @@ def build_pdf_bytes(results: AnalysisResults, key_images: list[KeyImage]) -> tup
     story.append(Paragraph("Models", st["h2"]))
     rows = [["Model", "Version", "Trained on", "Synthetic data", "SHA-256 (first 12)"]]
     for m in results.models:
-        rows.append([m.name, m.version, Paragraph(m.trained_on, st["cell"]),
+        rows.append([m.name[:30], m.version[:20], Paragraph(markup(m.trained_on, 1000), st["cell"]),
                      "yes" if m.metadata.get("synthetic_training_data") else "no", m.sha256[:12]])
     story.append(_grid_table(rows, [34 * mm, 24 * mm, 64 * mm, 22 * mm, 36 * mm]))
     story.append(Spacer(1, 2 * mm))
     run = results.run
-    run_text = f"Run: {run.app_name} {run.app_version} on {run.device}"
+    run_text = f"Run: {markup(run.app_name, 100)} {markup(run.app_version, 20)} on {markup(run.device, 40)}"
     if run.timings_s:
         run_text += f", total {sum(run.timings_s.values()):.0f} s"
     story.append(Paragraph(run_text + ".", st["small"]))
     for w in run.warnings[:4]:
-        story.append(Paragraph(f"Warning: {w}", st["small"]))
+        story.append(Paragraph(f"Warning: {markup(w, 400)}", st["small"]))
     if len(run.warnings) > 4:
         story.append(Paragraph(f"... {len(run.warnings) - 4} more warnings in results.json", st["small"]))
     story.append(Paragraph(
@@ -288,7 +310,7 @@ def build_pdf_bytes(results: AnalysisResults, key_images: list[KeyImage]) -> tup
         for ki in key_images[i:i + KEY_IMAGES_PER_PAGE]:
             story.append(Image(io.BytesIO(ki.png), width=180 * mm, height=180 * mm * 3.9 / 7.4))
             story.append(Paragraph(
-                f"{ki.title}. Slice through the largest cross-section; left: whole axial slice (box = zoomed "
+                f"{markup(ki.title, 200)}. Slice through the largest cross-section; left: whole axial slice (box = zoomed "
                 "region), right: zoom with node numbers.", st["caption"]))
             story.append(Spacer(1, 4 * mm))
 
@@ -326,8 +348,10 @@ def build_pdf_bytes(results: AnalysisResults, key_images: list[KeyImage]) -> tup
                 "Short and long axis: in the axial slice of largest cross-section. Distance: from the node's "
                 "boundary to the nearest of the 10 organs/vessels of the attention map (0 = touching). "
                 "Probability: the node classifier's probability that the node is metastatic. Image: instance "
-                f"number, in venous series {results.venous.series.series_number}, of the slice through the "
-                "node's centre.", st["small"]))
+                "number, in venous series "
+                + ("(no series number)" if results.venous.series.series_number is None
+                   else str(results.venous.series.series_number))
+                + ", of the slice through the node's centre.", st["small"]))
 
     buf = io.BytesIO()
     doc = SimpleDocTemplate(buf, pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm, topMargin=17 * mm,
