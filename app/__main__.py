@@ -6,10 +6,18 @@ Without arguments the paths come from ``HOLOSCAN_INPUT_PATH``, ``HOLOSCAN_OUTPUT
 staged application folder that holds ``app/``, ``operators/`` and ``lnmet/`` side by side.
 """
 
+import os
 import sys
 import time
 
 _STARTED = time.perf_counter()  # the summary's total includes the imports (Holoscan, torch: seconds)
+
+# PyTorch's OpenMP threads wait for work by spinning (OMP_WAIT_POLICY ACTIVE) by default. On a CPU
+# shared with other jobs the spinning threads compete with the ones doing work, and inference slowed
+# down 5-18x (benchmarks/bench_cpu_contention.py; the 6-14 minutes of issue 15 for a 20-slice
+# series that takes ~40 s on an idle machine). PASSIVE waits sleep instead; on an idle machine the
+# speed is the same. Set before torch is imported; an explicit OMP_WAIT_POLICY wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pathlib import Path  # noqa: E402
 
