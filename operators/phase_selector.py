@@ -125,8 +125,12 @@ def assess_series(series: DicomSeries, min_slices: int) -> Assessment:
     if series.modality != "CT":
         a.refusal = f"modality {series.modality or '<none>'}, not CT"
         return a
+    if not series.sop_class_uid:
+        a.refusal = ("SOPClassUID is empty or missing in the data set and in the file meta "
+                     "(MediaStorageSOPClassUID): what the files hold cannot be told, so nothing can reference them")
+        return a
     if series.sop_class_uid != CT_IMAGE_STORAGE:
-        name = UID(series.sop_class_uid).name if series.sop_class_uid else "no SOP Class UID"
+        name = UID(series.sop_class_uid).name
         if "Enhanced CT" in name or "Legacy Converted" in name:
             a.refusal = f"{name} (multi-frame) is not supported; export the series as single-frame CT Image Storage"
         else:
