@@ -35,6 +35,15 @@ How a phase is chosen (settings: ``series_selection`` and ``phase_policy`` in ap
    it was refused. Venous but no arterial phase -> error naming the missing arterial phase when
    ``phase_policy.missing_arterial`` is ``error`` (default); with ``single_phase`` the selection
    has ``arterial=None`` and ``single_phase=True``.
+6. *Checks on the chosen series*, still before any pixel is decoded: both belong to one patient
+   (different PatientIDs -> error naming both series, never the IDs), and their headers hold
+   everything the SEG/SR/PDF will reference (:func:`lnmet.dicom_io.check_output_references`). A
+   series whose RescaleSlope cannot give HU is refused in step 1.
+
+Messages say what the headers hold: a series chosen by timing alone is "the only CT acquisition
+... used as the venous phase" with what its headers say about contrast and body part (a head CT
+is not called portal-venous); series acquired at the same time are said to be one acquisition.
+Errors state the whole problem on their first line; the series considered follow on the next lines.
 """
 
 from __future__ import annotations
