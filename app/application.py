@@ -321,6 +321,13 @@ def _raise_stop(signum: int, frame: Any) -> None:
     raise StopRequested(signum)
 
 
+def _catch_stop_signals() -> None:
+    """Route SIGTERM/SIGINT to :class:`StopRequested` (Python allows it in the main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _raise_stop)
+
+
 def run_graph(app: Application, poll_s: float = 0.2) -> None:
     """``app.run()`` in Holoscan's worker thread while the main thread waits, so that SIGTERM/SIGINT
     reach the application's own handler (raising :class:`StopRequested`) instead of Holoscan's,
@@ -329,8 +336,7 @@ def run_graph(app: Application, poll_s: float = 0.2) -> None:
     future = app.run_async()
     try:
         while True:
-            for signum in STOP_SIGNALS:
-                signal.signal(signum, _raise_stop)
+            _catch_stop_signals()
             try:
                 future.result(timeout=poll_s)
                 return
@@ -425,6 +431,7 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
     error: str | None = None
     status = EXIT_OK
     try:
+        _catch_stop_signals()
         # Paths first, before the SDK's parser: it would create the output folder, and exit 2 (a
         # usage error) for an input that does not exist; both are start-up failures (exit 3).
         check_input(peek.input)
