@@ -409,11 +409,29 @@ def _summary(state: StartupState | None, total: float, ok: bool) -> None:
                              peak_gpu_mib=gpu)
 
 
+def _stop_handlers() -> dict[int, Any] | None:
+    """The current SIGTERM/SIGINT handlers (None outside the main thread, where none can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+
+
 def main(argv: list[str] | None = None, started: float | None = None) -> int:
     """Run the application; returns the exit status (see the module docstring).
 
     ``started``: ``time.perf_counter()`` at process start, so that the total includes the imports.
+    The caller's SIGTERM/SIGINT handlers are restored on return (``main`` also runs inside other
+    processes, e.g. the cohort's Ray workers, whose own handlers must survive a study).
     """
+    previous = _stop_handlers()
+    try:
+        return _main(argv, started)
+    finally:
+        for signum, handler in (previous or {}).items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def _main(argv: list[str] | None, started: float | None) -> int:
     t0 = started if started is not None else time.perf_counter()
     argv = list(sys.argv if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv[1:]):

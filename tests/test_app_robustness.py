@@ -118,3 +118,23 @@ def test_sigterm_ends_with_the_error_line(tmp_path, standins, tiny_study_dir):
     assert last.startswith("ERROR: stopped by SIGTERM during stage ") and last.endswith("no outputs written")
     assert "run FAILED" in text
     assert not out.exists()
+
+
+def test_main_in_process_restores_the_callers_signal_handlers(tmp_path, tiny_study_dir):
+    """``main`` runs inside other processes too (the cohort's Ray workers): the handlers it sets
+    for SIGTERM/SIGINT must not outlive the call."""
+    from app.application import main
+
+    def callers_handler(signum, frame):  # pragma: no cover - never delivered
+        pass
+
+    a_file = next((tiny_study_dir / "dicom" / "venous").glob("*.dcm"))
+    before = {s: signal.signal(s, callers_handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = main(["app", "-i", str(a_file), "-o", str(tmp_path / "out"), "-m", str(tmp_path)])
+        assert code == 3
+        assert signal.getsignal(signal.SIGTERM) is callers_handler
+        assert signal.getsignal(signal.SIGINT) is callers_handler
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
