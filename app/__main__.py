@@ -6,10 +6,19 @@ Without arguments the paths come from ``HOLOSCAN_INPUT_PATH``, ``HOLOSCAN_OUTPUT
 staged application folder that holds ``app/``, ``operators/`` and ``lnmet/`` side by side.
 """
 
+import os
 import sys
 import time
 
 _STARTED = time.perf_counter()  # the summary's total includes the imports (Holoscan, torch: seconds)
+
+# PyTorch's OpenMP threads wait for work by spinning (OMP_WAIT_POLICY ACTIVE) by default. On a CPU
+# shared with other jobs the spinning threads take time from the ones doing work: the organ model's
+# inference on the 20-slice real sample took 3.4x longer than with PASSIVE on a loaded 2-core machine
+# and 4.7x beside two more busy processes (benchmarks/bench_cpu_contention.py; the 6-14 minutes of
+# issue 15 for a series that takes ~40 s on an idle machine). PASSIVE waits sleep instead; on an
+# idle machine the speed is the same. Set before torch is imported; an explicit OMP_WAIT_POLICY wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pathlib import Path  # noqa: E402
 

@@ -13,10 +13,17 @@ Before the graph runs, :mod:`app.startup` validates app.yaml, verifies every mod
 time and the peak memory ends the run.
 
 Exit status: 0 success; 1 the study could not be processed (bad input, missing phase, an operator
-failed, or an operator never ran); 2 bad command-line
-arguments; 3 a start-up check failed (setting, model, input/output folder). On failure the last line on stderr is ``ERROR: <what and where>`` and the output folder is
+failed, or an operator never ran); 2 bad command-line arguments; 3 a start-up check failed (setting,
+model, input/output path: an input that is missing, a file or empty, an output that is a file or
+cannot be written); 128 + the signal number when stopped by SIGTERM (143) or SIGINT (130). On
+failure the last line on stderr is ``ERROR: <what and where>``, whole, on one line; details (e.g.
+every series phase selection considered) are logged on the lines before it. The output folder is
 left as it was (the publisher writes all outputs atomically at the end; an output folder that the
-run created is removed again).
+run created is removed again; a stop during publishing waits for the publisher to finish or roll back).
+
+Logging: the application's own lines at INFO (``-l`` sets the level); Holoscan's and GXF's own log
+(INFO lines, the CUDA-driver warning on machines without a GPU, and their echo of an operator's
+exception, which the application reports itself) only with ``-l DEBUG`` or ``HOLOSCAN_LOG_LEVEL``.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ import inspect
 import logging
 import os
 import resource
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -36,7 +45,7 @@ from typing import Any, Callable
 from holoscan.conditions import CountCondition
 from monai.deploy.core import Application, ConditionType, Operator, parse_args
 
-from app.startup import StartupError, StartupState, run_startup_checks
+from app.startup import StartupError, StartupState, check_input, check_output, run_startup_checks
 from lnmet import timing
 from lnmet.types import ModelInfo
 
@@ -45,6 +54,9 @@ logger = logging.getLogger(__name__)
 TIMINGS_ENV = "PDAC_LN_TIMINGS"  # optional: write the stage timings as JSON to this path (benchmarks)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STARTUP = 0, 1, 2, 3
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)  # exit status 128 + signal number, with the final ERROR line
+PUBLISHER = "output_publisher"
+PUBLISH_WAIT_S = 60.0  # a stop during publishing waits this long for the publisher to finish or roll back
 
 
 # --------------------------------------------------------------------------------------------
@@ -52,6 +64,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_STARTUP = 0, 1, 2, 3
 # --------------------------------------------------------------------------------------------
 
 _TIMED: dict[type, type] = {}
+_RUNNING: set[str] = set()  # operators whose compute is running now (to name them when stopped)
+_RUNNING_LOCK = threading.Lock()
 
 
 def timed_operator(cls: type) -> type:
@@ -62,8 +76,14 @@ def timed_operator(cls: type) -> type:
     """
     if cls not in _TIMED:
         def compute(self: Any, op_input: Any, op_output: Any, context: Any) -> None:
-            with timing.stage(self.name, log=logger):
-                cls.compute(self, op_input, op_output, context)
+            with _RUNNING_LOCK:
+                _RUNNING.add(self.name)
+            try:
+                with timing.stage(self.name, log=logger):
+                    cls.compute(self, op_input, op_output, context)
+            finally:
+                with _RUNNING_LOCK:
+                    _RUNNING.discard(self.name)
 
         _TIMED[cls] = type(cls.__name__, (cls,), {
             "compute": compute, "__doc__": cls.__doc__, "__module__": cls.__module__,
@@ -264,12 +284,75 @@ class PDACLNMetApp(Application):
 # Entry point
 # --------------------------------------------------------------------------------------------
 
-def _peek_output(argv: list[str]) -> Path:
-    """The output folder the run will use (before the SDK's parser creates it)."""
+def _peek_args(argv: list[str]) -> argparse.Namespace:
+    """The input, output and log level the run will use, read before the SDK's parser (which would
+    create the output folder and exit 2 on a missing input)."""
     parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--input", "-i")
     parser.add_argument("--output", "-o")
+    parser.add_argument("--log-level", "-l", dest="log_level")
     known, _ = parser.parse_known_args(argv[1:])
-    return Path(known.output or os.environ.get("HOLOSCAN_OUTPUT_PATH") or "output").absolute()
+    known.input = Path(known.input or os.environ.get("HOLOSCAN_INPUT_PATH") or "input").absolute()
+    known.output = Path(known.output or os.environ.get("HOLOSCAN_OUTPUT_PATH") or "output").absolute()
+    known.log_level = (known.log_level or "").upper()
+    return known
+
+
+def quiet_holoscan(log_level: str) -> None:
+    """Keep Holoscan's and GXF's own log (INFO lines, the CUDA-driver warning, their echo of an
+    operator's exception) out of the user's view unless ``-l DEBUG`` asks for everything.
+    ``HOLOSCAN_LOG_LEVEL``, when set, wins (Holoscan reads it itself)."""
+    if os.environ.get("HOLOSCAN_LOG_LEVEL"):
+        return
+    from holoscan.logger import LogLevel, set_log_level
+
+    set_log_level(LogLevel.DEBUG if log_level == "DEBUG" else LogLevel.CRITICAL)
+
+
+class StopRequested(Exception):
+    """SIGTERM/SIGINT arrived while the graph ran."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+
+
+def _raise_stop(signum: int, frame: Any) -> None:
+    raise StopRequested(signum)
+
+
+def _catch_stop_signals() -> None:
+    """Route SIGTERM/SIGINT to :class:`StopRequested` (Python allows it in the main thread only)."""
+    if threading.current_thread() is threading.main_thread():
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _raise_stop)
+
+
+def run_graph(app: Application, poll_s: float = 0.2) -> None:
+    """``app.run()`` in Holoscan's worker thread while the main thread waits, so that SIGTERM/SIGINT
+    reach the application's own handler (raising :class:`StopRequested`) instead of Holoscan's,
+    which exits after 3 s without a word when an operator is busy. Holoscan installs its handler
+    when the graph starts, so ours is installed again while waiting."""
+    future = app.run_async()
+    try:
+        while True:
+            _catch_stop_signals()
+            try:
+                future.result(timeout=poll_s)
+                return
+            except TimeoutError:
+                continue
+    except StopRequested:
+        with _RUNNING_LOCK:
+            publishing = PUBLISHER in _RUNNING
+        if publishing:  # let the publisher finish (or roll back): never leave a half-written folder
+            logger.warning("stop requested while publishing the outputs: waiting up to %.0f s for it to end",
+                           PUBLISH_WAIT_S)
+            try:
+                future.result(timeout=PUBLISH_WAIT_S)
+            except BaseException:  # noqa: BLE001 - the stop is what is reported
+                pass
+        raise
 
 
 def _restore_output(path: Path, existed: bool) -> None:
@@ -283,8 +366,17 @@ def _restore_output(path: Path, existed: bool) -> None:
 
 
 def _one_line(exc: BaseException) -> str:
+    """The first line of an error's message: the whole statement of what is wrong (errors put their
+    details, such as every series considered, on the lines after it)."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def _log_details(exc: BaseException) -> None:
+    """The lines of an error's message after the first, logged before the final ERROR line."""
+    lines = str(exc).strip().splitlines()[1:]
+    if lines:
+        logger.error("details:\n%s", "\n".join("  " + line for line in lines))
 
 
 def _peak_rss_mib() -> float:
@@ -317,11 +409,29 @@ def _summary(state: StartupState | None, total: float, ok: bool) -> None:
                              peak_gpu_mib=gpu)
 
 
+def _stop_handlers() -> dict[int, Any] | None:
+    """The current SIGTERM/SIGINT handlers (None outside the main thread, where none can be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+
+
 def main(argv: list[str] | None = None, started: float | None = None) -> int:
     """Run the application; returns the exit status (see the module docstring).
 
     ``started``: ``time.perf_counter()`` at process start, so that the total includes the imports.
+    The caller's SIGTERM/SIGINT handlers are restored on return (``main`` also runs inside other
+    processes, e.g. the cohort's Ray workers, whose own handlers must survive a study).
     """
+    previous = _stop_handlers()
+    try:
+        return _main(argv, started)
+    finally:
+        for signum, handler in (previous or {}).items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+
+
+def _main(argv: list[str] | None, started: float | None) -> int:
     t0 = started if started is not None else time.perf_counter()
     argv = list(sys.argv if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv[1:]):
@@ -331,36 +441,57 @@ def main(argv: list[str] | None = None, started: float | None = None) -> int:
         print("Paths default to HOLOSCAN_INPUT_PATH, HOLOSCAN_OUTPUT_PATH and HOLOSCAN_MODEL_PATH;\n"
               "settings come from $PDAC_LN_CONFIG, else HOLOSCAN_CONFIG_PATH, else the app's app.yaml.\n")
         parse_args(["python app", "--help"])  # the SDK's own argument parser (exits 0)
-    out_path = _peek_output(argv)
+    peek = _peek_args(argv)
+    out_path = peek.output
     out_existed = out_path.exists()
+    quiet_holoscan(peek.log_level)
     state: StartupState | None = None
     error: str | None = None
     status = EXIT_OK
     try:
+        _catch_stop_signals()
+        # Paths first, before the SDK's parser: it would create the output folder, and exit 2 (a
+        # usage error) for an input that does not exist; both are start-up failures (exit 3).
+        check_input(peek.input)
+        check_output(peek.output)
         # Holoscan expects [interpreter, script, args...] when argv is given explicitly.
         app = PDACLNMetApp([sys.executable, *argv])
         ctx = Application.init_app_context(app.argv)
+        if peek.log_level != "DEBUG":  # highdicom logs every module it copies at INFO
+            logging.getLogger("highdicom").setLevel(logging.WARNING)
         logger.info("input %s, output %s, models %s", ctx.input_path, ctx.output_path, ctx.model_path)
         with timing.stage("start-up checks", log=logger):
             state = run_startup_checks(ctx.input_path, ctx.output_path, ctx.model_path, required_models())
         app.state = state
-        app.run()
+        run_graph(app)
         ran = {r.name for r in timing.TIMER.records if r.ok}
         idle = [op.name for op in app.operators_built if op.name not in ran]
         if idle:  # Holoscan ends a graph whose operators wait for messages that never come
             status = EXIT_FAILED
-            error = f"the graph stopped before these operators ran: {', '.join(idle)}; no outputs written"
+            error = (f"the graph stopped before these operators ran: {', '.join(idle)}; no outputs written "
+                     "(run with -l DEBUG to see Holoscan's log)")
     except SystemExit as exc:  # argparse: bad command line (it printed its own message)
         _restore_output(out_path, out_existed)
         return exc.code if isinstance(exc.code, int) and exc.code else EXIT_USAGE
     except StartupError as exc:
         status, error = EXIT_STARTUP, _one_line(exc)
+    except StopRequested as exc:
+        with _RUNNING_LOCK:
+            running = sorted(_RUNNING)
+        published = any(r.name == PUBLISHER and r.ok for r in timing.TIMER.records)
+        status = 128 + exc.signum
+        error = (f"{exc} during {'stage ' + ', '.join(running) if running else 'start-up'}; "
+                 + ("the outputs had been published before the stop" if published else "no outputs written"))
     except Exception as exc:  # an operator failed: Holoscan re-raises its exception from run()
         logger.debug("failure", exc_info=True)
+        _log_details(exc)
         status, error = EXIT_FAILED, f"{type(exc).__name__}: {_one_line(exc)}"
-    if status != EXIT_OK:
+    if status != EXIT_OK and not (status > 128 and error and "published before" in error):
         _restore_output(out_path, out_existed)
     _summary(state, time.perf_counter() - t0, status == EXIT_OK)
     if error is not None:
         print(f"ERROR: {error}", file=sys.stderr, flush=True)  # the last line, for people and callers
+    if status > 128:  # stopped by a signal: the graph's worker thread may still be busy in an operator
+        sys.stdout.flush()
+        os._exit(status)
     return status

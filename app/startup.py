@@ -8,8 +8,9 @@
 2. **Models**: the models folder (``-m`` / ``$HOLOSCAN_MODEL_PATH``) is checked against
    ``model_manifest.json`` (``$PDAC_LN_MODEL_MANIFEST``, else at the application root) by
    :func:`lnmet.model_manifest.verify_models`: a missing, extra or corrupted model stops the app.
-3. **Input/output**: the input folder exists, is readable and holds files; the output folder is
-   writable.
+3. **Input/output**: the input is a readable folder that holds files (a file is refused); the output
+   folder exists or can be made, and a file can be written in it. The application checks the paths
+   once more before the SDK parses the command line, so that every path problem exits 3.
 4. **Device**: CUDA when ``torch.cuda.is_available()``, else CPU (``$PDAC_LN_DEVICE`` forces one).
 
 Every failure raises :class:`StartupError` with a one-line message.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -101,13 +103,12 @@ def check_models(models_dir: Path, manifest_path: Path, required: Iterable[str] 
 
 
 def check_input(path: Path) -> None:
-    """The input exists, is readable and holds at least one file. Raises StartupError."""
+    """The input is a readable folder holding at least one file. Raises StartupError."""
     if not path.exists():
         raise StartupError(f"input not found: {path}")
     if path.is_file():
-        if not os.access(path, os.R_OK):
-            raise StartupError(f"input file is not readable: {path}")
-        return
+        raise StartupError(f"input is a file, not a folder: {path}; give the folder that holds the study's DICOM "
+                           "files")
     if not path.is_dir() or not os.access(path, os.R_OK | os.X_OK):
         raise StartupError(f"input folder is not readable: {path}")
     try:
@@ -119,12 +120,17 @@ def check_input(path: Path) -> None:
 
 
 def check_output(path: Path) -> None:
-    """The output folder exists (or can be made) and is writable. Raises StartupError."""
+    """The output folder exists or can be made, and a file can be written in it (tried: permission
+    bits do not tell for root, read-only mounts or full disks). Raises StartupError; a folder made
+    here is left for the run (the application removes it again if the run fails)."""
     if path.exists() and not path.is_dir():
         raise StartupError(f"output path is not a folder: {path}")
-    target = path if path.exists() else path.parent
-    if not os.access(target, os.W_OK):
-        raise StartupError(f"output folder is not writable: {path}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".lnmet-write-check-"):
+            pass
+    except OSError as exc:
+        raise StartupError(f"output folder cannot be written: {path} ({exc.strerror or exc})") from None
 
 
 def select_device() -> str:

@@ -91,6 +91,10 @@ class Settings:
     outputs: dict[str, bool] = field(default_factory=dict)
     source: str = ""
     resources: ResourceSettings | None = None
+    # Phases checked by their content at intake (lnmet.phase_content): "error" | "warn" | "off", and
+    # by how many HU the venous series' brightest large vessel may exceed the arterial one's.
+    phase_content_check: str = "error"
+    phase_content_margin_hu: float = 50.0
 
 
 def _get(d: Any, path: str, key: str) -> Any:
@@ -232,6 +236,13 @@ def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
             f"app.yaml: setting 'phase_policy.missing_arterial' must be 'error' or 'single_phase', got {missing_arterial!r}"
         )
 
+    content_check = policy.get("content_check", "error")
+    if content_check not in ("error", "warn", "off"):
+        raise SettingsError(
+            f"app.yaml: setting 'phase_policy.content_check' must be 'error', 'warn' or 'off', got {content_check!r}")
+    content_margin = float(_number(policy.get("content_margin_hu", 50.0), "phase_policy.content_margin_hu",
+                                   lo=0.0, hi=500.0))
+
     reg = _get(raw, "", "registration")
     shrink = _get(reg, "registration", "shrink_factors")
     sigmas = _get(reg, "registration", "smoothing_sigmas_mm")
@@ -286,7 +297,7 @@ def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
         app_title=str(title), app_version=version, series_selection=selection,
         missing_arterial=missing_arterial, registration=registration, attention=attention,
         ln_detection=ln_detection, patient_threshold=patient_threshold, outputs=outputs, source=source,
-        resources=resources,
+        resources=resources, phase_content_check=content_check, phase_content_margin_hu=content_margin,
     )
 
 

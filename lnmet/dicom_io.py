@@ -18,9 +18,30 @@ It serves well for clean single-study folders, but for this product it falls sho
   mixed geometry.
 
 So this module replaces it: headers are read lazily (``stop_before_pixels``), unreadable files are
-skipped and counted, empty UIDs fall back to the file meta (SOP Instance/Class UID) and, for
-Study/Series UIDs, to a grouping by folder + geometry with deterministic synthesized UIDs and a
-warning (a user who exported a series without UIDs expects it to load, not to vanish).
+skipped and counted, and identifiers that anonymisers leave empty are completed at intake, so that
+every output can reference the source (a user who exported a series without UIDs expects it to
+load, not to vanish, and not to fail in the output stage after minutes of work):
+
+- SOP Instance / SOP Class UID: from the file meta (Media Storage SOP Instance / Class UID); a SOP
+  Instance UID empty there too is derived from the file content (SHA-256 of the pixel data with
+  the position, orientation and instance number). A SOP Class UID empty in both is not guessed:
+  the series is refused, naming the attribute;
+- Series Instance UID: files without one are grouped by folder + frame of reference + description
+  + series number + orientation + matrix + pixel spacing + series time, and the series gets a UID
+  derived from its SOP Instance UIDs;
+- Study Instance UID: series without one are grouped by patient ID, study date/time, study ID and
+  accession number (not by folder: the phases often lie in separate folders), and the study gets a
+  UID derived from its series' UIDs;
+- Frame of Reference UID: from the other instances of the series when they share one, else derived
+  from the Series Instance UID (one frame of reference per series: nothing says two series without
+  one share it).
+
+Derived UIDs are deterministic (pydicom ``generate_uid`` with the content as entropy): the same
+files give the same UIDs in every run and wherever they lie. They are written into the in-memory
+headers that the output builders use (``PhaseVolume.source_headers``), listed per series
+(:attr:`DicomSeries.derived`) and reported in results.json, the SR and the PDF.
+:func:`check_output_references` checks, at intake, everything the outputs need from the chosen
+series' headers.
 
 Pixel data are decoded with pydicom and its plugins (pylibjpeg, openjpeg, RLE, JPEG-LS). For the
 transfer syntaxes none of them decodes (JPEG spectral selection/progressive, processes 6-8 and
@@ -44,6 +65,7 @@ rescale slope/intercept applied per slice, float32 HU. Decisions:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -60,6 +82,8 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_rescale
 from pydicom.uid import UID, generate_uid
+
+from lnmet.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +186,7 @@ class InstanceHeader:
     columns: int | None
     number_of_frames: int
     forced: bool = False  # read without a DICOM preamble/file meta
+    derived: dict[str, str] = field(default_factory=dict)  # keyword -> where the value came from
 
     def get(self, keyword: str, default: Any = None) -> Any:
         return self.dataset.get(keyword, default)
@@ -177,6 +202,25 @@ class InstanceHeader:
                            or _str(self.dataset, "StudyDate"), _str(self.dataset, "AcquisitionTime"))
 
 
+@dataclass(frozen=True)
+class DerivedAttribute:
+    """An identifier the files lacked and the loader completed (reported in every output)."""
+
+    attribute: str  # DICOM keyword, e.g. "SeriesInstanceUID"
+    source: str  # where the value came from, in words
+    value: str | None  # the value when the whole series shares it; None for per-instance values
+    instances: int  # how many instances of the series got it
+
+    def text(self) -> str:
+        """``SeriesInstanceUID 1.2.3 (derived from ...; 20 instances)``."""
+        value = f" {self.value}" if self.value else ""
+        return f"{self.attribute}{value} ({self.source}; {self.instances} instance(s))"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"attribute": self.attribute, "source": self.source, "value": self.value,
+                "instances": self.instances}
+
+
 @dataclass
 class DicomSeries:
     """The instances of one series (all files sharing Study and Series Instance UID)."""
@@ -184,8 +228,13 @@ class DicomSeries:
     study_uid: str
     series_uid: str
     instances: list[InstanceHeader]
-    uids_synthesized: bool = False  # Study/Series UID made up by the loader (the files had none)
     notes: list[str] = field(default_factory=list)
+    derived: list[DerivedAttribute] = field(default_factory=list)  # identifiers completed by the loader
+
+    @property
+    def uids_synthesized(self) -> bool:
+        """True when the Study or Series Instance UID was derived by the loader (the files had none)."""
+        return any(d.attribute in ("StudyInstanceUID", "SeriesInstanceUID") for d in self.derived)
 
     @property
     def first(self) -> InstanceHeader:
@@ -267,7 +316,10 @@ class DicomSeries:
         """How the series is named in logs and errors (no patient identifiers)."""
         number = self.series_number
         desc = self.description or "<no description>"
-        return f"series {number if number is not None else '?'} '{desc}' (UID {self.series_uid or '<empty>'})"
+        if len(desc) > 80:  # descriptions are LO (64 characters); do not let a broken one flood the log
+            desc = desc[:77] + "..."
+        return (f"series {number if number is not None else '<no SeriesNumber>'} '{desc}' "
+                f"(UID {self.series_uid or '<empty>'})")
 
 
 @dataclass
@@ -331,8 +383,15 @@ def read_header(path: str) -> InstanceHeader:
     ts = _str(meta, "TransferSyntaxUID") if meta is not None else ""
     if not ts:
         ts = IMPLICIT_VR_LITTLE_ENDIAN if ds.is_implicit_VR in (True, None) else "1.2.840.10008.1.2.1"
-    sop_class = _str(ds, "SOPClassUID") or (_str(meta, "MediaStorageSOPClassUID") if meta is not None else "")
-    sop_inst = _str(ds, "SOPInstanceUID") or (_str(meta, "MediaStorageSOPInstanceUID") if meta is not None else "")
+    derived: dict[str, str] = {}
+    sop_class, sop_inst = _str(ds, "SOPClassUID"), _str(ds, "SOPInstanceUID")
+    for keyword, meta_keyword in (("SOPClassUID", "MediaStorageSOPClassUID"),
+                                  ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+        if _str(ds, keyword) or meta is None or not _str(meta, meta_keyword):
+            continue
+        setattr(ds, keyword, _str(meta, meta_keyword))  # the in-memory header the outputs reference
+        derived[keyword] = f"from the file meta ({meta_keyword})"
+    sop_class, sop_inst = _str(ds, "SOPClassUID") or sop_class, _str(ds, "SOPInstanceUID") or sop_inst
     ipp = _float_list(ds, "ImagePositionPatient")
     iop = _float_list(ds, "ImageOrientationPatient")
     ps = _float_list(ds, "PixelSpacing")
@@ -353,48 +412,199 @@ def read_header(path: str) -> InstanceHeader:
         columns=_int(ds, "Columns"),
         number_of_frames=_int(ds, "NumberOfFrames") or 1,
         forced=forced,
+        derived=derived,
     )
 
 
 def _geometry_key(h: InstanceHeader) -> tuple:
+    """What files without a Series Instance UID must share to be one series."""
     iop = tuple(round(v, 3) for v in h.orientation) if h.orientation else None
     ps = tuple(round(v, 4) for v in h.pixel_spacing) if h.pixel_spacing else None
     return (
         str(Path(h.path).parent), _str(h.dataset, "FrameOfReferenceUID"), h.modality, h.sop_class_uid,
         _str(h.dataset, "SeriesDescription"), _str(h.dataset, "SeriesNumber"), iop, h.rows, h.columns, ps,
+        _str(h.dataset, "SeriesDate"), _str(h.dataset, "SeriesTime"),
     )
 
 
-def group_series(headers: Iterable[InstanceHeader]) -> list[DicomSeries]:
-    """Group instances into series by Study/Series Instance UID.
+def _study_key(h: InstanceHeader) -> tuple:
+    """What series without a Study Instance UID must share to be one study (never logged: it holds
+    the patient ID)."""
+    return tuple(_str(h.dataset, k) for k in ("PatientID", "StudyDate", "StudyTime", "StudyID", "AccessionNumber"))
 
-    Files lacking one of these UIDs are grouped by folder + frame of reference + description +
-    series number + orientation + matrix + pixel spacing, and get deterministic synthesized UIDs
-    (the series is flagged ``uids_synthesized`` and a warning is logged)."""
-    groups: dict[tuple[str, str], list[InstanceHeader]] = {}
-    synthesized: set[tuple[str, str]] = set()
+
+SOP_INSTANCE_FROM_CONTENT = ("derived from the file content (SHA-256 of the pixel data with the image position, "
+                             "orientation and instance number)")
+
+
+def _content_sop_instance_uid(h: InstanceHeader) -> str:
+    """A SOP Instance UID derived from the file content (for files whose data set and file meta
+    both lack one): the same file always gets the same UID, a different slice a different one."""
+    digest = hashlib.sha256()
+    try:
+        ds = pydicom.dcmread(h.path, force=True)
+        pixels = ds.get("PixelData", b"") or b""
+    except Exception:  # noqa: BLE001 - unreadable pixel data: the decoder names the problem later
+        pixels = b""
+    digest.update(bytes(pixels))
+    for part in (h.position, h.orientation, h.instance_number, h.rows, h.columns):
+        digest.update(repr(part).encode())
+    return str(generate_uid(entropy_srcs=["lnmet SOPInstanceUID", digest.hexdigest()]))
+
+
+def _complete_instances(headers: Sequence[InstanceHeader]) -> None:
+    """SOP Instance UIDs that neither the data set nor the file meta hold: derived from the content."""
     for h in headers:
-        study, series = h.study_uid, h.series_uid
-        if not study or not series:
-            key = _geometry_key(h)
-            if not study:
-                study = str(generate_uid(entropy_srcs=["study", key[0], _str(h.dataset, "StudyDate"),
-                                                       _str(h.dataset, "StudyTime"), _str(h.dataset, "StudyID")]))
-            if not series:
-                series = str(generate_uid(entropy_srcs=["series", *[repr(k) for k in key]]))
-            synthesized.add((study, series))
-        groups.setdefault((study, series), []).append(h)
+        if not h.sop_instance_uid:
+            h.sop_instance_uid = _content_sop_instance_uid(h)
+            h.dataset.SOPInstanceUID = h.sop_instance_uid
+            h.derived["SOPInstanceUID"] = SOP_INSTANCE_FROM_CONTENT
+
+
+def _summarise_instance_fills(instances: Sequence[InstanceHeader]) -> list[DerivedAttribute]:
+    """Per-instance fills (SOP Class/Instance UID) of a series, one entry per attribute and source."""
+    counts: dict[tuple[str, str], list[str]] = {}
+    for h in instances:
+        for keyword, source in h.derived.items():
+            value = h.sop_class_uid if keyword == "SOPClassUID" else h.sop_instance_uid
+            counts.setdefault((keyword, source), []).append(value)
     out = []
+    for (keyword, source), values in sorted(counts.items()):
+        shared = values[0] if len(set(values)) == 1 and keyword == "SOPClassUID" else None
+        out.append(DerivedAttribute(keyword, source, shared, len(values)))
+    return out
+
+
+def _set_all(instances: Sequence[InstanceHeader], keyword: str, value: str) -> None:
+    for h in instances:
+        setattr(h.dataset, keyword, value)
+
+
+def _complete_frame_of_reference(s: DicomSeries) -> None:
+    """Instances without a Frame of Reference UID: the series' own one when the others share it,
+    else one derived from the Series Instance UID."""
+    missing = [h for h in s.instances if not _str(h.dataset, "FrameOfReferenceUID")]
+    if not missing:
+        return
+    present = {_str(h.dataset, "FrameOfReferenceUID") for h in s.instances} - {""}
+    if len(present) == 1:
+        value, source = present.pop(), "from the other instances of the series"
+    elif not present:
+        value = str(generate_uid(entropy_srcs=["lnmet FrameOfReferenceUID", s.series_uid]))
+        source = "derived from the Series Instance UID (one frame of reference per series)"
+    else:
+        return  # several frames of reference in one series: plan_slices refuses mixed geometry anyway
+    _set_all(missing, "FrameOfReferenceUID", value)
+    s.derived.append(DerivedAttribute("FrameOfReferenceUID", source, value, len(missing)))
+
+
+def group_series(headers: Iterable[InstanceHeader]) -> list[DicomSeries]:
+    """Group instances into series by Study/Series Instance UID, completing empty identifiers.
+
+    See the module docstring for how missing SOP Instance, Series, Study and Frame of Reference
+    UIDs are completed; each completion is recorded in :attr:`DicomSeries.derived`, written into
+    the instances' in-memory headers and logged (a warning per series)."""
+    headers = list(headers)
+    _complete_instances(headers)
+    groups: dict[tuple, list[InstanceHeader]] = {}
+    for h in headers:
+        study = ("uid", h.study_uid) if h.study_uid else ("key", _study_key(h))
+        series = ("uid", h.series_uid) if h.series_uid else ("geometry", _geometry_key(h))
+        groups.setdefault((study, series), []).append(h)
+
+    out: list[DicomSeries] = []
+    derived_studies: dict[tuple, list[DicomSeries]] = {}
     for (study, series), inst in groups.items():
-        s = DicomSeries(study_uid=study, series_uid=series, instances=inst, uids_synthesized=(study, series) in synthesized)
-        if s.uids_synthesized:
-            msg = (f"{len(inst)} file(s) in {s.folder} have empty Study/Series Instance UIDs; grouped by folder and "
-                   f"geometry as {s.label()} with synthesized UIDs")
-            s.notes.append(msg)
-            log.warning(msg)
+        s = DicomSeries(study_uid=study[1] if study[0] == "uid" else "", series_uid="", instances=inst)
+        s.derived.extend(_summarise_instance_fills(inst))
+        if series[0] == "uid":
+            s.series_uid = series[1]
+        else:
+            s.series_uid = str(generate_uid(entropy_srcs=["lnmet SeriesInstanceUID",
+                                                          *sorted(h.sop_instance_uid for h in inst)]))
+            _set_all(inst, "SeriesInstanceUID", s.series_uid)
+            for h in inst:
+                h.series_uid = s.series_uid
+            s.derived.append(DerivedAttribute(
+                "SeriesInstanceUID", "derived from the series' SOP Instance UIDs (files grouped by folder, frame "
+                "of reference, description, number, orientation, matrix, pixel spacing and series time)",
+                s.series_uid, len(inst)))
+        if study[0] != "uid":
+            derived_studies.setdefault(study[1], []).append(s)
         out.append(s)
+    for members in derived_studies.values():
+        uid = str(generate_uid(entropy_srcs=["lnmet StudyInstanceUID", *sorted(m.series_uid for m in members)]))
+        for m in members:
+            m.study_uid = uid
+            _set_all(m.instances, "StudyInstanceUID", uid)
+            for h in m.instances:
+                h.study_uid = uid
+            m.derived.append(DerivedAttribute(
+                "StudyInstanceUID", f"derived from the UIDs of the {len(members)} series that share the study's "
+                "patient ID, date, time, ID and accession number", uid, len(m.instances)))
+    for s in out:
+        _complete_frame_of_reference(s)
+        if s.derived:
+            # Logged, not a note: the outputs report these in their own place (derived_attributes).
+            log.warning("%d file(s) of %s lack identifiers, completed at intake: %s", len(s.instances), s.label(),
+                        ", ".join(dict.fromkeys(d.attribute for d in s.derived)))
+            for d in s.derived:
+                log.info("%s: %s", s.label(), d.text())
     out.sort(key=lambda s: (s.study_uid, s.series_number if s.series_number is not None else 1 << 30, s.series_uid))
     return out
+
+
+# Attributes the outputs copy from the venous source (Patient and General Study modules, Type 2
+# in the CT Image IOD: present, possibly empty). highdicom reads them as attributes, so an absent one
+# would fail in the output stage; at intake it is written empty into the in-memory headers.
+TYPE2_COPIED_ATTRIBUTES = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                           "StudyID", "AccessionNumber", "ReferringPhysicianName")
+OUTPUT_UID_ATTRIBUTES = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+                         "FrameOfReferenceUID")
+
+
+def check_output_references(series: DicomSeries) -> None:
+    """Make sure, at intake, that the SEG, SR and PDF can reference ``series`` (a chosen phase).
+
+    Raises :class:`DicomInputError` naming the series, the attribute and a file when an identifier
+    the outputs reference is missing or malformed (UIDs: at most 64 characters, digits and dots),
+    when instances at different positions share a SOP Instance UID, or when the instances mix SOP
+    classes. Completes what the standard lets be empty: absent Type 2 patient/study attributes
+    (:data:`TYPE2_COPIED_ATTRIBUTES`) are written empty and an absent or empty SliceThickness
+    takes the spacing between slice positions; both are recorded in ``series.derived``."""
+    label = series.label()
+    for keyword in OUTPUT_UID_ATTRIBUTES:
+        for h in series.instances:
+            value = _str(h.dataset, keyword)
+            if not value:
+                raise DicomInputError(f"{label}: {keyword} is empty or missing in {h.path} and could not be derived; "
+                                      "the SEG/SR/PDF outputs must reference it")
+            if not UID(value).is_valid:
+                raise DicomInputError(f"{label}: {keyword} {value[:80]!r} in {h.path} is not a valid DICOM UID "
+                                      "(at most 64 characters, digits and dots); the outputs must reference it")
+    classes = {h.sop_class_uid for h in series.instances}
+    if len(classes) > 1:
+        raise DicomInputError(f"{label}: its instances mix SOP classes ({', '.join(sorted(classes))}); "
+                              "one class per series is expected")
+    by_uid: dict[str, InstanceHeader] = {}
+    for h in series.instances:
+        other = by_uid.setdefault(h.sop_instance_uid, h)
+        if other is not h and other.position != h.position:
+            raise DicomInputError(
+                f"{label}: SOPInstanceUID {h.sop_instance_uid} is shared by {other.path} and {h.path} at different "
+                "positions; the outputs could not tell these slices apart")
+    for keyword in TYPE2_COPIED_ATTRIBUTES:
+        absent = [h for h in series.instances if keyword not in h.dataset]
+        if absent:
+            _set_all(absent, keyword, "")
+            series.derived.append(DerivedAttribute(keyword, "absent; written empty (Type 2, the outputs copy it)",
+                                                   None, len(absent)))
+    thin = [h for h in series.instances if _float_list(h.dataset, "SliceThickness") is None]
+    if thin:
+        step = plan_slices(series).spacing[2]
+        _set_all(thin, "SliceThickness", f"{step:.6g}")
+        series.derived.append(DerivedAttribute("SliceThickness", "absent or empty; the spacing between slice "
+                                               "positions", f"{step:.6g}", len(thin)))
 
 
 def group_studies(series: Sequence[DicomSeries]) -> list[DicomStudy]:
@@ -657,17 +867,71 @@ class BuiltVolume:
     source_files: list[str]
     sop_instance_uids: list[str]
     notes: list[str]
+    instances: list[InstanceHeader] = field(default_factory=list)  # in slice order, headers completed
+
+
+# HU a CT volume of a body must show (checked at intake, so that blank or mis-scaled pixel data stop
+# the run naming the series instead of failing later with a misleading cause).
+CT_HU_RANGE = (-3100.0, 4000.0)  # 1st-99th percentile: air -1000 (scanners pad to -2048/-3024), dense bone ~2000
+TISSUE_HU = -500.0  # a body has soft tissue above this (fat -100, organs +20..+80)
+MIN_TISSUE_FRACTION = 0.001  # at least 0.1% of the voxels (a small body part in a wide field of view)
+
+
+class PixelValueError(DicomInputError):
+    """The pixel data of a series are blank, constant or not in Hounsfield units."""
+
+
+def check_rescale(series: DicomSeries) -> str | None:
+    """Why the series' RescaleSlope/RescaleIntercept cannot give HU (None when they can): a slope that
+    is zero, negative or not a number, or an intercept that is not a number."""
+    for h in series.instances:
+        slope = _float_list(h.dataset, "RescaleSlope")
+        intercept = _float_list(h.dataset, "RescaleIntercept")
+        if slope is not None and (not math.isfinite(slope[0]) or slope[0] <= 0):
+            return (f"RescaleSlope {slope[0]:g} in {Path(h.path).name}: stored values cannot be converted to HU "
+                    "(the slope must be a positive number)")
+        if intercept is not None and not math.isfinite(intercept[0]):
+            return f"RescaleIntercept {intercept[0]:g} in {Path(h.path).name} is not a number"
+    return None
+
+
+def check_hu_range(array: np.ndarray, series: DicomSeries) -> None:
+    """Raise :class:`PixelValueError` naming the series when its decoded volume is not a CT of a
+    body in HU: values that are not finite, a constant image, no voxel of tissue (blank pixel data,
+    e.g. all -1024), or values far outside the CT range (a wrong rescale, e.g. a slope of 1e6)."""
+    label = series.label()
+    sample = np.asarray(array).ravel()[:: max(1, array.size // 2_000_000)]  # percentiles on <= 2 M voxels
+    if not np.isfinite(sample).all():
+        raise PixelValueError(f"{label}: the decoded pixel data hold values that are not finite numbers")
+    lo, hi = float(sample.min()), float(sample.max())
+    rescale = (f"RescaleSlope {series.get('RescaleSlope', '<absent>')}, RescaleIntercept "
+               f"{series.get('RescaleIntercept', '<absent>')}")
+    if lo == hi:
+        raise PixelValueError(f"{label}: every voxel is {lo:g} HU (blank pixel data, {rescale}); there is no image")
+    p1, p99 = (float(v) for v in np.percentile(sample, [1, 99]))
+    if p1 < CT_HU_RANGE[0] or p99 > CT_HU_RANGE[1]:
+        raise PixelValueError(
+            f"{label}: HU from {p1:.4g} to {p99:.4g} (1st-99th percentile; {rescale}) lie outside the CT range "
+            f"{CT_HU_RANGE[0]:g} to {CT_HU_RANGE[1]:g} HU: the rescale slope/intercept or the pixel data are wrong")
+    tissue = float(np.mean(sample > TISSUE_HU))
+    if tissue < MIN_TISSUE_FRACTION:
+        raise PixelValueError(
+            f"{label}: {100 * tissue:.2g}% of the voxels are above {TISSUE_HU:g} HU (range {lo:g} to {hi:g} HU): "
+            "the pixel data are blank (no body in the image)")
 
 
 def build_volume(series: DicomSeries) -> BuiltVolume:
     """Decode a series into a float32 HU ``sitk.Image`` on the series' own grid (see
-    :func:`plan_slices` for the checks)."""
+    :func:`plan_slices` for the geometry checks and :func:`check_hu_range` for the values)."""
     plan = plan_slices(series)
+    progress = Progress(f"decoding {series.label()}", log=log)
     slices = []
-    for inst in plan.instances:
+    for k, inst in enumerate(plan.instances):
         hu = decode_hu(inst.path)
         slices.append(hu)
+        progress.update(k + 1, len(plan.instances), "slices")
     array = np.stack(slices, axis=0).astype(np.float32, copy=False)
+    check_hu_range(array, series)
     image = sitk.GetImageFromArray(array)
     image.SetSpacing(plan.spacing)
     image.SetOrigin(plan.origin)
@@ -678,4 +942,5 @@ def build_volume(series: DicomSeries) -> BuiltVolume:
         source_files=[i.path for i in plan.instances],
         sop_instance_uids=[i.sop_instance_uid for i in plan.instances],
         notes=notes,
+        instances=list(plan.instances),
     )

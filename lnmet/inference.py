@@ -31,6 +31,7 @@ from scipy import ndimage
 from lnmet.geometry import index_to_physical, physical_to_index, resample_image, working_grid
 from lnmet.model_io import LoadedModel
 from lnmet.normalization import normalize_ct
+from lnmet.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -71,20 +72,44 @@ class InferenceStats:
         return self.windows_total - self.windows_run
 
 
+def count_windows(shape_zyx: Sequence[int], roi_zyx: Sequence[int], overlap: float) -> int | None:
+    """How many windows MONAI's ``sliding_window_inference`` runs on an image (for progress lines;
+    None if MONAI's helpers changed)."""
+    try:
+        from monai.data.utils import dense_patch_slices
+        from monai.inferers.utils import _get_scan_interval
+
+        size = tuple(max(int(a), int(b)) for a, b in zip(shape_zyx, roi_zyx))
+        interval = _get_scan_interval(size, tuple(roi_zyx), len(size), (overlap,) * len(size))
+        return len(dense_patch_slices(size, tuple(roi_zyx), interval))
+    except Exception:  # noqa: BLE001 - only the progress lines lose their total
+        return None
+
+
 class _Predictor:
     """Sliding-window predictor: image channels, plus the attention as the last channel when the
-    model is attention-guided; skips windows whose attention is zero everywhere when asked."""
+    model is attention-guided; skips windows whose attention is zero everywhere when asked.
+    Reports progress by window (:class:`lnmet.progress.Progress`)."""
 
     def __init__(self, module: torch.jit.ScriptModule, n_image_channels: int, uses_attention: bool,
-                 skip_empty: bool, constant_logits: torch.Tensor | None, stats: InferenceStats):
+                 skip_empty: bool, constant_logits: torch.Tensor | None, stats: InferenceStats,
+                 progress: Progress | None = None, total: int | None = None):
         self.module = module
         self.c = n_image_channels
         self.uses_attention = uses_attention
         self.skip_empty = skip_empty and uses_attention
         self.constant = constant_logits
         self.stats = stats
+        self.progress = progress
+        self.total = total
 
     def __call__(self, window: torch.Tensor) -> torch.Tensor:
+        out = self._predict(window)
+        if self.progress is not None:
+            self.progress.update(self.stats.windows_total, self.total, f"{self.stats.windows_run} run")
+        return out
+
+    def _predict(self, window: torch.Tensor) -> torch.Tensor:
         b = window.shape[0]
         self.stats.windows_total += b
         if not self.uses_attention:
@@ -186,13 +211,15 @@ class SegmentationModel(LoadedModel):
             channels.append(np.asarray(attention, dtype=np.float32)[box][None])
         inputs = torch.from_numpy(np.concatenate(channels, axis=0)[None])
         del channels, crop
+        overlap = self.overlap if overlap is None else overlap
         predictor = _Predictor(self.module, len(self.channel_names), self.uses_attention, skip_empty_attention,
                                self.constant_logits() if (self.uses_attention and skip_empty_attention) else None,
-                               stats)
+                               stats, Progress(f"model {self.name} sliding-window inference", log=log),
+                               count_windows(inputs.shape[2:], self.patch_zyx, overlap))
         with torch.no_grad():
             logits = sliding_window_inference(
                 inputs, roi_size=self.patch_zyx, sw_batch_size=sw_batch_size, predictor=predictor,
-                overlap=self.overlap if overlap is None else overlap, mode="gaussian",
+                overlap=overlap, mode="gaussian",
                 padding_mode="constant", cval=0.0, sw_device=self.device, device=torch.device("cpu"),
             )
         return torch.as_tensor(logits).float()[0], box, stats

@@ -37,6 +37,7 @@ import SimpleITK as sitk
 
 from lnmet.config import RegistrationSettings
 from lnmet.geometry import working_grid
+from lnmet.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,18 @@ def _method(settings: RegistrationSettings, seed: int, multi_resolution: bool = 
     return r
 
 
+def observe_progress(r: sitk.ImageRegistrationMethod, progress: Progress, stage: str, iterations: int,
+                     levels: int) -> None:
+    """Progress lines while ``r`` runs: each resolution level as it starts, the iteration and metric
+    at most every few seconds (SimpleITK command observers; :class:`lnmet.progress.Progress`)."""
+    r.AddCommand(sitk.sitkMultiResolutionIterationEvent,
+                 lambda: progress.note(f"{stage} stage, level {r.GetCurrentLevel() + 1}/{levels}"))
+    r.AddCommand(sitk.sitkIterationEvent,
+                 lambda: progress.update(r.GetOptimizerIteration(), iterations,
+                                         f"{stage} stage level {r.GetCurrentLevel() + 1}/{levels}, "
+                                         f"metric {r.GetMetricValue():.4f}"))
+
+
 def _centre(image: sitk.Image) -> tuple[float, float, float]:
     size = np.array(image.GetSize(), dtype=float)
     return image.TransformContinuousIndexToPhysicalPoint(tuple((size - 1) / 2.0))
@@ -148,6 +161,7 @@ def register_phases(fixed: sitk.Image, moving: sitk.Image, settings: Registratio
         f = registration_image(fixed, ws)
         m = registration_image(moving, ws)
         metrics: dict[str, float] = {"working_spacing_mm": ws, "threads": float(n_threads)}
+        progress = Progress("registration", log=log)
 
         affine = initial_affine(fixed, moving, same_frame_of_reference)
         probe = _method(settings, seed, multi_resolution=False, fixed=f)  # metric on the full registration grid
@@ -165,6 +179,7 @@ def register_phases(fixed: sitk.Image, moving: sitk.Image, settings: Registratio
                                                        relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
             r.SetOptimizerScalesFromPhysicalShift()
             r.SetInitialTransform(affine, inPlace=True)
+            observe_progress(r, progress, "affine", settings.affine_iterations, len(settings.shrink_factors))
             r.Execute(f, m)
             metrics["metric_affine"] = float(r.GetMetricValue())
             metrics["affine_iterations"] = float(r.GetOptimizerIteration())
@@ -182,6 +197,7 @@ def register_phases(fixed: sitk.Image, moving: sitk.Image, settings: Registratio
                                    costFunctionConvergenceFactor=1e7)
             r.SetMovingInitialTransform(affine)
             r.SetInitialTransform(bspline, inPlace=True)
+            observe_progress(r, progress, "B-spline", settings.bspline_iterations, len(settings.shrink_factors))
             r.Execute(f, m)
             metrics["metric_bspline"] = float(r.GetMetricValue())
             metrics["bspline_iterations"] = float(r.GetOptimizerIteration())

@@ -94,7 +94,10 @@ class AnalysisResults:
         return [n for n in self.lymph_nodes if not n.positive]
 
     def source_headers(self) -> list[Dataset]:
-        """The venous source instances' headers (no pixel data), in ``source_files`` order; read once."""
+        """The venous source instances' headers (no pixel data), in ``source_files`` order: the loader's
+        headers, with the identifiers it completed, when the volume carries them; else read once."""
+        if self._headers is None and len(self.venous.source_headers) == len(self.venous.source_files):
+            self._headers = list(self.venous.source_headers)
         if self._headers is None:
             headers = []
             for path in self.venous.source_files:

@@ -31,6 +31,11 @@ class SeriesRef:
     acquisition_time: str | None  # DICOM TM, as in the header (AcquisitionTime, else SeriesTime)
     num_slices: int
     reason: str  # why this series was chosen (rule matched / timing fallback)
+    # Identifiers the files lacked and the loader completed (lnmet.dicom_io.DerivedAttribute.as_dict):
+    # attribute, source, value (None when per instance), instances. Reported in every output.
+    derived_attributes: list[dict[str, Any]] = field(default_factory=list)
+    # What the images show (lnmet.phase_content.VesselMeasure.as_dict), measured at intake; None if not measured.
+    content: dict[str, Any] | None = None
 
 
 @dataclass
@@ -46,6 +51,10 @@ class PhaseVolume:
     frame_of_reference_uid: str
     notes: list[str] = field(default_factory=list)  # e.g. duplicate slices resolved
     selection_log: list[str] = field(default_factory=list)  # phase selection: every candidate and why
+    # The source instances' headers (no pixel data) in source_files order, with the identifiers the
+    # loader completed (SeriesRef.derived_attributes): what the SEG/SR/PDF reference. Empty when the
+    # volume was not built by the loader; the output builders then read the files.
+    source_headers: list[Any] = field(default_factory=list, repr=False)
 
 
 @dataclass

@@ -61,6 +61,7 @@ from reportlab.platypus import (
 from lnmet.labels import ORGAN_BY_KEY
 from lnmet.reporting import RESEARCH_NOTICE, SYNTHETIC_NOTICE, dicom_common
 from lnmet.reporting.keyimages import KeyImage, render_key_images
+from lnmet.reporting.pdf_text import markup
 from lnmet.results import AnalysisResults, PdfDocument
 from lnmet.types import LymphNodeFinding
 
@@ -110,10 +111,16 @@ def _fmt_date(da: str | None) -> str:
 
 
 def _person(pn) -> str:
+    """``FAMILY, Given``, with the ideographic form after it when the name has one (plain text:
+    escape it with :func:`lnmet.reporting.pdf_text.markup`)."""
     if not pn:
         return "(no name)"
     family, given = getattr(pn, "family_name", ""), getattr(pn, "given_name", "")
-    return f"{family.upper()}, {given}".strip(", ") if family or given else str(pn)
+    ideographic = " ".join(str(getattr(pn, "ideographic", "") or "").replace("^", " ").split())
+    name = f"{family.upper()}, {given}".strip(", ") if family or given else ""
+    if name and ideographic:
+        return f"{name} ({ideographic})"
+    return name or ideographic or str(pn)
 
 
 def _image_number(results: AnalysisResults, point_mm) -> str:
@@ -191,11 +198,14 @@ def build_pdf_bytes(results: AnalysisResults, key_images: list[KeyImage]) -> tup
     synthetic = results.synthetic_training_data
     notice = notice_text(synthetic)
     created = datetime.now().strftime("%Y-%m-%d %H:%M")
-    patient_line = (f"<b>{_person(getattr(src, 'PatientName', None))}</b> &nbsp; ID {getattr(src, 'PatientID', '') or '-'}"
-                    f" &nbsp; born {_fmt_date(getattr(src, 'PatientBirthDate', ''))}"
-                    f" &nbsp; sex {getattr(src, 'PatientSex', '') or '-'}")
-    study_line = (f"Study {_fmt_date(getattr(src, 'StudyDate', ''))} &nbsp; accession "
-                  f"{getattr(src, 'AccessionNumber', '') or '-'}")
+    # Header values are free text: escaped and shortened (lnmet.reporting.pdf_text) so that markup,
+    # non-Latin names or overlong values neither break the layout nor the PDF builder.
+    patient_line = (f"<b>{markup(_person(getattr(src, 'PatientName', None)), 70)}</b> &nbsp; ID "
+                    f"{markup(getattr(src, 'PatientID', '') or '-', 40)}"
+                    f" &nbsp; born {markup(_fmt_date(getattr(src, 'PatientBirthDate', '')), 12)}"
+                    f" &nbsp; sex {markup(getattr(src, 'PatientSex', '') or '-', 4)}")
+    study_line = (f"Study {markup(_fmt_date(getattr(src, 'StudyDate', '')), 12)} &nbsp; accession "
+                  f"{markup(getattr(src, 'AccessionNumber', '') or '-', 20)}")
 
     def header_footer(canv: rl_canvas.Canvas, page: int, total: int) -> None:
         w, h = A4
@@ -234,16 +244,6 @@ def build_pdf_bytes(results: AnalysisResults, key_images: list[KeyImage]) -> tup
     doc.build(story, canvasmaker=functools.partial(_NumberedCanvas, header=header_footer))
     data = buf.getvalue()
     return data, _count_pages(data)
-
-
-def markup(value: object, max_chars: int = 200) -> str:
-    """Free text (DICOM header values, statements, reasons, warnings, titles) as paragraph markup:
-    escaped, on one line, shortened with an ellipsis. Every such text of the report goes through
-    here, so that what makes it safe for reportlab lives in one place."""
-    flat = " ".join(("" if value is None else str(value)).split())
-    if len(flat) > max_chars:
-        flat = flat[: max_chars - 1] + "\u2026"
-    return escape(flat)
 
 
 def plain_selection_reason(reason: str) -> str:
@@ -477,6 +477,16 @@ def _details_page(results: AnalysisResults, st: dict[str, ParagraphStyle]) -> li
                      str(ref.num_slices),
                      Paragraph(markup(plain_selection_reason(ref.reason), 500), st["cell"])])
     story.append(_grid_table(rows, [18 * mm, 45 * mm, 10 * mm, 24 * mm, 13 * mm, 70 * mm], zebra=False))
+    completed = [f"{ref.phase}: " + ", ".join(
+        markup(d["attribute"], 40) + (f" {markup(d['value'], 70)}" if d["value"] else " (per image)")
+        for d in ref.derived_attributes if d["value"] != "")
+        for ref in (results.arterial, results.venous.series) if ref is not None and ref.derived_attributes]
+    if completed:  # identifiers the files lacked: the outputs reference the values the app completed
+        story.append(Spacer(1, 1.5 * mm))
+        story.append(Paragraph(
+            "<b>Identifiers completed by the application</b> (empty or missing in the files; the SEG, SR and this "
+            "report reference these values; how each was derived: results.json, derived_attributes): "
+            + "; ".join(completed) + ".", st["small"]))
     if results.run.single_phase:
         story.append(Spacer(1, 1.5 * mm))
         story.append(Paragraph("<b>Single-phase analysis:</b> no arterial phase was available; the venous phase "

@@ -35,6 +35,15 @@ How a phase is chosen (settings: ``series_selection`` and ``phase_policy`` in ap
    it was refused. Venous but no arterial phase -> error naming the missing arterial phase when
    ``phase_policy.missing_arterial`` is ``error`` (default); with ``single_phase`` the selection
    has ``arterial=None`` and ``single_phase=True``.
+6. *Checks on the chosen series*, still before any pixel is decoded: both belong to one patient
+   (different PatientIDs -> error naming both series, never the IDs), and their headers hold
+   everything the SEG/SR/PDF will reference (:func:`lnmet.dicom_io.check_output_references`). A
+   series whose RescaleSlope cannot give HU is refused in step 1.
+
+Messages say what the headers hold: a series chosen by timing alone is "the only CT acquisition
+... used as the venous phase" with what its headers say about contrast and body part (a head CT
+is not called portal-venous); series acquired at the same time are said to be one acquisition.
+Errors state the whole problem on their first line; the series considered follow on the next lines.
 """
 
 from __future__ import annotations
@@ -55,6 +64,8 @@ from lnmet.dicom_io import (
     DicomSeries,
     DicomStudy,
     VolumeGeometryError,
+    check_output_references,
+    check_rescale,
     group_studies,
     plan_slices,
 )
@@ -123,8 +134,12 @@ def assess_series(series: DicomSeries, min_slices: int) -> Assessment:
     if series.modality != "CT":
         a.refusal = f"modality {series.modality or '<none>'}, not CT"
         return a
+    if not series.sop_class_uid:
+        a.refusal = ("SOPClassUID is empty or missing in the data set and in the file meta "
+                     "(MediaStorageSOPClassUID): what the files hold cannot be told, so nothing can reference them")
+        return a
     if series.sop_class_uid != CT_IMAGE_STORAGE:
-        name = UID(series.sop_class_uid).name if series.sop_class_uid else "no SOP Class UID"
+        name = UID(series.sop_class_uid).name
         if "Enhanced CT" in name or "Legacy Converted" in name:
             a.refusal = f"{name} (multi-frame) is not supported; export the series as single-frame CT Image Storage"
         else:
@@ -148,6 +163,10 @@ def assess_series(series: DicomSeries, min_slices: int) -> Assessment:
             break
     if series.num_instances < min_slices:
         a.refusal = f"{series.num_instances} slice(s), fewer than series_selection.min_slices ({min_slices})"
+        return a
+    bad_rescale = check_rescale(series)
+    if bad_rescale:
+        a.refusal = bad_rescale
         return a
     try:
         plan = plan_slices(series)
@@ -247,6 +266,14 @@ def _tm(a: Assessment) -> str:
     return f"{a.time_source} {a.time.strftime('%H:%M:%S')}" if a.time else "no acquisition time"
 
 
+def _contrast_text(a: Assessment) -> str:
+    """What the headers say about contrast (and the body part), without guessing."""
+    text = {True: "contrast declared (ContrastBolusAgent)", False: "no contrast declared (ContrastBolusAgent empty)",
+            None: "contrast unknown (no ContrastBolusAgent)"}[a.contrast]
+    part = str(a.series.get("BodyPartExamined", "") or "").strip()
+    return text + (f", BodyPartExamined {part}" if part else "")
+
+
 def _acquisitions(cands: list[Assessment]) -> list[list[Assessment]]:
     """Group timed candidates into acquisitions (series within SAME_ACQUISITION_S), in time order."""
     timed = sorted((c for c in cands if c.time is not None), key=lambda c: c.time)
@@ -319,10 +346,23 @@ def select_in_study(study: DicomStudy, settings: Settings) -> StudyChoice:
                 out.append(f"  not a timing-fallback candidate {a.label}: no ContrastBolusAgent while other series "
                            "have one (likely non-contrast)")
             pool = [a for a in pool if a.contrast]
-        for a in [a for a in pool if a.time is None]:
-            out.append(f"  not a timing-fallback candidate {a.label}: no AcquisitionTime/SeriesTime/ContentTime")
-        acqs = _acquisitions(pool)
-        note = f"{len(acqs)} contrast acquisition(s) by time" if acqs else ""
+        untimed = [a for a in pool if a.time is None]
+        if len(pool) == 1 and untimed and choice.venous is None and choice.arterial is None:
+            # A lone candidate needs no ordering: it is the only acquisition, whatever its time.
+            choice.venous = untimed[0]
+            choice.venous_reason = (f"timing fallback: the only candidate series (no AcquisitionTime/SeriesTime/"
+                                    f"ContentTime; {_contrast_text(untimed[0])}), used as the venous phase: which "
+                                    "phase it is cannot be told from its headers")
+            untimed = []
+        for a in untimed:
+            out.append(f"  not a timing-fallback candidate {a.label}: no AcquisitionTime/SeriesTime/ContentTime "
+                       "to order it by")
+        acqs = _acquisitions([a for a in pool if a is not choice.venous])
+        note = f"{len(acqs)} acquisition(s) by time" if acqs else ""
+        for g in acqs:
+            if len(g) > 1:
+                out.append(f"  {len(g)} series acquired within {SAME_ACQUISITION_S:g} s of each other ({_tm(g[0])}) "
+                           f"are taken as reconstructions of one acquisition: {', '.join(a.label for a in g)}")
         if choice.venous is None and choice.arterial is None:
             if len(acqs) >= 2:
                 choice.arterial, choice.venous = acqs[0][0], acqs[1][0]
@@ -332,8 +372,11 @@ def select_in_study(study: DicomStudy, settings: Settings) -> StudyChoice:
                     out.append(f"  later acquisition ignored (delayed phase?): {g[0].label} ({_tm(g[0])})")
             elif len(acqs) == 1:
                 choice.venous = acqs[0][0]
-                choice.venous_reason = (f"timing fallback: the only contrast acquisition ({_tm(choice.venous)}), "
-                                        "taken as portal-venous")
+                same = (f"; {len(acqs[0])} series share this acquisition time (one acquisition)"
+                        if len(acqs[0]) > 1 else "")
+                choice.venous_reason = (f"timing fallback: the only CT acquisition among the candidates "
+                                        f"({_tm(choice.venous)}; {_contrast_text(choice.venous)}{same}), used as "
+                                        "the venous phase: which phase it is cannot be told from its headers")
         elif choice.arterial is None and choice.venous is not None:
             if choice.venous.time is None:
                 out.append("  arterial timing fallback impossible: the venous series has no acquisition time")
@@ -388,12 +431,50 @@ def _phase_ref(phase: str, a: Assessment, reason: str) -> SeriesRef:
         modality=s.modality,
         acquisition_time=s.acquisition_time_tm,
         num_slices=a.num_slices,
-        reason=reason + (" (Study/Series UIDs synthesized: the files had none)" if s.uids_synthesized else ""),
+        reason=reason,
+        derived_attributes=[d.as_dict() for d in s.derived],
     )
 
 
+def _patient_ids(series: DicomSeries) -> set[str]:
+    """The non-empty PatientID values of a series' instances (compared, never logged)."""
+    return {str(i.get("PatientID", "") or "").strip() for i in series.instances} - {""}
+
+
+def check_same_patient(venous: DicomSeries, arterial: DicomSeries | None) -> None:
+    """Refuse series whose instances carry different PatientIDs: the arterial phase of one patient
+    with the venous phase of another must never be analysed as one patient. The message names the
+    series and never the IDs."""
+    for s in (venous, arterial):
+        if s is not None and len(_patient_ids(s)) > 1:
+            raise PhaseSelectionError(
+                f"the instances of {s.label()} carry {len(_patient_ids(s))} different PatientID values (not shown): "
+                "they belong to different patients; refusing to analyse them as one")
+    if arterial is not None:
+        ven, art = _patient_ids(venous), _patient_ids(arterial)
+        if ven and art and ven != art:
+            raise PhaseSelectionError(
+                f"the arterial series ({arterial.label()}) and the venous series ({venous.label()}) have different "
+                "PatientID values (not shown): they belong to different patients; refusing to analyse them as one "
+                "patient")
+
+
+def _why_not(choices: Sequence[StudyChoice]) -> str:
+    """The reasons CT series were refused or could not be ordered, in brief (for the first line)."""
+    reasons = [line.strip() for c in choices for line in c.log
+               if (line.startswith("  refused ") and "modality " not in line) or "timing-fallback candidate" in line]
+    if not reasons:
+        return ""
+    shown = "; ".join(r[:300] for r in reasons[:3])
+    return f": {shown}" + (f"; ... ({len(reasons)} in all)" if len(reasons) > 3 else "")
+
+
 def select_phases(series: Sequence[DicomSeries], settings: Settings | None = None) -> PhaseSelection:
-    """Choose the study and its venous (and arterial) series among all loaded series."""
+    """Choose the study and its venous (and arterial) series among all loaded series.
+
+    Errors (:class:`PhaseSelectionError`): the first line of the message says what is wrong in
+    full; the lines after it list every series considered and why (what the app logs before its
+    final ``ERROR:`` line)."""
     settings = settings or load_settings()
     if not series:
         raise PhaseSelectionError("no DICOM series in the input: nothing to select a phase from")
@@ -412,12 +493,10 @@ def select_phases(series: Sequence[DicomSeries], settings: Settings | None = Non
     for c in choices:
         lines.extend(c.log)
     if not usable:
-        lines.append("no study has a usable portal-venous phase")
-        for line in lines:
-            log.info(line)
-        detail = "\n".join(lines)
-        raise PhaseSelectionError(f"no usable CT phase found in the input ({len(series)} series in {len(studies)} "
-                                  f"study(ies)); every series considered and why:\n{detail}")
+        lines.append("no study has a series usable as the venous phase")
+        raise PhaseSelectionError(
+            f"no usable CT phase found in the input ({len(series)} series in {len(studies)} study(ies))"
+            f"{_why_not(choices)}\nevery series considered and why:\n" + "\n".join(lines))
     chosen = max(usable, key=rank)
     if len(studies) > 1:
         both = chosen.arterial is not None
@@ -425,23 +504,28 @@ def select_phases(series: Sequence[DicomSeries], settings: Settings | None = Non
         lines.append(f"{len(studies)} studies in the input; chose study {chosen.study.study_uid}"
                      + (f" ({when:%Y-%m-%d %H:%M})" if when else "")
                      + (": the most recent study with both phases" if both else
-                        ": no study has both phases; the most recent study with a portal-venous phase"))
+                        ": no study has both phases; the most recent study with a series usable as venous"))
     assert chosen.venous is not None
-    venous_ref = _phase_ref("venous", chosen.venous, chosen.venous_reason)
-    arterial_ref = _phase_ref("arterial", chosen.arterial, chosen.arterial_reason) if chosen.arterial else None
     single = False
     if chosen.arterial is None:
         if settings.missing_arterial == "error":
             lines.append("no arterial phase: stopping (phase_policy.missing_arterial: error)")
-            for line in lines:
-                log.info(line)
+            by_rule = chosen.venous_reason.startswith("rule ")
+            what = (f"a portal-venous phase ({chosen.venous.label}, matched by series_selection.rules)" if by_rule
+                    else f"one CT acquisition usable as a phase ({chosen.venous.label}; {_contrast_text(chosen.venous)})")
             raise PhaseSelectionError(
-                f"study {chosen.study.study_uid} has a portal-venous phase ({chosen.venous.label}) but no arterial "
-                "(pancreatic) phase: the method needs both. To run on the venous phase alone set "
-                "phase_policy.missing_arterial: single_phase in app.yaml. What was considered:\n" + "\n".join(lines))
+                f"study {chosen.study.study_uid} has {what} but no arterial (pancreatic) phase: the method needs an "
+                "arterial and a portal-venous phase. To run on that series alone set phase_policy.missing_arterial: "
+                "single_phase in app.yaml\nevery series considered and why:\n" + "\n".join(lines))
         single = True
         lines.append("no arterial phase: running single-phase on the venous series "
                      "(phase_policy.missing_arterial: single_phase)")
+    check_same_patient(chosen.venous.series, chosen.arterial.series if chosen.arterial else None)
+    for a in (chosen.venous, chosen.arterial):
+        if a is not None:
+            check_output_references(a.series)  # at intake: what the SEG/SR/PDF will need from the headers
+    venous_ref = _phase_ref("venous", chosen.venous, chosen.venous_reason)
+    arterial_ref = _phase_ref("arterial", chosen.arterial, chosen.arterial_reason) if chosen.arterial else None
     for line in lines:
         log.info(line)
     return PhaseSelection(

@@ -42,7 +42,7 @@ from operators.sr_builder import ln_tracking_id
 logger = logging.getLogger(__name__)
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "results.schema.json"
-SCHEMA_VERSION = "1.1.0"
+SCHEMA_VERSION = "1.2.0"
 
 
 class ResultsDocumentError(ValueError):
@@ -69,7 +69,8 @@ def validate_results_document(doc: dict[str, Any]) -> None:
 def _series(ref: SeriesRef) -> dict[str, Any]:
     return {"series_instance_uid": ref.series_instance_uid, "series_description": ref.series_description,
             "series_number": ref.series_number, "modality": ref.modality,
-            "acquisition_time": ref.acquisition_time, "num_slices": ref.num_slices, "reason": ref.reason}
+            "acquisition_time": ref.acquisition_time, "num_slices": ref.num_slices, "reason": ref.reason,
+            "derived_attributes": [dict(d) for d in ref.derived_attributes], "content": ref.content}
 
 
 def _dicom_output(ds: Dataset, path: str) -> dict[str, Any]:

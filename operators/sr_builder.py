@@ -139,9 +139,13 @@ def library_images(results: AnalysisResults, headers: list[Dataset], slices: lis
 
 
 def _series_text(ref: SeriesRef) -> str:
-    return (f"{ref.phase}: '{ref.series_description}' series number {ref.series_number}, "
+    text = (f"{ref.phase}: '{ref.series_description}' series number {ref.series_number}, "
             f"SeriesInstanceUID {ref.series_instance_uid}, acquisition time {ref.acquisition_time or 'unknown'}, "
             f"{ref.num_slices} slices; chosen because: {ref.reason}")
+    if ref.derived_attributes:  # identifiers the files lacked (results.json phases.<phase>.derived_attributes)
+        text += "; identifiers completed by the application: " + "; ".join(
+            f"{d['attribute']} {d['value'] or ''} ({d['source']})".replace("  ", " ") for d in ref.derived_attributes)
+    return text
 
 
 def _text(name, value: str) -> hd.sr.TextContentItem:

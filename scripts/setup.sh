@@ -2,8 +2,8 @@
 # Sets up the project on a fresh machine (Python 3.11 + Debian): a virtual environment in .venv with the
 # pinned packages of requirements.txt, and the Debian tools the tests use (dicom3tools for dciodvfy,
 # dcmtk, Orthanc as a loopback PACS with its DICOMweb plugin, poppler-utils for pdftoppm, chromium for
-# the OHIF viewer test), and the OHIF viewer build (npm @ohif/app, pinned, scripts/install_ohif.sh).
-# Idempotent and quick when nothing changed.
+# the OHIF viewer test, the fonts the PDF report uses for non-Latin names), and the OHIF viewer build
+# (npm @ohif/app, pinned, scripts/install_ohif.sh). Idempotent and quick when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,6 +31,9 @@ command -v pdftoppm >/dev/null 2>&1 || need+=(poppler-utils)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so /usr/lib/orthanc/libOrthancDicomWeb.so* >/dev/null 2>&1 || need+=(orthanc-dicomweb)
 command -v npm >/dev/null 2>&1 || need+=(npm)
+# Unicode fonts for non-Latin names in the PDF report (lnmet/reporting/pdf_text.py; optional at run time).
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need+=(fonts-dejavu-core)
+[ -f /usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf ] || need+=(fonts-droid-fallback)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
   echo "[setup] installing Debian packages: ${need[*]}"

@@ -5,13 +5,14 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import SimpleITK as sitk
 
 from lnmet.config import AttentionSettings, load_settings
 from lnmet.labels import ANATOMY_LABELS as L
+from lnmet.progress import Progress
 from synthetic import appearance, scanner
 from synthetic.anatomy import Anatomy, sample_anatomy
 from synthetic.appearance import Contrast
@@ -135,10 +136,14 @@ def render_labels(patient: Patient, grid: Grid) -> tuple[np.ndarray, np.ndarray]
     return labels, inst
 
 
-def generate_study(seed: int, preset: str | Preset = "tiny", attention: AttentionSettings | None = None) -> SyntheticStudy:
+def generate_study(seed: int, preset: str | Preset = "tiny", attention: AttentionSettings | None = None,
+                   progress: Callable[[str], None] | None = None) -> SyntheticStudy:
     """Generate one study, deterministically from ``seed``; the same seed gives the same patient at
-    every preset (anatomy and lesions do not depend on the voxel size)."""
+    every preset (anatomy and lesions do not depend on the voxel size). ``progress(text)`` is called
+    as each stage starts (default: an INFO log line with the elapsed time, lnmet.progress)."""
     p = PRESETS[preset] if isinstance(preset, str) else preset
+    stage = progress or Progress(f"generating study seed {seed} ({p.name})").note
+    stage("sampling the patient")
     patient = sample_patient(seed, attention)
     contrast = patient.contrast
     anat, lesions, breathing, hdr = patient.anatomy, patient.lesions, patient.breathing, patient.header
@@ -147,8 +152,10 @@ def generate_study(seed: int, preset: str | Preset = "tiny", attention: Attentio
 
     grid = p.grid
     padded, inner = grid.padded(16.0)
+    stage("rendering the anatomy and lesions")
     labels_p, inst_p = render_labels(patient, padded)
 
+    stage("rendering the venous phase")
     texture = appearance.texture_field(padded, r_tex)
     shift, node_tex = _lesion_adjustments(padded, labels_p, inst_p, lesions)
     acq = scanner.Scanner.sample(r_scan, p.noise_hu)
@@ -162,6 +169,7 @@ def generate_study(seed: int, preset: str | Preset = "tiny", attention: Attentio
     ven_p = phase_image("venous")
     venous = scanner.add_ct_noise(ven_p[inner], grid, acq, r_noise)
     del ven_p
+    stage("rendering and deforming the arterial phase")
     art_p = phase_image("arterial")
     # the arterial phase as perfect registration would give it (training data), with its own noise
     arterial_aligned = scanner.add_ct_noise(art_p[inner], grid, acq, np.random.default_rng([20241, int(seed), 7]))
@@ -187,6 +195,7 @@ def generate_study(seed: int, preset: str | Preset = "tiny", attention: Attentio
             "AcquisitionDateTime": hdr["acquisition"][phase].isoformat(),
         }
 
+    stage("ground truth: deformation, landmarks, lymph node table")
     # Deformation ground truth: coarse displacement grid + landmarks.
     dgrid = Grid.centred(
         tuple(int(np.ceil(n * s / DEFORMATION_SPACING_MM)) + 1 for n, s in zip(grid.size_xyz, grid.spacing)),

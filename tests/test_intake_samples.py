@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 
 from lnmet.dicom_io import (
+    CT_IMAGE_STORAGE,
     DicomDecodeError,
     DicomInputError,
     VolumeGeometryError,
@@ -87,17 +88,27 @@ def test_undecodable_pixel_data_names_the_syntax_and_file(dicom_samples: Path, t
     assert str(out) in msg and syntax in msg and name in msg
 
 
-def test_abdomen_j2k_with_empty_uids_loads_as_a_volume(dicom_samples: Path, caplog) -> None:
-    """Empty Study/Series/SOP UIDs: grouped by folder + geometry with a warning, SOP UIDs from the
-    file meta, and the volume matches the headers (20 slices, 2 mm apart, 0.977 mm pixels)."""
+def test_abdomen_j2k_with_empty_uids_loads_as_a_volume(dicom_samples: Path, caplog, tmp_path: Path) -> None:
+    """Empty Study/Series/SOP UIDs: completed with a warning (SOP UIDs from the file meta, Study and
+    Series UIDs derived from the content), written into the in-memory headers, the same wherever the
+    files lie; and the volume matches the headers (20 slices, 2 mm apart, 0.977 mm pixels)."""
     folder = dicom_samples / "abdomen-ct-j2k-siemens"
     with caplog.at_level(logging.WARNING, logger="lnmet.dicom_io"):
         result = scan_folder(folder)
     assert len(result.series) == 1 and not result.skipped
     series = result.series[0]
     assert series.uids_synthesized and series.series_uid and series.study_uid
-    assert any("empty Study/Series Instance UIDs" in r.message for r in caplog.records)
-    assert scan_folder(folder).series[0].series_uid == series.series_uid  # deterministic
+    derived = {d.attribute: d for d in series.derived}
+    assert set(derived) == {"SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"}
+    assert "file meta" in derived["SOPInstanceUID"].source and derived["SeriesInstanceUID"].value == series.series_uid
+    assert any("lack identifiers" in r.message and "SeriesInstanceUID" in r.message for r in caplog.records)
+    for h in series.instances:  # what the output builders will reference
+        ds = h.dataset
+        assert (ds.StudyInstanceUID, ds.SeriesInstanceUID) == (series.study_uid, series.series_uid)
+        assert ds.SOPInstanceUID == ds.file_meta.MediaStorageSOPInstanceUID and ds.SOPClassUID == CT_IMAGE_STORAGE
+    moved = shutil.copytree(folder, tmp_path / "elsewhere" / "copy")
+    again = scan_folder(moved).series[0]
+    assert (again.study_uid, again.series_uid) == (series.study_uid, series.series_uid)  # content, not path
     built = build_volume(series)
     img = built.image
     assert img.GetSize() == (512, 512, 20)
