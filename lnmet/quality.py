@@ -1,0 +1,697 @@
+"""The quality gate: is the scan inside what the models know, and is what they produced plausible?
+
+The models were trained on two-phase contrast-enhanced CT of the upper abdomen (synthetic studies).
+Before their output becomes a verdict, :func:`assess_quality` measures the scan and the model
+outputs and compares every measurement with an accepted range from app.yaml ``quality_gate``
+(ranges from the anatomy and CT literature, see docs/QUALITY_GATE.md; never tuned to the models):
+
+- coverage: the scan's craniocaudal length, the body's left-right width (a head or a limb is far
+  narrower than an abdomen), the segmented pancreas wholly inside the scan with a margin;
+- anatomy: the volume of each of the 10 organs/vessels (present, not absurdly large; an organ cut
+  by the edge of the field of view is only held to the upper limit), the aortic diameter, organs
+  mostly in one connected piece;
+- contrast phase as claimed: median HU inside the segmented aorta (both phases) and spleen (venous),
+  and the arterial phase brighter than the venous one in the aorta;
+- intensities inside the range each model was trained on (its metadata's ``normalization.clip_hu``:
+  the 0.5-99.5 percentiles of its training foreground), measured on the voxels of the same kind
+  (organs for the organ model, the attended region for the node models, the tumour for the tumour model);
+- lymph nodes: their number, and how deep under the skin the shallowest one lies (nodes in the
+  skin, the body wall or outside the body are impossible).
+
+Each check gives a :class:`QualityCheck` (name, value, unit, accepted range, pass/fail/not
+applicable, severity, one-line reason). A failed check of severity ``critical`` makes the study
+*not assessable* (:attr:`QualityReport.assessable`); a failed ``warning`` is reported only. Every
+measurement runs on the working grid (the models' 1.5 mm grid): a few seconds on a standard study.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from lnmet.labels import ORGAN_BY_KEY, ORGAN_CLASSES
+from lnmet.types import LymphNodeFinding, ModelInfo
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lnmet.config import QualityCheckSetting, QualityGateSettings
+    from lnmet.types import RegisteredPhases
+
+log = logging.getLogger(__name__)
+
+CRITICAL, WARNING = "critical", "warning"
+PASS, FAIL, NOT_APPLICABLE = "pass", "fail", "not_applicable"
+ASSESSED, NOT_ASSESSABLE = "assessed", "not_assessable"
+
+BODY_THRESHOLD_HU = -500.0  # air/lung below, every tissue of the body above
+# An organ closer than this to a face of the field of view counts as cut by it: a segmentation
+# fades out within a few voxels of the image's edge (the networks see zero padding there), so an
+# organ that leaves the image may stop short of its last slice.
+EDGE_MARGIN_MM = 10.0
+
+# The voxels each bundled model's normalisation statistics came from (training/datasets.py
+# ``foreground_samples``: the labels, or the attended region for the node task; the patient
+# classifier: body pixels of its tumour-centred patches). The intensity check compares the scan's
+# voxels of the same kind with the model's ``clip_hu``. A model not listed is left out, saying so.
+TRAINING_FOREGROUND: dict[str, str] = {
+    "organ_seg": "organs",
+    "ln_seg": "attended region",
+    "ln_cls": "attended region",
+    "pdac_seg": "tumour",
+    "patient_cls": "body around the tumour",
+}
+
+
+def volume_check_name(key: str) -> str:
+    """Name of the volume check of an organ/vessel class (``lnmet.labels`` key)."""
+    return f"volume_{key}_ml"
+
+
+# Every check: name -> (unit, what is measured). The order is the order of the report.
+CHECKS: dict[str, tuple[str, str]] = {
+    "scan_length_mm": ("mm", "craniocaudal length of the venous series"),
+    "body_width_mm": ("mm", "left-right width of the body (median over slices)"),
+    "pancreas_margin_mm": ("mm", "distance from the segmented pancreas to the nearer end of the scan"),
+    **{volume_check_name(c.key): ("mL", f"volume of the segmented {c.name.lower()}") for c in ORGAN_CLASSES},
+    "aorta_diameter_mm": ("mm", "aortic diameter (median over slices, from the axial cross-section area)"),
+    "organ_connectivity": ("fraction", "share of each organ's volume in its largest connected piece (smallest)"),
+    "venous_aorta_hu": ("HU", "median venous-phase attenuation inside the segmented aorta"),
+    "venous_spleen_hu": ("HU", "median venous-phase attenuation inside the segmented spleen"),
+    "arterial_aorta_hu": ("HU", "median arterial-phase attenuation inside the segmented aorta"),
+    "arterial_minus_venous_aorta_hu": ("HU", "aortic attenuation, arterial minus venous phase"),
+    "intensity_in_training_range": ("fraction", "share of voxels inside each model's training intensity range (smallest)"),
+    "node_count": ("nodes", "number of segmented lymph nodes"),
+    "node_depth_mm": ("mm", "depth of the shallowest lymph node beneath the skin"),
+}
+
+
+@dataclass(frozen=True)
+class QualityCheck:
+    """One check of the quality gate."""
+
+    name: str
+    value: float | None  # None when nothing could be measured
+    unit: str
+    min: float | None  # accepted range (None = unbounded on that side)
+    max: float | None
+    result: str  # PASS | FAIL | NOT_APPLICABLE
+    severity: str  # CRITICAL | WARNING
+    reason: str  # one line: what was measured and why it passed or failed
+
+    @property
+    def failed(self) -> bool:
+        return self.result == FAIL
+
+    @property
+    def blocking(self) -> bool:
+        """A failed critical check: the study is not assessable."""
+        return self.result == FAIL and self.severity == CRITICAL
+
+    @property
+    def accepted(self) -> str:
+        """The accepted range as text, e.g. ``>= 90 mm`` or ``50 to 2000 mL``."""
+        return accepted_text(self.min, self.max, self.unit)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "value": self.value, "unit": self.unit, "min": self.min, "max": self.max,
+                "result": self.result, "severity": self.severity, "reason": self.reason}
+
+
+@dataclass
+class QualityReport:
+    """All checks of one study; :attr:`assessable` is False when a critical check failed."""
+
+    checks: list[QualityCheck] = field(default_factory=list)
+    seconds: float = 0.0
+    # The patient classifier's probability on a study that is not assessable: kept for research
+    # (results.json, marked "not a decision"), never shown as a result.
+    withheld_probability: float | None = None
+
+    @property
+    def assessable(self) -> bool:
+        return not any(c.blocking for c in self.checks)
+
+    @property
+    def status(self) -> str:
+        return ASSESSED if self.assessable else NOT_ASSESSABLE
+
+    @property
+    def blocking(self) -> list[QualityCheck]:
+        return [c for c in self.checks if c.blocking]
+
+    @property
+    def warnings(self) -> list[QualityCheck]:
+        return [c for c in self.checks if c.failed and not c.blocking]
+
+    def check(self, name: str) -> QualityCheck:
+        for c in self.checks:
+            if c.name == name:
+                return c
+        raise KeyError(f"no quality check named {name!r}")
+
+    def summary(self) -> str:
+        """One line for logs and reports."""
+        if self.assessable:
+            text = f"assessed: {sum(c.result == PASS for c in self.checks)} of {len(self.checks)} quality checks passed"
+            if self.warnings:
+                text += "; warnings: " + "; ".join(f"{c.name} ({c.reason})" for c in self.warnings)
+            return text
+        return "NOT ASSESSABLE: " + "; ".join(f"{c.name}: {c.reason}" for c in self.blocking)
+
+
+def accepted_text(lo: float | None, hi: float | None, unit: str) -> str:
+    u = "" if unit in ("fraction", "nodes") else f" {unit}"
+    if lo is not None and hi is not None:
+        return f"{_fmt(lo)} to {_fmt(hi)}{u}"
+    if lo is not None:
+        return f">= {_fmt(lo)}{u}"
+    if hi is not None:
+        return f"<= {_fmt(hi)}{u}"
+    return "any value"
+
+
+def _fmt(v: float) -> str:
+    if v == int(v) and abs(v) >= 1:
+        return f"{int(v)}"
+    return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class GateInputs:
+    """What the gate measures, all on the working grid (arrays ``[z, y, x]``)."""
+
+    venous: np.ndarray  # HU
+    arterial: np.ndarray | None  # HU, registered to the venous phase; None when single-phase
+    organs: np.ndarray  # uint8 labels of lnmet.labels.ORGAN_CLASSES
+    grid: sitk.Image  # the working grid (the arrays are its leading part: index [0, 0, 0] is its first voxel)
+    scan_length_mm: float  # of the venous series on its own grid
+    attention: np.ndarray | None = None  # attention map (> 0 where the node model looks)
+    pdac: np.ndarray | None = None  # the tumour mask
+    nodes: Sequence[LymphNodeFinding] = ()
+    models: Sequence[ModelInfo] = ()
+
+    @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        sx, sy, sz = self.grid.GetSpacing()
+        return float(sz), float(sy), float(sx)
+
+    @property
+    def voxel_ml(self) -> float:
+        return float(np.prod(self.grid.GetSpacing())) / 1000.0
+
+    @property
+    def lr_axis(self) -> int:
+        """The array axis (1 = rows, 2 = columns) closest to the patient's left-right direction."""
+        d = self.grid.GetDirection()  # row-major 3x3: d[3 * i + j] = LPS component i of image axis j
+        return 2 if abs(d[0]) >= abs(d[1]) else 1
+
+
+def _inside_reference(reference: sitk.Image, working: sitk.Image) -> tuple[slice, slice, slice]:
+    """The part ``[z, y, x]`` of the working grid whose voxel centres lie inside the reference image.
+
+    The working grid shares the reference's origin and direction but may end up to one voxel beyond
+    its last voxel centre (the extent is rounded up): the resampled images hold the default -1024 HU
+    there, which would look like air around the body."""
+    keep = []
+    for n_ref, s_ref, n_w, s_w in zip(reference.GetSize(), reference.GetSpacing(), working.GetSize(),
+                                      working.GetSpacing()):
+        last = (n_ref - 1) * s_ref + 1e-3
+        keep.append(max(1, min(n_w, int(math.floor(last / s_w)) + 1)))
+    return slice(0, keep[2]), slice(0, keep[1]), slice(0, keep[0])
+
+
+def gate_inputs(registered: "RegisteredPhases", organs_working: sitk.Image, *, attention: sitk.Image | None = None,
+                pdac_working: sitk.Image | None = None, nodes: Sequence[LymphNodeFinding] = (),
+                models: Sequence[ModelInfo] = ()) -> GateInputs:
+    """:class:`GateInputs` from the pipeline's objects (:class:`lnmet.types.RegisteredPhases` and the
+    working-grid outputs of the organ, attention and tumour operators), limited to the reference
+    image's field of view."""
+    working = registered.working_venous
+    if working.GetSize() != organs_working.GetSize():
+        raise ValueError(f"quality gate: organ labels {organs_working.GetSize()} and the working venous image "
+                         f"{working.GetSize()} are not on the same grid")
+    ref = registered.reference
+    box = _inside_reference(ref, working)
+
+    def arr(image: sitk.Image | None, dtype) -> np.ndarray | None:
+        return None if image is None else np.ascontiguousarray(sitk.GetArrayViewFromImage(image)[box], dtype=dtype)
+
+    arterial = None
+    if not registered.single_phase and registered.working_arterial is not None:
+        arterial = arr(registered.working_arterial, np.float32)
+    return GateInputs(
+        venous=arr(working, np.float32), arterial=arterial, organs=arr(organs_working, np.uint8), grid=working,
+        scan_length_mm=float(ref.GetSize()[2] * ref.GetSpacing()[2]),
+        attention=arr(attention, np.float32), pdac=arr(pdac_working, np.uint8),
+        nodes=list(nodes), models=list(models))
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+# ---------------------------------------------------------------------------------------------
+
+def body_mask(venous: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> np.ndarray:
+    """The body: voxels above ``threshold_hu``, largest connected piece, holes (lungs, bowel gas)
+    filled slice by slice."""
+    mask = venous > threshold_hu
+    if not mask.any():
+        return mask
+    labels, n = ndimage.label(mask)
+    if n > 1:
+        sizes = np.bincount(labels.ravel())
+        sizes[0] = 0
+        mask = labels == int(np.argmax(sizes))
+    for z in range(mask.shape[0]):
+        if mask[z].any():
+            mask[z] = ndimage.binary_fill_holes(mask[z])
+    return mask
+
+
+def _edge_voxels(spacing_zyx: Sequence[float]) -> list[int]:
+    """:data:`EDGE_MARGIN_MM` in voxels along each axis (at least 1)."""
+    return [max(1, int(math.ceil(EDGE_MARGIN_MM / s))) for s in spacing_zyx]
+
+
+def _touches_edge(mask: np.ndarray, spacing_zyx: Sequence[float]) -> bool:
+    """True when the mask comes within :data:`EDGE_MARGIN_MM` of a face of the field of view."""
+    box = _box(mask, pad=0)
+    if box is None:
+        return False
+    return any(sl.start < m or sl.stop > n - m for sl, n, m in zip(box, mask.shape, _edge_voxels(spacing_zyx)))
+
+
+def _box(mask: np.ndarray, pad: int = 1) -> tuple[slice, ...] | None:
+    boxes = ndimage.find_objects(mask.astype(np.uint8))
+    if not boxes or boxes[0] is None:
+        return None
+    return tuple(slice(max(0, s.start - pad), min(n, s.stop + pad)) for s, n in zip(boxes[0], mask.shape))
+
+
+def _core(mask: np.ndarray) -> np.ndarray:
+    """The mask without its boundary voxels (partial volume with the neighbours), if anything is left."""
+    box = _box(mask)
+    if box is None:
+        return mask
+    eroded = np.zeros_like(mask)
+    eroded[box] = ndimage.binary_erosion(mask[box])
+    return eroded if eroded.any() else mask
+
+
+def _pieces(mask: np.ndarray, edge_vox: Sequence[int] = (1, 1, 1)
+            ) -> tuple[np.ndarray, np.ndarray, set[int], tuple[slice, ...]] | None:
+    """26-connected pieces of the mask inside its bounding box: labels, sizes (index = label - 1),
+    the labels of the pieces within ``edge_vox`` voxels of a face of the whole array, and the box."""
+    box = _box(mask, pad=0)
+    if box is None:
+        return None
+    labels, _ = ndimage.label(mask[box], structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(labels.ravel())[1:]
+    edge: set[int] = set()
+    for axis, (sl, n, m) in enumerate(zip(box, mask.shape, edge_vox)):
+        near_low = max(0, m - sl.start)  # box planes within m voxels of face 0
+        near_high = max(0, sl.stop - (n - m))  # ... and of the far face
+        if near_low:
+            edge |= set(np.unique(np.take(labels, range(min(near_low, labels.shape[axis])), axis=axis)).tolist())
+        if near_high:
+            far = range(max(0, labels.shape[axis] - near_high), labels.shape[axis])
+            edge |= set(np.unique(np.take(labels, far, axis=axis)).tolist())
+    edge.discard(0)
+    return labels, sizes, edge, box
+
+
+def largest_piece_fraction(mask: np.ndarray, spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
+                           edge_margin_mm: float = 0.0) -> float:
+    """Share of the mask's voxels in its largest connected piece (26-connectivity). Pieces within
+    ``edge_margin_mm`` of the edge of the field of view may join outside it, so together they count
+    as one."""
+    edge_vox = [max(1, int(math.ceil(edge_margin_mm / s))) for s in spacing_zyx]
+    found = _pieces(mask, edge_vox)
+    if found is None:
+        return 0.0
+    _, sizes, edge, _ = found
+    if len(sizes) <= 1:
+        return 1.0
+    best = max(int(sizes.max()), sum(int(sizes[i - 1]) for i in edge))
+    return float(best / sizes.sum())
+
+
+def largest_piece(mask: np.ndarray) -> np.ndarray:
+    """The mask's largest connected piece (26-connectivity)."""
+    found = _pieces(mask)
+    if found is None:
+        return mask
+    labels, sizes, _, box = found
+    out = np.zeros_like(mask)
+    out[box] = labels == int(np.argmax(sizes)) + 1
+    return out
+
+
+class _Measure:
+    """Measurements shared by several checks, computed once."""
+
+    def __init__(self, inputs: GateInputs):
+        self.x = inputs
+        self.done: dict[str, QualityCheck] = {}  # the checks made so far, by name
+        self._body: np.ndarray | None = None
+        self._depth: np.ndarray | None = None
+        self._masks: dict[int, np.ndarray] = {}
+
+    @property
+    def body(self) -> np.ndarray:
+        if self._body is None:
+            self._body = body_mask(self.x.venous)
+        return self._body
+
+    def organ(self, key: str) -> np.ndarray:
+        label = ORGAN_BY_KEY[key].label
+        if label not in self._masks:
+            self._masks[label] = self.x.organs == label
+        return self._masks[label]
+
+    @property
+    def depth(self) -> np.ndarray | None:
+        """Distance (mm) of every body voxel to the nearest voxel outside the body; None when no
+        voxel outside the body is in the field of view (the skin cannot be seen)."""
+        if self._depth is None:
+            body = self.body
+            if body.all():
+                return None
+            self._depth = ndimage.distance_transform_edt(body, sampling=self.x.spacing_zyx).astype(np.float32)
+        return self._depth
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------------------------
+
+def _judge(setting: "QualityCheckSetting", unit: str, value: float | None, what: str, *,
+           apply_min: bool = True, note: str = "", missing: str = "") -> QualityCheck:
+    """Compare ``value`` with the setting's accepted range.
+
+    ``value`` None: FAIL with ``missing`` as the reason when given (something needed was not
+    there), else NOT_APPLICABLE with ``note`` as the reason. ``apply_min`` False: the value is only
+    a lower bound of the truth (e.g. an organ cut by the field of view), so only the upper limit
+    can fail; below the lower limit the check is NOT_APPLICABLE, saying why (``note``)."""
+    lo, hi, severity = setting.min, setting.max, setting.severity
+
+    def result(res: str, val: float | None, reason: str) -> QualityCheck:
+        return QualityCheck(setting.name, val, unit, lo, hi, res, severity, reason)
+
+    if value is None:
+        return result(FAIL, None, missing) if missing else result(NOT_APPLICABLE, None, note or "not applicable")
+    value = float(value)
+    rng = accepted_text(lo, hi, unit)
+    shown = f"{value:.3f}" if unit == "fraction" else (f"{value:.0f}" if abs(value) >= 10 else f"{value:.1f}")
+    text = f"{what} {shown}{'' if unit in ('fraction', 'nodes') else ' ' + unit}"
+    suffix = f"; {note}" if note else ""
+    if hi is not None and value > hi:
+        return result(FAIL, value, f"{text}, above the accepted {rng}{suffix}")
+    if lo is not None and value < lo:
+        if not apply_min:
+            return result(NOT_APPLICABLE, value, f"{text}{suffix}: only the upper limit applies")
+        return result(FAIL, value, f"{text}, below the accepted {rng}{suffix}")
+    return result(PASS, value, f"{text} (accepted {rng}){suffix}")
+
+
+def _scan_length(m: _Measure, s) -> QualityCheck:
+    return _judge(s, "mm", m.x.scan_length_mm, "scan length")
+
+
+def _body_width(m: _Measure, s) -> QualityCheck:
+    body = m.body
+    if not body.any():
+        return _judge(s, "mm", None, "", missing="no body in the image (nothing above -500 HU)")
+    axis = m.x.lr_axis
+    spacing = m.x.spacing_zyx[axis]
+    widths, cut = [], 0
+    for z in range(body.shape[0]):
+        profile = body[z].any(axis=0) if axis == 2 else body[z].any(axis=1)  # body[z] is [y, x]
+        idx = np.flatnonzero(profile)
+        if idx.size == 0:
+            continue
+        widths.append((idx[-1] - idx[0] + 1) * spacing)
+        cut += int(idx[0] == 0 or idx[-1] == profile.size - 1)
+    width = float(np.median(widths))
+    truncated = cut > len(widths) / 2
+    return _judge(s, "mm", width, "body width", apply_min=not truncated,
+                  note="the body is cut by the field of view (its width is larger)" if truncated else "")
+
+
+def _pancreas_margin(m: _Measure, s) -> QualityCheck:
+    pancreas = largest_piece(m.organ("pancreas"))  # stray fragments are the connectivity check's concern
+    zs = np.flatnonzero(pancreas.any(axis=(1, 2)))
+    if zs.size == 0:
+        return _judge(s, "mm", None, "", missing="no pancreas segmented: the scan may not cover it")
+    n = pancreas.shape[0]
+    dz = m.x.spacing_zyx[0]
+    margin = float(min(zs[0], n - 1 - zs[-1]) * dz)
+    end = "cranial" if zs[0] <= n - 1 - zs[-1] else "caudal"
+    return _judge(s, "mm", margin, f"pancreas to the {end} end of the scan")
+
+
+def _volume_check(key: str) -> Callable[[_Measure, Any], QualityCheck]:
+    def check(m: _Measure, s) -> QualityCheck:
+        mask = m.organ(key)
+        volume = float(mask.sum()) * m.x.voxel_ml
+        name = ORGAN_BY_KEY[key].name.lower()
+        if volume == 0.0:
+            return _judge(s, "mL", 0.0, f"{name}: none segmented, volume")
+        truncated = _touches_edge(mask, m.x.spacing_zyx)
+        return _judge(s, "mL", volume, f"{name} volume", apply_min=not truncated,
+                      note="cut by the field of view" if truncated else "")
+    return check
+
+
+def _aorta_diameter(m: _Measure, s) -> QualityCheck:
+    aorta = m.organ("aorta")
+    areas = aorta.sum(axis=(1, 2))
+    areas = areas[areas > 0]
+    if areas.size == 0:
+        return _judge(s, "mm", None, "", missing="no aorta segmented")
+    sz, sy, sx = m.x.spacing_zyx
+    diameter = float(2.0 * math.sqrt(float(np.median(areas)) * sy * sx / math.pi))
+    return _judge(s, "mm", diameter, "aortic diameter")
+
+
+def _connectivity(m: _Measure, s) -> QualityCheck:
+    worst, worst_key = None, ""
+    for key in s.structures:
+        mask = m.organ(key)
+        if not mask.any():
+            continue
+        frac = largest_piece_fraction(mask, m.x.spacing_zyx, EDGE_MARGIN_MM)
+        if worst is None or frac < worst:
+            worst, worst_key = frac, key
+    if worst is None:
+        return _judge(s, "fraction", None, "", note="none of the organs checked was segmented")
+    return _judge(s, "fraction", worst, f"{ORGAN_BY_KEY[worst_key].name.lower()} in one piece:")
+
+
+def _median_in(image: np.ndarray | None, mask: np.ndarray) -> float | None:
+    if image is None or not mask.any():
+        return None
+    return float(np.median(image[_core(mask)]))
+
+
+# The shape checks that must pass before the attenuation inside an organ means anything: HU
+# measured inside a segmentation that is not that organ (e.g. an "aorta" 8 mm wide on the spine)
+# says nothing about the contrast phase.
+_SHAPE_CHECKS = {"aorta": ("volume_aorta_ml", "aorta_diameter_mm"), "spleen": ("volume_spleen_ml",)}
+
+
+def _unreliable(m: _Measure, key: str) -> str:
+    """Why the attenuation inside the segmented ``key`` cannot be trusted ('' when it can)."""
+    name = ORGAN_BY_KEY[key].name.lower()
+    if not m.organ(key).any():
+        return f"no {name} segmented"
+    for check in _SHAPE_CHECKS[key]:
+        c = m.done.get(check)
+        if c is not None and c.failed:
+            return f"the segmented {name} is implausible ({c.reason})"
+    return ""
+
+
+def _attenuation(m: _Measure, s, key: str, phase: str, what: str) -> QualityCheck:
+    image = m.x.venous if phase == "venous" else m.x.arterial
+    if image is None:
+        return _judge(s, "HU", None, "", note="single-phase study: no arterial phase")
+    problem = _unreliable(m, key)
+    if problem:
+        return _judge(s, "HU", None, "", missing=f"{what} cannot be verified: {problem}")
+    return _judge(s, "HU", _median_in(image, m.organ(key)), f"{phase} phase, {ORGAN_BY_KEY[key].name.lower()}")
+
+
+def _venous_aorta(m: _Measure, s) -> QualityCheck:
+    return _attenuation(m, s, "aorta", "venous", "the contrast phase")
+
+
+def _venous_spleen(m: _Measure, s) -> QualityCheck:
+    return _attenuation(m, s, "spleen", "venous", "the portal-venous enhancement")
+
+
+def _arterial_aorta(m: _Measure, s) -> QualityCheck:
+    return _attenuation(m, s, "aorta", "arterial", "the contrast phase")
+
+
+def _arterial_minus_venous(m: _Measure, s) -> QualityCheck:
+    if m.x.arterial is None:
+        return _judge(s, "HU", None, "", note="single-phase study: no arterial phase")
+    problem = _unreliable(m, "aorta")
+    if problem:
+        return _judge(s, "HU", None, "", missing=f"the phases cannot be compared: {problem}")
+    art = _median_in(m.x.arterial, m.organ("aorta"))
+    ven = _median_in(m.x.venous, m.organ("aorta"))
+    return _judge(s, "HU", art - ven, f"aorta arterial {art:.0f} HU minus venous {ven:.0f} HU =")
+
+
+def _training_regions(m: _Measure, model: ModelInfo) -> np.ndarray | None:
+    kind = TRAINING_FOREGROUND.get(model.name)
+    organs = m.x.organs > 0
+    if kind == "organs":
+        return organs
+    if kind == "attended region":
+        return organs | (m.x.attention > 0) if m.x.attention is not None else organs
+    if kind == "tumour":
+        return m.x.pdac > 0 if m.x.pdac is not None else None
+    if kind == "body around the tumour":
+        if m.x.pdac is None or not m.x.pdac.any():
+            return None
+        box = _box(m.x.pdac > 0, pad=0)
+        patch = model.metadata.get("patch_size") or []
+        spacing = model.metadata.get("spacing_mm") or []
+        half_mm = (0.5 * float(patch[0]) * float(spacing[0])) if patch and spacing else 0.0
+        region = np.zeros_like(organs)
+        sz, sy, sx = m.x.spacing_zyx
+        py, px = int(round(half_mm / sy)), int(round(half_mm / sx))
+        zs, ys, xs = box
+        region[zs, max(0, ys.start - py):ys.stop + py, max(0, xs.start - px):xs.stop + px] = True
+        return region & m.body
+    return None
+
+
+def _clip_ranges(model: ModelInfo) -> list[tuple[str, float, float]]:
+    """``(channel name, lo, hi)`` of a model's normalisation, read defensively (list per channel or
+    one object for all); entries without a usable ``clip_hu`` are skipped."""
+    meta = model.metadata or {}
+    norm = meta.get("normalization")
+    names = [str(n) for n in (meta.get("channel_names") or [])]
+    entries = norm if isinstance(norm, list) else ([norm] * max(1, len(names)) if isinstance(norm, dict) else [])
+    out = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            continue
+        clip = entry.get("clip_hu")
+        try:
+            lo, hi = float(clip[0]), float(clip[1])
+        except (TypeError, ValueError, IndexError, KeyError):
+            continue
+        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+            continue
+        name = str(entry.get("channel") or (names[i] if i < len(names) else f"channel {i}"))
+        out.append((name, lo, hi))
+    return out
+
+
+def _intensity(m: _Measure, s) -> QualityCheck:
+    worst: tuple[float, str] | None = None
+    skipped = []
+    for model in m.x.models:
+        ranges = _clip_ranges(model)
+        region = _training_regions(m, model) if ranges else None
+        if region is None or not region.any():
+            skipped.append(model.name)
+            continue
+        for channel, lo, hi in ranges:
+            low = channel.lower()
+            if "arterial" in low:
+                image = m.x.arterial if m.x.arterial is not None else m.x.venous  # single-phase: venous stands in
+            elif "venous" in low:
+                image = m.x.venous
+            else:
+                continue
+            values = image[region]
+            frac = float(np.mean((values >= lo) & (values <= hi)))
+            text = (f"{model.name} {channel}: {100 * frac:.1f}% of the {TRAINING_FOREGROUND[model.name]} voxels "
+                    f"inside its training range {lo:.0f} to {hi:.0f} HU, median {float(np.median(values)):.0f} HU;")
+            if worst is None or frac < worst[0]:
+                worst = (frac, text)
+    if worst is None:
+        return _judge(s, "fraction", None, "", note="no model's training intensity range could be compared")
+    note = f"not compared: {', '.join(skipped)}" if skipped else ""
+    return _judge(s, "fraction", worst[0], worst[1].rstrip(";") + "; share", note=note)
+
+
+def _node_count(m: _Measure, s) -> QualityCheck:
+    return _judge(s, "nodes", float(len(m.x.nodes)), "lymph nodes segmented:")
+
+
+def _node_depth(m: _Measure, s) -> QualityCheck:
+    nodes = list(m.x.nodes)
+    if not nodes:
+        return _judge(s, "mm", None, "", note="no lymph node segmented")
+    depth = m.depth
+    if depth is None:
+        return _judge(s, "mm", None, "", note="the skin is outside the field of view everywhere")
+    grid = m.x.grid
+    body = m.body
+    shallow: list[tuple[float, int]] = []
+    for n in nodes:
+        idx = grid.TransformPhysicalPointToContinuousIndex([float(v) for v in n.centroid_mm])
+        z, y, x = (int(round(idx[2])), int(round(idx[1])), int(round(idx[0])))
+        inside = 0 <= z < body.shape[0] and 0 <= y < body.shape[1] and 0 <= x < body.shape[2]
+        d = float(depth[z, y, x]) if inside and body[z, y, x] else 0.0
+        shallow.append((d, n.index))
+    shallow.sort()
+    d0, i0 = shallow[0]
+    below = sum(1 for d, _ in shallow if s.min is not None and d < s.min)
+    extra = f" ({below} of {len(nodes)} nodes shallower)" if below > 1 else ""
+    return _judge(s, "mm", d0, f"lymph node {i0}{extra} lies beneath the skin at")
+
+
+def _checks() -> dict[str, Callable[[_Measure, Any], QualityCheck]]:
+    table: dict[str, Callable[[_Measure, Any], QualityCheck]] = {
+        "scan_length_mm": _scan_length,
+        "body_width_mm": _body_width,
+        "pancreas_margin_mm": _pancreas_margin,
+        **{volume_check_name(c.key): _volume_check(c.key) for c in ORGAN_CLASSES},
+        "aorta_diameter_mm": _aorta_diameter,
+        "organ_connectivity": _connectivity,
+        "venous_aorta_hu": _venous_aorta,
+        "venous_spleen_hu": _venous_spleen,
+        "arterial_aorta_hu": _arterial_aorta,
+        "arterial_minus_venous_aorta_hu": _arterial_minus_venous,
+        "intensity_in_training_range": _intensity,
+        "node_count": _node_count,
+        "node_depth_mm": _node_depth,
+    }
+    assert list(table) == list(CHECKS), "every check of CHECKS needs its function, in the same order"
+    return table
+
+
+def assess_quality(inputs: GateInputs, settings: "QualityGateSettings") -> QualityReport:
+    """Run every check of app.yaml ``quality_gate`` on ``inputs`` (pure function)."""
+    import time
+
+    t0 = time.perf_counter()
+    measure = _Measure(inputs)
+    checks = []
+    for name, fn in _checks().items():
+        setting = settings.checks[name]
+        try:
+            checks.append(fn(measure, setting))
+            measure.done[name] = checks[-1]
+        except Exception as exc:  # noqa: BLE001 - a check that cannot be measured fails, saying why
+            log.warning("quality check %s could not be measured: %s", name, exc, exc_info=True)
+            checks.append(QualityCheck(name, None, CHECKS[name][0], setting.min, setting.max, FAIL, setting.severity,
+                                       f"could not be measured: {type(exc).__name__}: {exc}"))
+    report = QualityReport(checks=checks, seconds=time.perf_counter() - t0)
+    return report
