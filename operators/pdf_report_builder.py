@@ -6,7 +6,8 @@ Ports:
         dataset, the page count and the key images shown; None when disabled)
 
 Pages (A4, reportlab; images by matplotlib):
-    1. the patient-level result first (decision, probability, threshold, method), then the findings
+    1. the quality gate's verdict first (a framed "NOT ASSESSABLE" block with the failed checks when
+       the gate withheld the decision, else one line), then the patient-level result (decision, probability, threshold, method), then the findings
        in brief, the series used for each phase (acquisition times, why chosen), the models;
     2. key images, two per page: the tumour, then each metastatic node by decreasing probability;
     3. the table of all lymph nodes sorted by probability (35 rows per page).
@@ -28,6 +29,7 @@ import logging
 import math
 import re
 from datetime import datetime
+from xml.sax.saxutils import escape
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -167,6 +169,40 @@ def _grid_table(rows, widths, header_rows: int = 1, zebra: bool = True) -> Table
     return t
 
 
+QUALITY_CHECKS_SHOWN = 6  # failed checks listed on page 1; all of them are in results.json
+
+
+def quality_gate_flowables(results: AnalysisResults, st: dict[str, ParagraphStyle]) -> list:
+    """The quality gate's verdict, the first thing on page 1: a framed "NOT ASSESSABLE" block with
+    the failed critical checks when the gate withheld the decision, else one line (nothing when no
+    gate ran)."""
+    report = results.quality
+    if report is None:
+        return []
+    if report.assessable:
+        text = f"Quality gate: assessed ({len(report.checks)} checks"
+        text += (f"; warnings: {escape(', '.join(c.name for c in report.warnings))})" if report.warnings else
+                 ", none failed)")
+        return [Paragraph(text, st["small"]), Spacer(1, 1 * mm)]
+    colour = colors.HexColor("#8a4b00")
+    rows = [[Paragraph("NOT ASSESSABLE \u2014 no lymph node metastasis prediction is given",
+                       ParagraphStyle("na", parent=st["result"], textColor=colour))],
+            [Paragraph("The scan, or what the models produced from it, is outside what the models were trained and "
+                       "validated on. These critical checks failed:", st["body"])]]
+    blocking = report.blocking
+    for c in blocking[:QUALITY_CHECKS_SHOWN]:
+        rows.append([Paragraph(f"<b>{escape(c.name)}</b>: {escape(c.reason)}", st["cell"])])
+    more = len(blocking) - QUALITY_CHECKS_SHOWN
+    rows.append([Paragraph(
+        (f"... and {more} more. " if more > 0 else "") + "Every check, its value and accepted range: results.json "
+        "(quality_gate). The segmentations and measurements below are shown for review only.", st["small"])])
+    box = Table(rows, colWidths=[180 * mm])
+    box.setStyle(TableStyle([("BOX", (0, 0), (-1, -1), 1.5, colour), ("TOPPADDING", (0, 0), (-1, -1), 2),
+                             ("BOTTOMPADDING", (0, 0), (-1, -1), 2), ("LEFTPADDING", (0, 0), (-1, -1), 6),
+                             ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#fff4e5"))]))
+    return [box, Spacer(1, 2 * mm)]
+
+
 def build_pdf_bytes(results: AnalysisResults, key_images: list[KeyImage]) -> tuple[bytes, int]:
     """Lay out the report; returns the PDF bytes and the number of pages."""
     st = _styles()
@@ -202,7 +238,7 @@ def build_pdf_bytes(results: AnalysisResults, key_images: list[KeyImage]) -> tup
         canv.drawRightString(w - 15 * mm, 4 * mm, f"Page {page} of {total}")
         canv.restoreState()
 
-    story = []
+    story = quality_gate_flowables(results, st)
     # ------------------------------------------------------------------ page 1: result first
     story.append(Paragraph("Lymph node metastasis prediction \u2014 pancreatic cancer (CT)", st["title"]))
     banner = Table([[Paragraph(notice.upper(), st["notice"])]], colWidths=[180 * mm])
@@ -210,7 +246,9 @@ def build_pdf_bytes(results: AnalysisResults, key_images: list[KeyImage]) -> tup
                                 ("TOPPADDING", (0, 0), (-1, -1), 5), ("BOTTOMPADDING", (0, 0), (-1, -1), 5)]))
     story += [banner, Spacer(1, 4 * mm)]
     p = results.patient
-    if p.positive is None or p.probability is None:
+    if results.status == "not_assessable":
+        decision, colour = "Not assessable: no patient-level prediction", colors.HexColor("#555555")
+    elif p.positive is None or p.probability is None:
         decision, colour = "Undetermined: no patient-level prediction", colors.HexColor("#555555")
     elif p.positive:
         decision, colour = "Lymph node metastasis PREDICTED (positive)", colors.HexColor("#b00020")

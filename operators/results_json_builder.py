@@ -77,6 +77,24 @@ def _dicom_output(ds: Dataset, path: str) -> dict[str, Any]:
             "series_instance_uid": str(ds.SeriesInstanceUID), "series_number": int(ds.SeriesNumber)}
 
 
+WITHHELD_NOTE = ("NOT A DECISION: the patient classifier's output on a study the quality gate found not assessable; "
+                 "kept for research only")
+
+
+def quality_gate_section(results: AnalysisResults) -> dict[str, Any] | None:
+    """results.json ``quality_gate``: every check with its value, range and result (None when no gate ran)."""
+    report = results.quality
+    if report is None:
+        return None
+    withheld = None
+    if not report.assessable:
+        withheld = {"probability": report.withheld_probability, "note": WITHHELD_NOTE}
+    return {"assessable": report.assessable, "summary": report.summary(),
+            "checks": [c.as_dict() for c in report.checks],
+            "failed_critical": [c.name for c in report.blocking], "warnings": [c.name for c in report.warnings],
+            "withheld_model_output": withheld}
+
+
 def build_results_document(results: AnalysisResults, seg: Dataset | None, sr: Dataset | None,
                            pdf: PdfDocument | None) -> dict[str, Any]:
     """Build and validate results.json's content (pure function)."""
@@ -119,7 +137,8 @@ def build_results_document(results: AnalysisResults, seg: Dataset | None, sr: Da
         "lymph_node_threshold": None if results.ln_threshold is None else float(results.ln_threshold),
         "patient": {"probability": float(p.probability) if p.probability is not None else None,
                     "threshold": float(p.threshold), "positive": p.positive,
-                    "decision": {True: "positive", False: "negative", None: "undetermined"}[p.positive],
+                    "decision": ("not_assessable" if results.status == "not_assessable" else
+                                 {True: "positive", False: "negative", None: "undetermined"}[p.positive]),
                     "method": p.method,
                     "largest_positive_ln_volume_mm3": float(p.largest_positive_ln_volume_mm3),
                     "statement": p.statement},
@@ -138,6 +157,8 @@ def build_results_document(results: AnalysisResults, seg: Dataset | None, sr: Da
         "device": results.run.device,
         "timings_s": {k: float(v) for k, v in results.run.timings_s.items()},
         "warnings": list(results.run.warnings),
+        "status": results.status,
+        "quality_gate": quality_gate_section(results),
     }
     validate_results_document(doc)
     return doc
