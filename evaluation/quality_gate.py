@@ -1,0 +1,175 @@
+"""The quality gate on held-out generated standard studies: how often does it pass a good scan?
+
+Every study (seeds from ``--seed-start``, default 100000: held out, never trained on; preset
+``standard``, 512 x 512 x 200 like a clinical scan) goes through the app's own path: the study is
+generated and written as DICOM (``python -m synthetic generate``), then ``python app`` runs on it
+with the bundled models, and its ``results.json`` is read. A generated study is a scan the models
+were made for, so every "not assessable" is a false alarm. Printed:
+
+- the pass rate (assessed / studies) with its 95% Wilson interval (goal: >= 98% on >= 50 studies);
+- every false alarm with each failed critical check, its value and the reason;
+- per check: how many studies failed it, and the spread (min / median / max) of its values, so that
+  the margin between the accepted ranges and what good scans measure can be seen.
+
+Generated studies and the app's results are kept under ``--work`` (a study's DICOM is deleted after
+its run unless ``--keep-studies``; results are reused when the run is repeated).
+
+    nice -n 10 python -m evaluation.quality_gate --count 50 --work build/eval/quality_gate [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRST_HELD_OUT_SEED = 100000
+PASS_RATE_GOAL = 0.98
+
+log = logging.getLogger("evaluation.quality_gate")
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k/n."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _run(cmd: list[str], log_path: Path, timeout: float) -> int:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PDAC_LN_", "HOLOSCAN_"))}
+    with open(log_path, "w") as out:
+        done = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env, timeout=timeout,
+                              preexec_fn=_big_stack)
+    return done.returncode
+
+
+def _big_stack() -> None:  # Holoscan wants a 32 MB stack (as scripts/run_tests.sh sets)
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
+    want = 32 * 1024 * 1024
+    if hard == resource.RLIM_INFINITY or hard >= want:
+        resource.setrlimit(resource.RLIMIT_STACK, (want, hard))
+
+
+def run_study(seed: int, work: Path, preset: str, models: Path, keep: bool, timeout: float) -> dict[str, Any]:
+    """Generate study ``seed``, run the app on it, return its results.json (cached)."""
+    case = f"SYN{seed:06d}"
+    out = work / "results" / case
+    results = out / "results.json"
+    if results.is_file():
+        return json.loads(results.read_text())
+    studies = work / "studies"
+    case_dir = studies / case
+    t0 = time.perf_counter()
+    if not (case_dir / "dicom").is_dir():
+        rc = _run([sys.executable, "-m", "synthetic", "generate", "--seed", str(seed), "--count", "1",
+                   "--preset", preset, "--out", str(studies)], work / f"{case}.generate.log", timeout)
+        if rc != 0:
+            raise RuntimeError(f"{case}: the generator failed (exit {rc}); see {work / f'{case}.generate.log'}")
+    t1 = time.perf_counter()
+    rc = _run([sys.executable, str(ROOT / "app"), "-i", str(case_dir / "dicom"), "-o", str(out), "-m", str(models)],
+              work / f"{case}.app.log", timeout)
+    if rc != 0 or not results.is_file():
+        raise RuntimeError(f"{case}: the app failed (exit {rc}); see {work / f'{case}.app.log'}")
+    log.info("%s: generated in %.0f s, app in %.0f s", case, t1 - t0, time.perf_counter() - t1)
+    if not keep:
+        shutil.rmtree(case_dir, ignore_errors=True)
+    return json.loads(results.read_text())
+
+
+def summarize(docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Pass rate, false alarms and per-check statistics of the studies' results.json documents."""
+    n = len(docs)
+    assessed = [c for c, d in docs.items() if d["status"] == "assessed"]
+    lo, hi = wilson_interval(len(assessed), n)
+    alarms = []
+    per_check: dict[str, dict[str, Any]] = {}
+    for case, doc in docs.items():
+        gate = doc.get("quality_gate") or {"checks": []}
+        for c in gate["checks"]:
+            entry = per_check.setdefault(c["name"], {"values": [], "failed": 0, "not_applicable": 0,
+                                                     "severity": c["severity"], "min": c["min"], "max": c["max"],
+                                                     "unit": c["unit"]})
+            if c["value"] is not None:
+                entry["values"].append(float(c["value"]))
+            entry["failed"] += c["result"] == "fail"
+            entry["not_applicable"] += c["result"] == "not_applicable"
+        if doc["status"] != "assessed":
+            alarms.append({"case": case, "failed": [
+                {"name": c["name"], "value": c["value"], "reason": c["reason"]}
+                for c in gate["checks"] if c["result"] == "fail" and c["severity"] == "critical"]})
+    stats = {}
+    for name, e in per_check.items():
+        v = np.array(e["values"]) if e["values"] else np.array([np.nan])
+        stats[name] = {"failed": e["failed"], "not_applicable": e["not_applicable"], "severity": e["severity"],
+                       "accepted": [e["min"], e["max"]], "unit": e["unit"],
+                       "min": float(np.nanmin(v)), "median": float(np.nanmedian(v)), "max": float(np.nanmax(v))}
+    return {"studies": n, "assessed": len(assessed), "pass_rate": (len(assessed) / n) if n else float("nan"),
+            "pass_rate_ci95": [lo, hi], "goal": PASS_RATE_GOAL, "false_alarms": alarms, "checks": stats}
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    print(f"\nquality gate on {s['studies']} held-out generated studies: {s['assessed']} assessed, "
+          f"pass rate {100 * s['pass_rate']:.1f}% (95% CI {100 * s['pass_rate_ci95'][0]:.1f}-"
+          f"{100 * s['pass_rate_ci95'][1]:.1f}%); goal >= {100 * s['goal']:.0f}% on >= 50 studies: "
+          + ("met" if s["pass_rate"] >= s["goal"] and s["studies"] >= 50 else
+             "NOT MET" if s["pass_rate"] < s["goal"] else f"rate met, but only {s['studies']} studies"))
+    print(f"false alarms: {len(s['false_alarms'])}")
+    for a in s["false_alarms"]:
+        print(f"  {a['case']}:")
+        for f in a["failed"]:
+            print(f"    {f['name']}: {f['reason']}")
+    print("\nper check (failed / not applicable over the studies; values min / median / max; accepted range):")
+    for name, c in s["checks"].items():
+        lo, hi = c["accepted"]
+        rng = f"{'' if lo is None else lo:>6} .. {'' if hi is None else hi:<6}"
+        print(f"  {name:32s} {c['severity'][:4]} failed {c['failed']:2d}  n/a {c['not_applicable']:2d}  "
+              f"{c['min']:9.3g} {c['median']:9.3g} {c['max']:9.3g} {c['unit']:8s} accepted {rng}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seed-start", type=int, default=FIRST_HELD_OUT_SEED)
+    p.add_argument("--count", type=int, default=50)
+    p.add_argument("--preset", default="standard")
+    p.add_argument("--models", type=Path, default=ROOT / "models")
+    p.add_argument("--work", type=Path, default=ROOT / "build" / "eval" / "quality_gate")
+    p.add_argument("--keep-studies", action="store_true", help="keep each generated study's DICOM")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds per generation or app run")
+    p.add_argument("--json", type=Path, help="also write the summary here")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if args.seed_start < FIRST_HELD_OUT_SEED:
+        p.error(f"--seed-start {args.seed_start}: seeds below {FIRST_HELD_OUT_SEED} are training seeds")
+    args.work.mkdir(parents=True, exist_ok=True)
+    docs = {}
+    for seed in range(args.seed_start, args.seed_start + args.count):
+        doc = run_study(seed, args.work, args.preset, args.models, args.keep_studies, args.timeout)
+        docs[f"SYN{seed:06d}"] = doc
+        log.info("SYN%06d: %s%s", seed, doc["status"],
+                 "" if doc["status"] == "assessed" else " (" + ", ".join(doc["quality_gate"]["failed_critical"]) + ")")
+    summary = summarize(docs)
+    print_summary(summary)
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
