@@ -55,7 +55,7 @@ BODY_THRESHOLD_HU = -500.0  # air/lung below, every tissue of the body above
 EDGE_MARGIN_MM = 10.0
 
 # The voxels each bundled model's normalisation statistics came from (training/datasets.py
-# ``foreground_samples``: the labels, or the attended region for the node task; the patient
+# ``foreground_samples``: the labels, or the labels and the attended region for the node task; the patient
 # classifier: body pixels of its tumour-centred patches). The intensity check compares the scan's
 # voxels of the same kind with the model's ``clip_hu``. A model not listed is left out, saying so.
 TRAINING_FOREGROUND: dict[str, str] = {
@@ -243,7 +243,8 @@ def gate_inputs(registered: "RegisteredPhases", organs_working: sitk.Image, *, a
     box = _inside_reference(ref, working)
 
     def arr(image: sitk.Image | None, dtype) -> np.ndarray | None:
-        return None if image is None else np.ascontiguousarray(sitk.GetArrayViewFromImage(image)[box], dtype=dtype)
+        # a copy: a view of the image's buffer would dangle once the image is freed
+        return None if image is None else np.array(sitk.GetArrayViewFromImage(image)[box], dtype=dtype, copy=True)
 
     arterial = None
     if not registered.single_phase and registered.working_arterial is not None:
@@ -270,10 +271,12 @@ def body_mask(venous: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> np
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
         mask = labels == int(np.argmax(sizes))
-    for z in range(mask.shape[0]):
-        if mask[z].any():
-            mask[z] = ndimage.binary_fill_holes(mask[z])
-    return mask
+    # Holes filled slice by slice in one call: the structure does not connect slices, and the padding
+    # slices (all body) keep the first and last slice's background from counting as "outside".
+    in_plane = np.zeros((3, 3, 3), bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    padded = np.pad(mask, ((1, 1), (0, 0), (0, 0)), constant_values=True)
+    return ndimage.binary_fill_holes(padded, structure=in_plane)[1:-1]
 
 
 def _edge_voxels(spacing_zyx: Sequence[float]) -> list[int]:
@@ -281,24 +284,28 @@ def _edge_voxels(spacing_zyx: Sequence[float]) -> list[int]:
     return [max(1, int(math.ceil(EDGE_MARGIN_MM / s))) for s in spacing_zyx]
 
 
-def _touches_edge(mask: np.ndarray, spacing_zyx: Sequence[float]) -> bool:
-    """True when the mask comes within :data:`EDGE_MARGIN_MM` of a face of the field of view."""
-    box = _box(mask, pad=0)
+def _touches_edge(mask: np.ndarray, spacing_zyx: Sequence[float], box: tuple[slice, ...] | None = None) -> bool:
+    """True when the mask (bounding box ``box`` if known) comes within :data:`EDGE_MARGIN_MM` of a
+    face of the field of view."""
+    box = box if box is not None else _box(mask, pad=0)
     if box is None:
         return False
     return any(sl.start < m or sl.stop > n - m for sl, n, m in zip(box, mask.shape, _edge_voxels(spacing_zyx)))
 
 
-def _box(mask: np.ndarray, pad: int = 1) -> tuple[slice, ...] | None:
-    boxes = ndimage.find_objects(mask.astype(np.uint8))
-    if not boxes or boxes[0] is None:
-        return None
-    return tuple(slice(max(0, s.start - pad), min(n, s.stop + pad)) for s, n in zip(boxes[0], mask.shape))
+def _box(mask: np.ndarray, pad: int = 1, box: tuple[slice, ...] | None = None) -> tuple[slice, ...] | None:
+    """The mask's bounding box grown by ``pad`` voxels (``box``: the tight box, when already known)."""
+    if box is None:
+        boxes = ndimage.find_objects(mask.view(np.uint8))
+        if not boxes or boxes[0] is None:
+            return None
+        box = boxes[0]
+    return tuple(slice(max(0, s.start - pad), min(n, s.stop + pad)) for s, n in zip(box, mask.shape))
 
 
-def _core(mask: np.ndarray) -> np.ndarray:
+def _core(mask: np.ndarray, box: tuple[slice, ...] | None = None) -> np.ndarray:
     """The mask without its boundary voxels (partial volume with the neighbours), if anything is left."""
-    box = _box(mask)
+    box = _box(mask, box=box)
     if box is None:
         return mask
     eroded = np.zeros_like(mask)
@@ -306,11 +313,11 @@ def _core(mask: np.ndarray) -> np.ndarray:
     return eroded if eroded.any() else mask
 
 
-def _pieces(mask: np.ndarray, edge_vox: Sequence[int] = (1, 1, 1)
+def _pieces(mask: np.ndarray, edge_vox: Sequence[int] = (1, 1, 1), box: tuple[slice, ...] | None = None
             ) -> tuple[np.ndarray, np.ndarray, set[int], tuple[slice, ...]] | None:
     """26-connected pieces of the mask inside its bounding box: labels, sizes (index = label - 1),
     the labels of the pieces within ``edge_vox`` voxels of a face of the whole array, and the box."""
-    box = _box(mask, pad=0)
+    box = _box(mask, pad=0, box=box)
     if box is None:
         return None
     labels, _ = ndimage.label(mask[box], structure=np.ones((3, 3, 3), bool))
@@ -329,12 +336,12 @@ def _pieces(mask: np.ndarray, edge_vox: Sequence[int] = (1, 1, 1)
 
 
 def largest_piece_fraction(mask: np.ndarray, spacing_zyx: Sequence[float] = (1.0, 1.0, 1.0),
-                           edge_margin_mm: float = 0.0) -> float:
+                           edge_margin_mm: float = 0.0, box: tuple[slice, ...] | None = None) -> float:
     """Share of the mask's voxels in its largest connected piece (26-connectivity). Pieces within
     ``edge_margin_mm`` of the edge of the field of view may join outside it, so together they count
     as one."""
     edge_vox = [max(1, int(math.ceil(edge_margin_mm / s))) for s in spacing_zyx]
-    found = _pieces(mask, edge_vox)
+    found = _pieces(mask, edge_vox, box)
     if found is None:
         return 0.0
     _, sizes, edge, _ = found
@@ -344,9 +351,9 @@ def largest_piece_fraction(mask: np.ndarray, spacing_zyx: Sequence[float] = (1.0
     return float(best / sizes.sum())
 
 
-def largest_piece(mask: np.ndarray) -> np.ndarray:
+def largest_piece(mask: np.ndarray, box: tuple[slice, ...] | None = None) -> np.ndarray:
     """The mask's largest connected piece (26-connectivity)."""
-    found = _pieces(mask)
+    found = _pieces(mask, box=box)
     if found is None:
         return mask
     labels, sizes, _, box = found
@@ -362,8 +369,9 @@ class _Measure:
         self.x = inputs
         self.done: dict[str, QualityCheck] = {}  # the checks made so far, by name
         self._body: np.ndarray | None = None
-        self._depth: np.ndarray | None = None
+        self._skin: Any = None
         self._masks: dict[int, np.ndarray] = {}
+        self._boxes = ndimage.find_objects(inputs.organs)  # every label's bounding box in one pass
 
     @property
     def body(self) -> np.ndarray:
@@ -377,16 +385,31 @@ class _Measure:
             self._masks[label] = self.x.organs == label
         return self._masks[label]
 
-    @property
-    def depth(self) -> np.ndarray | None:
-        """Distance (mm) of every body voxel to the nearest voxel outside the body; None when no
-        voxel outside the body is in the field of view (the skin cannot be seen)."""
-        if self._depth is None:
-            body = self.body
-            if body.all():
-                return None
-            self._depth = ndimage.distance_transform_edt(body, sampling=self.x.spacing_zyx).astype(np.float32)
-        return self._depth
+    def box(self, key: str) -> tuple[slice, ...] | None:
+        label = ORGAN_BY_KEY[key].label
+        return self._boxes[label - 1] if label <= len(self._boxes) else None
+
+    def depth_at(self, zyx: np.ndarray) -> np.ndarray | None:
+        """Distance (mm) from each voxel ``zyx`` [N, 3] to the nearest voxel outside the body (0
+        for a voxel outside it); None when no voxel outside the body is in the field of view (the
+        skin cannot be seen)."""
+        from scipy.spatial import cKDTree
+
+        body = self.body
+        if self._skin is None:
+            outside_next_to_body = ndimage.binary_dilation(body) & ~body  # the layer just outside the skin
+            points = np.argwhere(outside_next_to_body) * np.asarray(self.x.spacing_zyx)
+            self._skin = cKDTree(points) if len(points) else False
+        if self._skin is False:
+            return None
+        zyx = np.asarray(zyx, dtype=int)
+        inside = np.all((zyx >= 0) & (zyx < np.asarray(body.shape)), axis=1)
+        depth = np.zeros(len(zyx))
+        if inside.any():
+            idx = zyx[inside]
+            d, _ = self._skin.query(idx * np.asarray(self.x.spacing_zyx))
+            depth[inside] = np.where(body[idx[:, 0], idx[:, 1], idx[:, 2]], d, 0.0)
+        return depth
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,7 +433,8 @@ def _judge(setting: "QualityCheckSetting", unit: str, value: float | None, what:
         return result(FAIL, None, missing) if missing else result(NOT_APPLICABLE, None, note or "not applicable")
     value = float(value)
     rng = accepted_text(lo, hi, unit)
-    shown = f"{value:.3f}" if unit == "fraction" else (f"{value:.0f}" if abs(value) >= 10 else f"{value:.1f}")
+    shown = (f"{value:.3f}" if unit == "fraction" else f"{value:.0f}" if unit == "nodes" or abs(value) >= 10
+             else f"{value:.1f}")
     text = f"{what} {shown}{'' if unit in ('fraction', 'nodes') else ' ' + unit}"
     suffix = f"; {note}" if note else ""
     if hi is not None and value > hi:
@@ -447,7 +471,7 @@ def _body_width(m: _Measure, s) -> QualityCheck:
 
 
 def _pancreas_margin(m: _Measure, s) -> QualityCheck:
-    pancreas = largest_piece(m.organ("pancreas"))  # stray fragments are the connectivity check's concern
+    pancreas = largest_piece(m.organ("pancreas"), m.box("pancreas"))  # stray pieces: the connectivity check
     zs = np.flatnonzero(pancreas.any(axis=(1, 2)))
     if zs.size == 0:
         return _judge(s, "mm", None, "", missing="no pancreas segmented: the scan may not cover it")
@@ -465,7 +489,7 @@ def _volume_check(key: str) -> Callable[[_Measure, Any], QualityCheck]:
         name = ORGAN_BY_KEY[key].name.lower()
         if volume == 0.0:
             return _judge(s, "mL", 0.0, f"{name}: none segmented, volume")
-        truncated = _touches_edge(mask, m.x.spacing_zyx)
+        truncated = _touches_edge(mask, m.x.spacing_zyx, m.box(key))
         return _judge(s, "mL", volume, f"{name} volume", apply_min=not truncated,
                       note="cut by the field of view" if truncated else "")
     return check
@@ -488,7 +512,7 @@ def _connectivity(m: _Measure, s) -> QualityCheck:
         mask = m.organ(key)
         if not mask.any():
             continue
-        frac = largest_piece_fraction(mask, m.x.spacing_zyx, EDGE_MARGIN_MM)
+        frac = largest_piece_fraction(mask, m.x.spacing_zyx, EDGE_MARGIN_MM, m.box(key))
         if worst is None or frac < worst:
             worst, worst_key = frac, key
     if worst is None:
@@ -496,10 +520,12 @@ def _connectivity(m: _Measure, s) -> QualityCheck:
     return _judge(s, "fraction", worst, f"{ORGAN_BY_KEY[worst_key].name.lower()} in one piece:")
 
 
-def _median_in(image: np.ndarray | None, mask: np.ndarray) -> float | None:
-    if image is None or not mask.any():
+def _median_in(image: np.ndarray | None, m: _Measure, key: str) -> float | None:
+    """Median of ``image`` inside organ ``key`` without its boundary voxels (partial volume)."""
+    mask, box = m.organ(key), m.box(key)
+    if image is None or box is None:
         return None
-    return float(np.median(image[_core(mask)]))
+    return float(np.median(image[_core(mask, box)]))
 
 
 # The shape checks that must pass before the attenuation inside an organ means anything: HU
@@ -527,7 +553,7 @@ def _attenuation(m: _Measure, s, key: str, phase: str, what: str) -> QualityChec
     problem = _unreliable(m, key)
     if problem:
         return _judge(s, "HU", None, "", missing=f"{what} cannot be verified: {problem}")
-    return _judge(s, "HU", _median_in(image, m.organ(key)), f"{phase} phase, {ORGAN_BY_KEY[key].name.lower()}")
+    return _judge(s, "HU", _median_in(image, m, key), f"{phase} phase, {ORGAN_BY_KEY[key].name.lower()}")
 
 
 def _venous_aorta(m: _Measure, s) -> QualityCheck:
@@ -548,18 +574,27 @@ def _arterial_minus_venous(m: _Measure, s) -> QualityCheck:
     problem = _unreliable(m, "aorta")
     if problem:
         return _judge(s, "HU", None, "", missing=f"the phases cannot be compared: {problem}")
-    art = _median_in(m.x.arterial, m.organ("aorta"))
-    ven = _median_in(m.x.venous, m.organ("aorta"))
+    art = _median_in(m.x.arterial, m, "aorta")
+    ven = _median_in(m.x.venous, m, "aorta")
     return _judge(s, "HU", art - ven, f"aorta arterial {art:.0f} HU minus venous {ven:.0f} HU =")
 
 
 def _training_regions(m: _Measure, model: ModelInfo) -> np.ndarray | None:
+    """The voxels of ``model``'s kind of training foreground in this scan, air and gas left out
+    (None when unknown)."""
+    region = _foreground(m, model)
+    # Air, lung and bowel gas (< -500 HU) are air whatever the scanner; below a model's lower clip
+    # they all become the same input. The check is about tissue (calibration, contrast, scanner).
+    return None if region is None else region & (m.x.venous > BODY_THRESHOLD_HU)
+
+
+def _foreground(m: _Measure, model: ModelInfo) -> np.ndarray | None:
     kind = TRAINING_FOREGROUND.get(model.name)
     organs = m.x.organs > 0
     if kind == "organs":
         return organs
-    if kind == "attended region":
-        return organs | (m.x.attention > 0) if m.x.attention is not None else organs
+    if kind == "attended region":  # where the attention map is > 0 (the node labels lie inside it)
+        return m.x.attention > 0 if m.x.attention is not None else None
     if kind == "tumour":
         return m.x.pdac > 0 if m.x.pdac is not None else None
     if kind == "body around the tumour":
@@ -638,21 +673,15 @@ def _node_depth(m: _Measure, s) -> QualityCheck:
     nodes = list(m.x.nodes)
     if not nodes:
         return _judge(s, "mm", None, "", note="no lymph node segmented")
-    depth = m.depth
+    grid = m.x.grid
+    zyx = np.array([[int(round(c)) for c in grid.TransformPhysicalPointToContinuousIndex(
+        [float(v) for v in n.centroid_mm])[::-1]] for n in nodes])
+    depth = m.depth_at(zyx)
     if depth is None:
         return _judge(s, "mm", None, "", note="the skin is outside the field of view everywhere")
-    grid = m.x.grid
-    body = m.body
-    shallow: list[tuple[float, int]] = []
-    for n in nodes:
-        idx = grid.TransformPhysicalPointToContinuousIndex([float(v) for v in n.centroid_mm])
-        z, y, x = (int(round(idx[2])), int(round(idx[1])), int(round(idx[0])))
-        inside = 0 <= z < body.shape[0] and 0 <= y < body.shape[1] and 0 <= x < body.shape[2]
-        d = float(depth[z, y, x]) if inside and body[z, y, x] else 0.0
-        shallow.append((d, n.index))
-    shallow.sort()
-    d0, i0 = shallow[0]
-    below = sum(1 for d, _ in shallow if s.min is not None and d < s.min)
+    order = np.argsort(depth)
+    d0, i0 = float(depth[order[0]]), nodes[order[0]].index
+    below = int(np.sum(depth < s.min)) if s.min is not None else 0
     extra = f" ({below} of {len(nodes)} nodes shallower)" if below > 1 else ""
     return _judge(s, "mm", d0, f"lymph node {i0}{extra} lies beneath the skin at")
 
