@@ -11,7 +11,8 @@ were made for, so every "not assessable" is a false alarm. Printed:
 - per check: how many studies failed it, and the spread (min / median / max) of its values, so that
   the margin between the accepted ranges and what good scans measure can be seen.
 
-Generated studies and the app's results are kept under ``--work`` (a study's DICOM is deleted after
+A study whose generation or app run fails (or runs past ``--timeout``) is listed and left out of
+the rate. Generated studies and the app's results are kept under ``--work`` (a study's DICOM is deleted after
 its run unless ``--keep-studies``; results are reused when the run is repeated).
 
     nice -n 10 python -m evaluation.quality_gate --count 50 --work build/eval/quality_gate [--json out.json]
@@ -130,6 +131,8 @@ def print_summary(s: dict[str, Any]) -> None:
           f"{100 * s['pass_rate_ci95'][1]:.1f}%); goal >= {100 * s['goal']:.0f}% on >= 50 studies: "
           + ("met" if s["pass_rate"] >= s["goal"] and s["studies"] >= 50 else
              "NOT MET" if s["pass_rate"] < s["goal"] else f"rate met, but only {s['studies']} studies"))
+    for case, error in s.get("errors", {}).items():
+        print(f"  not run: {case}: {error}")
     print(f"false alarms: {len(s['false_alarms'])}")
     for a in s["false_alarms"]:
         print(f"  {a['case']}:")
@@ -151,20 +154,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", type=Path, default=ROOT / "models")
     p.add_argument("--work", type=Path, default=ROOT / "build" / "eval" / "quality_gate")
     p.add_argument("--keep-studies", action="store_true", help="keep each generated study's DICOM")
-    p.add_argument("--timeout", type=float, default=3600.0, help="seconds per generation or app run")
+    p.add_argument("--timeout", type=float, default=4 * 3600.0, help="seconds per generation or app run")
     p.add_argument("--json", type=Path, help="also write the summary here")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.seed_start < FIRST_HELD_OUT_SEED:
         p.error(f"--seed-start {args.seed_start}: seeds below {FIRST_HELD_OUT_SEED} are training seeds")
     args.work.mkdir(parents=True, exist_ok=True)
-    docs = {}
+    docs, errors = {}, {}
     for seed in range(args.seed_start, args.seed_start + args.count):
-        doc = run_study(seed, args.work, args.preset, args.models, args.keep_studies, args.timeout)
-        docs[f"SYN{seed:06d}"] = doc
-        log.info("SYN%06d: %s%s", seed, doc["status"],
+        case = f"SYN{seed:06d}"
+        try:
+            doc = run_study(seed, args.work, args.preset, args.models, args.keep_studies, args.timeout)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:  # counted and listed, not a pass or a fail
+            errors[case] = str(exc).splitlines()[0]
+            log.error("%s: %s", case, errors[case])
+            continue
+        docs[case] = doc
+        log.info("%s: %s%s", case, doc["status"],
                  "" if doc["status"] == "assessed" else " (" + ", ".join(doc["quality_gate"]["failed_critical"]) + ")")
     summary = summarize(docs)
+    summary["errors"] = errors
     print_summary(summary)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))

@@ -11,10 +11,12 @@ outputs and compares every measurement with an accepted range from app.yaml ``qu
   by the edge of the field of view is only held to the upper limit), the aortic diameter, organs
   mostly in one connected piece;
 - contrast phase as claimed: median HU inside the segmented aorta (both phases) and spleen (venous),
-  and the arterial phase brighter than the venous one in the aorta;
+  and the arterial phase brighter than the venous one in the aorta; the segmented pancreas is
+  parenchyma, not fat (a model that fills in a missing organ from its surroundings);
 - intensities inside the range each model was trained on (its metadata's ``normalization.clip_hu``:
-  the 0.5-99.5 percentiles of its training foreground), measured on the voxels of the same kind
-  (organs for the organ model, the attended region for the node models, the tumour for the tumour model);
+  the 0.5-99.5 percentiles of its training foreground), measured on the tissue voxels of the same
+  kind (organs for the organ model, the attended region for the node models, the tumour for the
+  tumour model; air and gas left out);
 - lymph nodes: their number, and how deep under the skin the shallowest one lies (nodes in the
   skin, the body wall or outside the body are impossible).
 
@@ -55,9 +57,9 @@ BODY_THRESHOLD_HU = -500.0  # air/lung below, every tissue of the body above
 EDGE_MARGIN_MM = 10.0
 
 # The voxels each bundled model's normalisation statistics came from (training/datasets.py
-# ``foreground_samples``: the labels, or the labels and the attended region for the node task; the patient
-# classifier: body pixels of its tumour-centred patches). The intensity check compares the scan's
-# voxels of the same kind with the model's ``clip_hu``. A model not listed is left out, saying so.
+# ``foreground_samples``: the labels, or the labels and the attended region for the node task; the
+# patient classifier: body pixels of its tumour-centred patches). The intensity check compares the
+# scan's voxels of the same kind with the model's ``clip_hu``. A model not listed is left out, saying so.
 TRAINING_FOREGROUND: dict[str, str] = {
     "organ_seg": "organs",
     "ln_seg": "attended region",
@@ -82,9 +84,11 @@ CHECKS: dict[str, tuple[str, str]] = {
     "organ_connectivity": ("fraction", "share of each organ's volume in its largest connected piece (smallest)"),
     "venous_aorta_hu": ("HU", "median venous-phase attenuation inside the segmented aorta"),
     "venous_spleen_hu": ("HU", "median venous-phase attenuation inside the segmented spleen"),
+    "venous_pancreas_hu": ("HU", "median venous-phase attenuation inside the segmented pancreas"),
     "arterial_aorta_hu": ("HU", "median arterial-phase attenuation inside the segmented aorta"),
     "arterial_minus_venous_aorta_hu": ("HU", "aortic attenuation, arterial minus venous phase"),
-    "intensity_in_training_range": ("fraction", "share of voxels inside each model's training intensity range (smallest)"),
+    "intensity_in_training_range": ("fraction",
+                                    "share of tissue voxels inside each model's training intensity range (smallest)"),
     "node_count": ("nodes", "number of segmented lymph nodes"),
     "node_depth_mm": ("mm", "depth of the shallowest lymph node beneath the skin"),
 }
@@ -157,7 +161,9 @@ class QualityReport:
     def summary(self) -> str:
         """One line for logs and reports."""
         if self.assessable:
-            text = f"assessed: {sum(c.result == PASS for c in self.checks)} of {len(self.checks)} quality checks passed"
+            n_na = sum(c.result == NOT_APPLICABLE for c in self.checks)
+            text = (f"assessed: {sum(c.result == PASS for c in self.checks)} of {len(self.checks)} quality checks "
+                    f"passed" + (f", {n_na} not applicable" if n_na else ""))
             if self.warnings:
                 text += "; warnings: " + "; ".join(f"{c.name} ({c.reason})" for c in self.warnings)
             return text
@@ -478,7 +484,9 @@ def _pancreas_margin(m: _Measure, s) -> QualityCheck:
     n = pancreas.shape[0]
     dz = m.x.spacing_zyx[0]
     margin = float(min(zs[0], n - 1 - zs[-1]) * dz)
-    end = "cranial" if zs[0] <= n - 1 - zs[-1] else "caudal"
+    first_is_caudal = m.x.grid.GetDirection()[8] >= 0  # slices run towards +z (LPS: cranial)
+    near_first = zs[0] <= n - 1 - zs[-1]
+    end = "caudal" if near_first == first_is_caudal else "cranial"
     return _judge(s, "mm", margin, f"pancreas to the {end} end of the scan")
 
 
@@ -531,29 +539,37 @@ def _median_in(image: np.ndarray | None, m: _Measure, key: str) -> float | None:
 # The shape checks that must pass before the attenuation inside an organ means anything: HU
 # measured inside a segmentation that is not that organ (e.g. an "aorta" 8 mm wide on the spine)
 # says nothing about the contrast phase.
-_SHAPE_CHECKS = {"aorta": ("volume_aorta_ml", "aorta_diameter_mm"), "spleen": ("volume_spleen_ml",)}
+_SHAPE_CHECKS = {"aorta": ("volume_aorta_ml", "aorta_diameter_mm"), "spleen": ("volume_spleen_ml",),
+                 "pancreas": ("volume_pancreas_ml",)}
 
 
 def _unreliable(m: _Measure, key: str) -> str:
     """Why the attenuation inside the segmented ``key`` cannot be trusted ('' when it can)."""
-    name = ORGAN_BY_KEY[key].name.lower()
-    if not m.organ(key).any():
-        return f"no {name} segmented"
     for check in _SHAPE_CHECKS[key]:
         c = m.done.get(check)
         if c is not None and c.failed:
-            return f"the segmented {name} is implausible ({c.reason})"
+            return f"the segmented {ORGAN_BY_KEY[key].name.lower()} is implausible ({c.reason})"
     return ""
+
+
+def _unverifiable(s, unit: str, value: float, what: str, problem: str) -> QualityCheck:
+    """A FAIL that reports what was measured but cannot be trusted (inside a mask that is not the organ)."""
+    return QualityCheck(s.name, float(value), unit, s.min, s.max, FAIL, s.severity,
+                        f"{what} cannot be verified: {problem}; {float(value):.0f} {unit} measured inside it")
 
 
 def _attenuation(m: _Measure, s, key: str, phase: str, what: str) -> QualityCheck:
     image = m.x.venous if phase == "venous" else m.x.arterial
     if image is None:
         return _judge(s, "HU", None, "", note="single-phase study: no arterial phase")
+    name = ORGAN_BY_KEY[key].name.lower()
+    value = _median_in(image, m, key)
+    if value is None:
+        return _judge(s, "HU", None, "", missing=f"{what} cannot be verified: no {name} segmented")
     problem = _unreliable(m, key)
     if problem:
-        return _judge(s, "HU", None, "", missing=f"{what} cannot be verified: {problem}")
-    return _judge(s, "HU", _median_in(image, m, key), f"{phase} phase, {ORGAN_BY_KEY[key].name.lower()}")
+        return _unverifiable(s, "HU", value, what, problem)
+    return _judge(s, "HU", value, f"{phase} phase, {name}")
 
 
 def _venous_aorta(m: _Measure, s) -> QualityCheck:
@@ -564,6 +580,10 @@ def _venous_spleen(m: _Measure, s) -> QualityCheck:
     return _attenuation(m, s, "spleen", "venous", "the portal-venous enhancement")
 
 
+def _venous_pancreas(m: _Measure, s) -> QualityCheck:
+    return _attenuation(m, s, "pancreas", "venous", "the pancreatic parenchyma")
+
+
 def _arterial_aorta(m: _Measure, s) -> QualityCheck:
     return _attenuation(m, s, "aorta", "arterial", "the contrast phase")
 
@@ -571,11 +591,13 @@ def _arterial_aorta(m: _Measure, s) -> QualityCheck:
 def _arterial_minus_venous(m: _Measure, s) -> QualityCheck:
     if m.x.arterial is None:
         return _judge(s, "HU", None, "", note="single-phase study: no arterial phase")
-    problem = _unreliable(m, "aorta")
-    if problem:
-        return _judge(s, "HU", None, "", missing=f"the phases cannot be compared: {problem}")
     art = _median_in(m.x.arterial, m, "aorta")
     ven = _median_in(m.x.venous, m, "aorta")
+    if art is None or ven is None:
+        return _judge(s, "HU", None, "", missing="the phases cannot be compared: no aorta segmented")
+    problem = _unreliable(m, "aorta")
+    if problem:
+        return _unverifiable(s, "HU", art - ven, "the order of the phases", problem)
     return _judge(s, "HU", art - ven, f"aorta arterial {art:.0f} HU minus venous {ven:.0f} HU =")
 
 
@@ -696,6 +718,7 @@ def _checks() -> dict[str, Callable[[_Measure, Any], QualityCheck]]:
         "organ_connectivity": _connectivity,
         "venous_aorta_hu": _venous_aorta,
         "venous_spleen_hu": _venous_spleen,
+        "venous_pancreas_hu": _venous_pancreas,
         "arterial_aorta_hu": _arterial_aorta,
         "arterial_minus_venous_aorta_hu": _arterial_minus_venous,
         "intensity_in_training_range": _intensity,
