@@ -60,6 +60,8 @@ EDGE_MARGIN_MM = 10.0
 # ``foreground_samples``: the labels, or the labels and the attended region for the node task; the
 # patient classifier: body pixels of its tumour-centred patches). The intensity check compares the
 # scan's voxels of the same kind with the model's ``clip_hu``. A model not listed is left out, saying so.
+# A model whose training grew its foreground (the PDAC task since main's b00c3f3: by 20 mm) should say
+# so in its metadata as ``normalization_margin_mm``; it is read when present.
 TRAINING_FOREGROUND: dict[str, str] = {
     "organ_seg": "organs",
     "ln_seg": "attended region",
@@ -617,8 +619,10 @@ def _foreground(m: _Measure, model: ModelInfo) -> np.ndarray | None:
         return organs
     if kind == "attended region":  # where the attention map is > 0 (the node labels lie inside it)
         return m.x.attention > 0 if m.x.attention is not None else None
-    if kind == "tumour":
-        return m.x.pdac > 0 if m.x.pdac is not None else None
+    if kind == "tumour":  # grown by the metadata's normalization_margin_mm when it records one
+        if m.x.pdac is None or not m.x.pdac.any():
+            return None
+        return _grown(m.x.pdac > 0, _margin_mm(model), m.x.spacing_zyx)
     if kind == "body around the tumour":
         if m.x.pdac is None or not m.x.pdac.any():
             return None
@@ -633,6 +637,26 @@ def _foreground(m: _Measure, model: ModelInfo) -> np.ndarray | None:
         region[zs, max(0, ys.start - py):ys.stop + py, max(0, xs.start - px):xs.stop + px] = True
         return region & m.body
     return None
+
+
+def _margin_mm(model: ModelInfo) -> float:
+    """``normalization_margin_mm`` of the metadata (the training foreground grown by it), else 0."""
+    try:
+        return max(0.0, float((model.metadata or {}).get("normalization_margin_mm") or 0.0))
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _grown(mask: np.ndarray, margin_mm: float, spacing_zyx: Sequence[float]) -> np.ndarray:
+    """``mask`` grown by ``margin_mm`` (Euclidean, inside its bounding box grown by the margin)."""
+    if margin_mm <= 0:
+        return mask
+    pad = max(int(math.ceil(margin_mm / s)) for s in spacing_zyx)
+    box = _box(mask, pad=pad)
+    out = np.zeros_like(mask)
+    if box is not None:
+        out[box] = ndimage.distance_transform_edt(~mask[box], sampling=spacing_zyx) <= margin_mm
+    return out
 
 
 def _clip_ranges(model: ModelInfo) -> list[tuple[str, float, float]]:

@@ -7,7 +7,7 @@ left as it was) that ``write_study`` writes like any other:
   and the other way round;
 - :func:`remove_contrast` - both phases at non-contrast attenuation (no contrast medium given);
 - :func:`crop_out_pancreas` - only the slices cranial to the pancreas (the scan misses it);
-- :func:`remove_organ` - one organ replaced by the tissue around it (as after its resection).
+- :func:`remove_organ` - one organ replaced by fat (as after its resection).
 
 Non-contrast attenuation values (HU) are typical unenhanced CT values from the radiology
 literature (blood 40, liver 55, spleen 45, pancreas 40, kidney 30, bowel wall 35). Only the study's
@@ -20,18 +20,18 @@ import dataclasses
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
-
 from lnmet.labels import ANATOMY_LABELS, ORGAN_BY_KEY
 from synthetic.grid import Grid
 
 # Unenhanced attenuation of the tissues that take up contrast medium.
 NON_CONTRAST_HU: dict[str, float] = {
-    **{k: 40.0 for k in ("aorta", "sma", "tc_sa", "lga", "cha_pha", "ivc", "portal_splenic_vein")},
-    "liver": 55.0, "spleen": 45.0, "pancreas": 40.0, "pdac": 35.0, "kidney_left": 30.0, "kidney_right": 30.0,
+    **{k: 40.0 for k in ("aorta", "sma", "tc_sa", "lga", "cha_pha", "ivc", "portal_splenic_vein", "hepatic_vein",
+                         "other_artery", "other_vein")},
+    "liver": 55.0, "spleen": 45.0, "pancreas": 40.0, "pdac": 35.0, "adrenal": 35.0,
+    **{k: 30.0 for k in ("kidney_left", "kidney_right", "kidney_medulla")},
     **{k: 35.0 for k in ("stomach", "duodenum", "bowel", "esophagus", "lymph_node", "distractor_nodule")},
     "muscle_wall": 50.0, "paraspinal_muscle": 50.0,
-}
+}  # tissues the generator does not have are skipped
 
 
 def _replace_images(study, **images: sitk.Image):
@@ -80,12 +80,13 @@ def remove_contrast(study):
                            arterial=_like(_shift_to(arterial, anatomy_a, targets), study.arterial))
 
 
-def remove_organ(study, key: str, shell_mm: float = 6.0):
-    """The organ ``key`` (an ``lnmet.labels`` organ key) replaced, in both phases, by the median
-    attenuation of the tissue in a ``shell_mm`` shell around it (its texture and noise kept); the
-    ground-truth organ labels lose it too."""
+def remove_organ(study, key: str):
+    """The organ ``key`` (an ``lnmet.labels`` organ key) removed as after its resection: in both
+    phases its voxels take the attenuation of the study's body fat (its texture and noise kept),
+    and the ground-truth organ labels lose it."""
     label = ORGAN_BY_KEY[key].label
     organs = sitk.GetArrayFromImage(study.organs)
+    fat = sitk.GetArrayViewFromImage(study.anatomy) == ANATOMY_LABELS["body_fat"]
     images = {}
     for phase, mask in (("venous", organs == label),
                         ("arterial", sitk.GetArrayFromImage(study.arterial_organs) == label)):
@@ -93,11 +94,8 @@ def remove_organ(study, key: str, shell_mm: float = 6.0):
             raise ValueError(f"remove_organ: the study has no {key} in its {phase} phase")
         image = getattr(study, phase)
         hu = sitk.GetArrayFromImage(image).astype(np.float32)
-        spacing_zyx = image.GetSpacing()[::-1]
-        iterations = [max(1, int(round(shell_mm / s))) for s in spacing_zyx]
-        grown = ndimage.binary_dilation(mask, structure=np.ones([2 * i + 1 for i in iterations], bool))
-        shell = grown & ~mask
-        hu[mask] += np.float32(float(np.median(hu[shell])) - float(np.median(hu[mask])))
+        fat_hu = float(np.median(sitk.GetArrayViewFromImage(study.venous)[fat]))  # fat does not enhance
+        hu[mask] += np.float32(fat_hu - float(np.median(hu[mask])))
         images[phase] = _like(hu, image)
     kept = np.where(organs == label, 0, organs).astype(organs.dtype)
     arterial_organs = sitk.GetArrayFromImage(study.arterial_organs)
