@@ -270,7 +270,11 @@ def gate_inputs(registered: "RegisteredPhases", organs_working: sitk.Image, *, a
 
 def body_mask(venous: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> np.ndarray:
     """The body: voxels above ``threshold_hu``, largest connected piece, holes (lungs, bowel gas)
-    filled slice by slice."""
+    filled slice by slice.
+
+    A hole is a piece of background (4-connected within its slice) that does not reach the edge of
+    its slice; one labelling of the whole volume finds them all (the structure does not connect
+    slices, so the first and last slice are filled like any other)."""
     mask = venous > threshold_hu
     if not mask.any():
         return mask
@@ -279,12 +283,27 @@ def body_mask(venous: np.ndarray, threshold_hu: float = BODY_THRESHOLD_HU) -> np
         sizes = np.bincount(labels.ravel())
         sizes[0] = 0
         mask = labels == int(np.argmax(sizes))
-    # Holes filled slice by slice in one call: the structure does not connect slices, and the padding
-    # slices (all body) keep the first and last slice's background from counting as "outside".
     in_plane = np.zeros((3, 3, 3), bool)
     in_plane[1] = ndimage.generate_binary_structure(2, 1)
-    padded = np.pad(mask, ((1, 1), (0, 0), (0, 0)), constant_values=True)
-    return ndimage.binary_fill_holes(padded, structure=in_plane)[1:-1]
+    background, n_bg = ndimage.label(~mask, structure=in_plane)
+    reaches_edge = np.zeros(n_bg + 1, bool)
+    for face in (background[:, 0, :], background[:, -1, :], background[:, :, 0], background[:, :, -1]):
+        reaches_edge[face] = True
+    reaches_edge[0] = False  # label 0 is the body itself
+    return ~reaches_edge[background]
+
+
+def skin_shell(body: np.ndarray) -> np.ndarray:
+    """The voxels outside ``body`` that share a face with it: the layer just outside the skin
+    (the body's 6-connected dilation minus the body, by shifted comparisons)."""
+    shell = np.zeros_like(body)
+    for axis in range(body.ndim):
+        lower = [slice(None)] * body.ndim
+        upper = [slice(None)] * body.ndim
+        lower[axis], upper[axis] = slice(0, -1), slice(1, None)
+        shell[tuple(lower)] |= body[tuple(upper)]
+        shell[tuple(upper)] |= body[tuple(lower)]
+    return shell & ~body
 
 
 def _edge_voxels(spacing_zyx: Sequence[float]) -> list[int]:
@@ -405,8 +424,7 @@ class _Measure:
 
         body = self.body
         if self._skin is None:
-            outside_next_to_body = ndimage.binary_dilation(body) & ~body  # the layer just outside the skin
-            points = np.argwhere(outside_next_to_body) * np.asarray(self.x.spacing_zyx)
+            points = np.argwhere(skin_shell(body)) * np.asarray(self.x.spacing_zyx)
             self._skin = cKDTree(points) if len(points) else False
         if self._skin is False:
             return None

@@ -25,7 +25,9 @@ from lnmet.quality import (
     PASS,
     GateInputs,
     assess_quality,
+    body_mask,
     largest_piece_fraction,
+    skin_shell,
 )
 from lnmet.types import LymphNodeFinding, ModelInfo
 
@@ -197,6 +199,25 @@ def test_pieces_at_the_edge_of_the_field_of_view_count_as_one():
     assert largest_piece_fraction(mask) == 1.0
     mask[6:9, 6:8, 6:8] = True  # a third piece floating inside
     assert largest_piece_fraction(mask) == pytest.approx(2 / 3)
+
+
+def test_body_mask_fills_holes_in_every_slice_but_not_open_air():
+    """Lungs and bowel gas are inside the body (filled, also in the first and last slice); air that
+    reaches the edge of its slice (around the body, a notch open to the outside) is not; a stray
+    object apart from the body (a table) is left out."""
+    venous = np.full((4, 30, 30), -1000.0, np.float32)
+    venous[:, 5:25, 5:25] = 40.0
+    venous[:, 10:15, 10:15] = -900.0  # gas enclosed in every slice, first and last included
+    venous[:, 18:21, 0:12] = -1000.0  # a notch from the left edge of the slice into the body
+    venous[:, 27:29, 2:28] = 40.0  # a table below the body, not touching it
+    body = body_mask(venous)
+    assert body[:, 10:15, 10:15].all()
+    assert not body[:, 18:21, 0:12].any() and not body[:, 27:29].any() and not body[:, 0:5].any()
+    assert body.sum() == 4 * (20 * 20 - 3 * 7)
+    shell = skin_shell(body)
+    assert not (shell & body).any()
+    from scipy import ndimage
+    assert (shell == (ndimage.binary_dilation(body) & ~body)).all()  # the 6-connected layer outside
 
 
 def test_thin_aorta_makes_its_attenuation_unverifiable(phantom, settings):
