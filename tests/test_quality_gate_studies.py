@@ -5,17 +5,20 @@ The analysis runs through the operators' own functions with the bundled models (
 :class:`quality_support.ModelChain`); the whole-app test runs ``python app``. Without the bundled
 models these tests are skipped, saying why: the gate judges what trained models produce.
 
-Which check catches what (asserted below):
+Which check catches what (asserted below). A contrast check "catches" a fault either by measuring
+a value outside its range or by refusing to trust its measurement because the organ the model drew
+is not that organ (an "aorta" 8 mm wide on the spine): with the bundled models, trained on
+generator 1.x studies, the second is what happens on generator 2.0 studies with swapped phases.
 
 - generated tiny study, phases swapped -> ``arterial_minus_venous_aorta_hu``;
-- no contrast (both phases at unenhanced HU) -> ``venous_spleen_hu`` (measured unenhanced) and the
-  aortic checks (``venous_aorta_hu``, ``arterial_aorta_hu``: unverifiable, the model's "aorta" is not
-  the aorta on a non-contrast scan);
+- no contrast (both phases at unenhanced HU) -> ``venous_aorta_hu``, ``venous_spleen_hu``,
+  ``arterial_aorta_hu``;
 - pancreas cropped out (the tiny study keeps 20 slices, so its scan ends inside the pancreas) ->
   ``pancreas_margin_mm``;
-- pancreas missing -> ``venous_pancreas_hu`` (the model fills in a "pancreas" of fat; its volume
-  looks plausible). A missing spleen in this small field of view, which cuts the spleen anyway, is
-  not caught by its volume (a remnant at the edge is only held to the upper limit).
+- pancreas missing (replaced by fat, as after its resection) -> ``volume_pancreas_ml`` or
+  ``venous_pancreas_hu`` (the organ model may fill in a "pancreas" of plausible volume, made of fat).
+  A missing spleen in this small field of view, which cuts the spleen anyway, is not caught by its
+  volume (a remnant at the edge is only held to the upper limit);
 - the real venous series (../shared/dicom-samples/abdomen-ct-j2k-siemens, 20 slices of 2 mm,
   single-phase) -> ``scan_length_mm``;
 - the real non-contrast volume (../shared/real-ct-validation/ct.nii.gz, written to DICOM here,
@@ -78,6 +81,16 @@ def _need(path: Path) -> Path:
 # Generated studies with an injected fault (tiny preset, the suite's seed-7 study)
 # ---------------------------------------------------------------------------------------------
 
+def _measured_or_unverifiable(check) -> None:
+    """A failed contrast check either measured a value outside its range, or could not trust its
+    measurement because the organ the model drew is not that organ (e.g. an "aorta" on the spine
+    when the phases are swapped or there is no contrast): both are the check catching the fault."""
+    assert check.failed
+    if "cannot be verified" not in check.reason:
+        assert check.value is not None and ((check.min is not None and check.value < check.min)
+                                            or (check.max is not None and check.value > check.max)), check.reason
+
+
 def _judge_fault(chain, gate_settings, tiny_study, tmp_path: Path, fault, *args):
     """The gate's report on the tiny study with ``fault(study, *args)`` injected, and its failed checks."""
     from synthetic import write_study
@@ -90,7 +103,7 @@ def test_swapped_phases_are_caught(chain, gate_settings, tiny_study, tmp_path):
 
     report, failed = _judge_fault(chain, gate_settings, tiny_study, tmp_path, swap_phases)
     assert "arterial_minus_venous_aorta_hu" in failed, report.summary()
-    assert report.check("arterial_minus_venous_aorta_hu").value < 0
+    _measured_or_unverifiable(report.check("arterial_minus_venous_aorta_hu"))
     assert not report.assessable
 
 
@@ -99,9 +112,8 @@ def test_missing_contrast_is_caught(chain, gate_settings, tiny_study, tmp_path):
 
     report, failed = _judge_fault(chain, gate_settings, tiny_study, tmp_path, remove_contrast)
     assert {"venous_aorta_hu", "venous_spleen_hu", "arterial_aorta_hu"} <= failed, report.summary()
-    # the spleen is found and measures unenhanced; the bundled organ model's "aorta" on a non-contrast
-    # scan is not the aorta (it moves onto the spine), so the aortic checks fail as unverifiable
-    assert report.check("venous_spleen_hu").value < 80
+    for name in ("venous_aorta_hu", "venous_spleen_hu", "arterial_aorta_hu"):
+        _measured_or_unverifiable(report.check(name))
     assert not report.assessable
 
 
@@ -114,13 +126,12 @@ def test_pancreas_cropped_out_is_caught(chain, gate_settings, tiny_study, tmp_pa
 
 
 def test_missing_organ_is_caught(chain, gate_settings, tiny_study, tmp_path):
-    """The pancreas replaced by the tissue around it: the organ model still draws a 'pancreas' of
-    plausible volume there (filled in from its surroundings), made of fat."""
+    """The pancreas replaced by fat (as after its resection): either no pancreas of plausible volume
+    is found, or the organ model fills one in from its surroundings and it is made of fat."""
     from synthetic.faults import remove_organ
 
     report, failed = _judge_fault(chain, gate_settings, tiny_study, tmp_path, remove_organ, "pancreas")
-    assert "venous_pancreas_hu" in failed, report.summary()
-    assert report.check("venous_pancreas_hu").value < 0
+    assert {"volume_pancreas_ml", "venous_pancreas_hu"} & failed, report.summary()
     assert not report.assessable
 
 
