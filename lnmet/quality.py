@@ -9,7 +9,8 @@ outputs and compares every measurement with an accepted range from app.yaml ``qu
   narrower than an abdomen), the segmented pancreas wholly inside the scan with a margin;
 - anatomy: the volume of each of the 10 organs/vessels (present, not absurdly large; an organ cut
   by the edge of the field of view is only held to the upper limit), the aortic diameter, organs
-  mostly in one connected piece;
+  mostly in one connected piece, the spleen to the patient's left of the aorta and the pancreas in
+  front of it;
 - contrast phase as claimed: median HU inside the segmented aorta (both phases) and spleen (venous),
   and the arterial phase brighter than the venous one in the aorta; the segmented pancreas is
   parenchyma, not fat (a model that fills in a missing organ from its surroundings);
@@ -84,6 +85,9 @@ CHECKS: dict[str, tuple[str, str]] = {
     **{volume_check_name(c.key): ("mL", f"volume of the segmented {c.name.lower()}") for c in ORGAN_CLASSES},
     "aorta_diameter_mm": ("mm", "aortic diameter (median over slices, from the axial cross-section area)"),
     "organ_connectivity": ("fraction", "share of each organ's volume in its largest connected piece (smallest)"),
+    "spleen_left_of_aorta_mm": ("mm", "how far the spleen's centre lies to the patient's left of the aorta's"),
+    "pancreas_anterior_to_aorta_mm": ("mm", "how far the pancreas's centre lies in front of the aorta's "
+                                            "(at the pancreas's levels)"),
     "venous_aorta_hu": ("HU", "median venous-phase attenuation inside the segmented aorta"),
     "venous_spleen_hu": ("HU", "median venous-phase attenuation inside the segmented spleen"),
     "venous_pancreas_hu": ("HU", "median venous-phase attenuation inside the segmented pancreas"),
@@ -416,6 +420,23 @@ class _Measure:
         label = ORGAN_BY_KEY[key].label
         return self._boxes[label - 1] if label <= len(self._boxes) else None
 
+    def centre_lps(self, key: str, slices: slice | None = None) -> np.ndarray | None:
+        """Centre of mass (LPS, mm) of organ ``key``, of its voxels in the array slices ``slices`` when
+        given; None when there are none."""
+        box = self.box(key)
+        if box is None:
+            return None
+        if slices is not None:
+            zs = slice(max(box[0].start, slices.start), min(box[0].stop, slices.stop))
+            if zs.start >= zs.stop:
+                return None
+            box = (zs, box[1], box[2])
+        part = self.organ(key)[box]
+        if not part.any():
+            return None
+        centre = np.asarray(ndimage.center_of_mass(part)) + [sl.start for sl in box]  # z, y, x
+        return np.asarray(self.x.grid.TransformContinuousIndexToPhysicalPoint([float(v) for v in centre[::-1]]))
+
     def depth_at(self, zyx: np.ndarray) -> np.ndarray | None:
         """Distance (mm) from each voxel ``zyx`` [N, 3] to the nearest voxel outside the body (0
         for a voxel outside it); None when no voxel outside the body is in the field of view (the
@@ -559,8 +580,9 @@ def _median_in(image: np.ndarray | None, m: _Measure, key: str) -> float | None:
 # The shape checks that must pass before the attenuation inside an organ means anything: HU
 # measured inside a segmentation that is not that organ (e.g. an "aorta" 8 mm wide on the spine)
 # says nothing about the contrast phase.
-_SHAPE_CHECKS = {"aorta": ("volume_aorta_ml", "aorta_diameter_mm"), "spleen": ("volume_spleen_ml",),
-                 "pancreas": ("volume_pancreas_ml",)}
+_SHAPE_CHECKS = {"aorta": ("volume_aorta_ml", "aorta_diameter_mm"),
+                 "spleen": ("volume_spleen_ml", "spleen_left_of_aorta_mm"),
+                 "pancreas": ("volume_pancreas_ml", "pancreas_anterior_to_aorta_mm")}
 
 
 def _unreliable(m: _Measure, key: str) -> str:
@@ -570,6 +592,37 @@ def _unreliable(m: _Measure, key: str) -> str:
         if c is not None and c.failed:
             return f"the segmented {ORGAN_BY_KEY[key].name.lower()} is implausible ({c.reason})"
     return ""
+
+
+def _position_not_judged(m: _Measure, s, key: str) -> QualityCheck | None:
+    """NOT_APPLICABLE when the position of ``key`` relative to the aorta cannot be judged: either is
+    missing, or the aorta is implausible (their own checks fail for that, saying why)."""
+    for k in (key, "aorta"):
+        if m.box(k) is None:
+            return _judge(s, "mm", None, "", note=f"not judged: no {ORGAN_BY_KEY[k].name.lower()} segmented")
+    problem = _unreliable(m, "aorta")
+    return _judge(s, "mm", None, "", note=f"not judged: {problem}") if problem else None
+
+
+def _spleen_left_of_aorta(m: _Measure, s) -> QualityCheck:
+    not_judged = _position_not_judged(m, s, "spleen")
+    if not_judged is not None:
+        return not_judged
+    spleen, aorta = m.centre_lps("spleen"), m.centre_lps("aorta")
+    return _judge(s, "mm", float(spleen[0] - aorta[0]), "spleen centre to the patient's left of the aorta by")  # LPS +x: left
+
+
+def _pancreas_anterior_to_aorta(m: _Measure, s) -> QualityCheck:
+    not_judged = _position_not_judged(m, s, "pancreas")
+    if not_judged is not None:
+        return not_judged
+    pancreas = m.centre_lps("pancreas")
+    aorta = m.centre_lps("aorta", m.box("pancreas")[0])  # the aorta beside the pancreas (it curves with the spine)
+    note = ""
+    if aorta is None:
+        aorta, note = m.centre_lps("aorta"), "the aorta is not at the pancreas's levels: its centre over the scan"
+    return _judge(s, "mm", float(aorta[1] - pancreas[1]), "pancreas centre in front of the aorta by",  # LPS +y: posterior
+                  note=note)
 
 
 def _unverifiable(s, unit: str, value: float, what: str, problem: str) -> QualityCheck:
@@ -758,6 +811,8 @@ def _checks() -> dict[str, Callable[[_Measure, Any], QualityCheck]]:
         **{volume_check_name(c.key): _volume_check(c.key) for c in ORGAN_CLASSES},
         "aorta_diameter_mm": _aorta_diameter,
         "organ_connectivity": _connectivity,
+        "spleen_left_of_aorta_mm": _spleen_left_of_aorta,
+        "pancreas_anterior_to_aorta_mm": _pancreas_anterior_to_aorta,
         "venous_aorta_hu": _venous_aorta,
         "venous_spleen_hu": _venous_spleen,
         "venous_pancreas_hu": _venous_pancreas,

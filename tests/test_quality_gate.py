@@ -118,6 +118,9 @@ def test_plausible_phantom_passes_every_check(phantom, settings):
     assert by["venous_aorta_hu"].value == 160.0 and by["arterial_aorta_hu"].value == 320.0
     assert by["arterial_minus_venous_aorta_hu"].value == 160.0
     assert by["node_count"].value == 2 and by["node_depth_mm"].value > 50
+    # spleen centre 90 mm left of the aorta's; pancreas centre (y = 10 mm) 50 mm in front of the aorta (y = 60 mm)
+    assert by["spleen_left_of_aorta_mm"].value == pytest.approx(90.0, abs=2.0)
+    assert by["pancreas_anterior_to_aorta_mm"].value == pytest.approx(50.0, abs=2.0)
     assert report.seconds < 30
 
 
@@ -218,6 +221,46 @@ def test_body_mask_fills_holes_in_every_slice_but_not_open_air():
     assert not (shell & body).any()
     from scipy import ndimage
     assert (shell == (ndimage.binary_dilation(body) & ~body)).all()  # the 6-connected layer outside
+
+
+def _moved(phantom: GateInputs, key: str, mask: np.ndarray) -> GateInputs:
+    """The phantom with organ ``key`` drawn at ``mask`` (where no other organ is) instead of its place."""
+    organs, venous = phantom.organs.copy(), phantom.venous.copy()
+    old = organs == _label(key)
+    venous[mask & (organs == 0)] = venous[old].mean()
+    venous[old] = 40.0
+    organs[old] = 0
+    organs[mask & (organs == 0)] = _label(key)
+    return dataclasses.replace(phantom, organs=organs, venous=venous, arterial=None)
+
+
+def test_spleen_on_the_right_is_out_of_place(phantom, settings):
+    """A 'spleen' to the right of the aorta (e.g. the liver taken for it) is not the spleen: its
+    position fails, and its attenuation says nothing about the portal-venous phase."""
+    z, y, x = _coords()
+    report = assess_quality(_moved(phantom, "spleen", (x + 110) ** 2 + (y - 40) ** 2 + (z - 10) ** 2 <= 35 ** 2),
+                            settings)
+    check = report.check("spleen_left_of_aorta_mm")
+    assert check.result == FAIL and check.value == pytest.approx(-120.0, abs=3.0), check.reason
+    assert "cannot be verified" in report.check("venous_spleen_hu").reason
+    assert not report.assessable
+
+
+def test_pancreas_behind_the_aorta_is_out_of_place(phantom, settings):
+    z, y, x = _coords()
+    report = assess_quality(_moved(phantom, "pancreas", ((x / 60) ** 2 + ((y - 90) / 15) ** 2 + (z / 15) ** 2) <= 1.0),
+                            settings)
+    check = report.check("pancreas_anterior_to_aorta_mm")
+    assert check.result == FAIL and check.value == pytest.approx(-30.0, abs=3.0), check.reason
+    assert not report.assessable
+
+
+def test_positions_are_not_judged_without_the_organs(phantom, settings):
+    no_aorta = np.where(phantom.organs == _label("aorta"), 0, phantom.organs).astype(np.uint8)
+    report = assess_quality(dataclasses.replace(phantom, organs=no_aorta), settings)
+    for name in ("spleen_left_of_aorta_mm", "pancreas_anterior_to_aorta_mm"):
+        assert report.check(name).result == NOT_APPLICABLE and "no aorta" in report.check(name).reason
+    assert "volume_aorta_ml" in _failed(report)  # the missing aorta is caught by its own check
 
 
 def test_thin_aorta_makes_its_attenuation_unverifiable(phantom, settings):
