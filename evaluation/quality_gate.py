@@ -16,6 +16,9 @@ the rate. Generated studies and the app's results are kept under ``--work`` (a s
 its run unless ``--keep-studies``; results are reused when the run is repeated).
 
     nice -n 10 python -m evaluation.quality_gate --count 50 --work build/eval/quality_gate [--json out.json]
+
+``--jobs N`` runs N studies at a time (each generation and app run is its own process; on a machine
+with many cores, N about cores / 2). ``--preset tiny --count 2`` checks the script itself in minutes.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -156,23 +160,33 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-studies", action="store_true", help="keep each generated study's DICOM")
     p.add_argument("--timeout", type=float, default=4 * 3600.0, help="seconds per generation or app run")
     p.add_argument("--json", type=Path, help="also write the summary here")
+    p.add_argument("--jobs", type=int, default=1, help="studies run at the same time (default 1)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.seed_start < FIRST_HELD_OUT_SEED:
         p.error(f"--seed-start {args.seed_start}: seeds below {FIRST_HELD_OUT_SEED} are training seeds")
+    if args.jobs < 1:
+        p.error(f"--jobs {args.jobs}: at least 1")
     args.work.mkdir(parents=True, exist_ok=True)
     docs, errors = {}, {}
-    for seed in range(args.seed_start, args.seed_start + args.count):
-        case = f"SYN{seed:06d}"
-        try:
-            doc = run_study(seed, args.work, args.preset, args.models, args.keep_studies, args.timeout)
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:  # counted and listed, not a pass or a fail
-            errors[case] = str(exc).splitlines()[0]
-            log.error("%s: %s", case, errors[case])
-            continue
-        docs[case] = doc
-        log.info("%s: %s%s", case, doc["status"],
-                 "" if doc["status"] == "assessed" else " (" + ", ".join(doc["quality_gate"]["failed_critical"]) + ")")
+    seeds = range(args.seed_start, args.seed_start + args.count)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(run_study, seed, args.work, args.preset, args.models, args.keep_studies, args.timeout):
+                   f"SYN{seed:06d}" for seed in seeds}
+        for done, future in enumerate(as_completed(futures), start=1):
+            case = futures[future]
+            try:
+                doc = future.result()
+            except (RuntimeError, subprocess.TimeoutExpired) as exc:  # counted and listed, not a pass or a fail
+                errors[case] = str(exc).splitlines()[0]
+                log.error("%s (%d of %d): %s", case, done, len(futures), errors[case])
+                continue
+            docs[case] = doc
+            log.info("%s (%d of %d): %s%s", case, done, len(futures), doc["status"],
+                     "" if doc["status"] == "assessed"
+                     else " (" + ", ".join(doc["quality_gate"]["failed_critical"]) + ")")
+    docs = dict(sorted(docs.items()))
+    errors = dict(sorted(errors.items()))
     summary = summarize(docs)
     summary["errors"] = errors
     print_summary(summary)
