@@ -12,10 +12,16 @@ were made for, so every "not assessable" is a false alarm. Printed:
   the margin between the accepted ranges and what good scans measure can be seen.
 
 A study whose generation or app run fails (or runs past ``--timeout``) is listed and left out of
-the rate. Generated studies and the app's results are kept under ``--work`` (a study's DICOM is deleted after
-its run unless ``--keep-studies``; results are reused when the run is repeated).
+the rate. Generated studies and the app's results are kept under ``--work``/<preset> (a study's DICOM
+is deleted after its run unless ``--keep-studies``; results are reused when the run is repeated).
 
     nice -n 10 python -m evaluation.quality_gate --count 50 --work build/eval/quality_gate [--json out.json]
+
+``--ground-truth`` judges each study's own ground truth instead (its organ labels, its arterial
+phase without the deformation: a perfect organ model and registration; no node or intensity checks),
+in this process, at the preset ``train`` (the standard field of view at the models' 1.5 mm grid)
+unless ``--preset`` says otherwise: a false alarm there is a range that does not fit the generator's
+anatomy, whatever the models do. No models are needed.
 
 ``--jobs N`` runs N studies at a time (each generation and app run is its own process; on a machine
 with many cores, N about cores / 2). ``--preset tiny --count 2`` checks the script itself in minutes.
@@ -98,6 +104,27 @@ def run_study(seed: int, work: Path, preset: str, models: Path, keep: bool, time
     return json.loads(results.read_text())
 
 
+def ground_truth_study(seed: int, preset: str) -> dict[str, Any]:
+    """The gate on study ``seed``'s ground truth, as a results.json-like document (``status``, ``quality_gate``)."""
+    import SimpleITK as sitk
+
+    from lnmet.config import load_settings
+    from lnmet.quality import GateInputs, assess_quality
+    from synthetic import generate_study
+
+    study = generate_study(seed, preset)
+    venous = study.venous
+    arterial = study.arterial_aligned if study.arterial_aligned is not None else study.arterial
+    inputs = GateInputs(venous=sitk.GetArrayFromImage(venous).astype(np.float32),
+                        arterial=sitk.GetArrayFromImage(arterial).astype(np.float32),
+                        organs=sitk.GetArrayFromImage(study.organs).astype(np.uint8), grid=venous,
+                        scan_length_mm=float(venous.GetSize()[2] * venous.GetSpacing()[2]))
+    report = assess_quality(inputs, load_settings().quality_gate)
+    return {"status": report.status, "quality_gate": {
+        "assessable": report.assessable, "summary": report.summary(), "checks": [c.as_dict() for c in report.checks],
+        "failed_critical": [c.name for c in report.blocking], "warnings": [c.name for c in report.warnings]}}
+
+
 def summarize(docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Pass rate, false alarms and per-check statistics of the studies' results.json documents."""
     n = len(docs)
@@ -121,16 +148,18 @@ def summarize(docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 for c in gate["checks"] if c["result"] == "fail" and c["severity"] == "critical"]})
     stats = {}
     for name, e in per_check.items():
-        v = np.array(e["values"]) if e["values"] else np.array([np.nan])
+        v = np.array(e["values"], dtype=float)
+        spread = ({"min": float(v.min()), "median": float(np.median(v)), "max": float(v.max())} if v.size
+                  else {"min": None, "median": None, "max": None})  # never measured (e.g. no nodes)
         stats[name] = {"failed": e["failed"], "not_applicable": e["not_applicable"], "severity": e["severity"],
-                       "accepted": [e["min"], e["max"]], "unit": e["unit"],
-                       "min": float(np.nanmin(v)), "median": float(np.nanmedian(v)), "max": float(np.nanmax(v))}
+                       "accepted": [e["min"], e["max"]], "unit": e["unit"], **spread}
     return {"studies": n, "assessed": len(assessed), "pass_rate": (len(assessed) / n) if n else float("nan"),
             "pass_rate_ci95": [lo, hi], "goal": PASS_RATE_GOAL, "false_alarms": alarms, "checks": stats}
 
 
 def print_summary(s: dict[str, Any]) -> None:
-    print(f"\nquality gate on {s['studies']} held-out generated studies: {s['assessed']} assessed, "
+    print(f"\nquality gate on {s['studies']} held-out generated studies ({s.get('judged', 'the app')}): "
+          f"{s['assessed']} assessed, "
           f"pass rate {100 * s['pass_rate']:.1f}% (95% CI {100 * s['pass_rate_ci95'][0]:.1f}-"
           f"{100 * s['pass_rate_ci95'][1]:.1f}%); goal >= {100 * s['goal']:.0f}% on >= 50 studies: "
           + ("met" if s["pass_rate"] >= s["goal"] and s["studies"] >= 50 else
@@ -147,14 +176,17 @@ def print_summary(s: dict[str, Any]) -> None:
         lo, hi = c["accepted"]
         rng = f"{'' if lo is None else lo:>6} .. {'' if hi is None else hi:<6}"
         print(f"  {name:32s} {c['severity'][:4]} failed {c['failed']:2d}  n/a {c['not_applicable']:2d}  "
-              f"{c['min']:9.3g} {c['median']:9.3g} {c['max']:9.3g} {c['unit']:8s} accepted {rng}")
+              + " ".join("        -" if c[k] is None else f"{c[k]:9.3g}" for k in ("min", "median", "max"))
+              + f" {c['unit']:8s} accepted {rng}")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seed-start", type=int, default=FIRST_HELD_OUT_SEED)
     p.add_argument("--count", type=int, default=50)
-    p.add_argument("--preset", default="standard")
+    p.add_argument("--preset", help="generator preset (default: standard; train with --ground-truth)")
+    p.add_argument("--ground-truth", action="store_true",
+                   help="judge each study's ground truth (no models, no app run; see the module docstring)")
     p.add_argument("--models", type=Path, default=ROOT / "models")
     p.add_argument("--work", type=Path, default=ROOT / "build" / "eval" / "quality_gate")
     p.add_argument("--keep-studies", action="store_true", help="keep each generated study's DICOM")
@@ -167,18 +199,23 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--seed-start {args.seed_start}: seeds below {FIRST_HELD_OUT_SEED} are training seeds")
     if args.jobs < 1:
         p.error(f"--jobs {args.jobs}: at least 1")
-    args.work.mkdir(parents=True, exist_ok=True)
+    preset = args.preset or ("train" if args.ground_truth else "standard")
+    work = args.work / preset  # results are reused per preset: a tiny study's are not a standard one's
+    work.mkdir(parents=True, exist_ok=True)
     docs, errors = {}, {}
     seeds = range(args.seed_start, args.seed_start + args.count)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        futures = {pool.submit(run_study, seed, args.work, args.preset, args.models, args.keep_studies, args.timeout):
-                   f"SYN{seed:06d}" for seed in seeds}
+        if args.ground_truth:
+            futures = {pool.submit(ground_truth_study, seed, preset): f"SYN{seed:06d}" for seed in seeds}
+        else:
+            futures = {pool.submit(run_study, seed, work, preset, args.models, args.keep_studies, args.timeout):
+                       f"SYN{seed:06d}" for seed in seeds}
         for done, future in enumerate(as_completed(futures), start=1):
             case = futures[future]
             try:
                 doc = future.result()
-            except (RuntimeError, subprocess.TimeoutExpired) as exc:  # counted and listed, not a pass or a fail
-                errors[case] = str(exc).splitlines()[0]
+            except Exception as exc:  # noqa: BLE001 - counted and listed, not a pass or a fail
+                errors[case] = (str(exc).splitlines() or [type(exc).__name__])[0]
                 log.error("%s (%d of %d): %s", case, done, len(futures), errors[case])
                 continue
             docs[case] = doc
@@ -189,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     errors = dict(sorted(errors.items()))
     summary = summarize(docs)
     summary["errors"] = errors
+    summary["judged"] = (f"ground truth, preset {preset}" if args.ground_truth
+                         else f"the app with {args.models}, preset {preset}")
     print_summary(summary)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=1))

@@ -41,15 +41,35 @@ def test_wilson_interval():
 
 def test_command_line_reuses_results_and_runs_studies_in_parallel(tmp_path, capsys):
     for seed, doc in ((100000, _doc("assessed", 110.0)), (100001, _doc("not_assessable", 50.0))):
-        folder = tmp_path / "results" / f"SYN{seed:06d}"
+        folder = tmp_path / "standard" / "results" / f"SYN{seed:06d}"
         folder.mkdir(parents=True)
         (folder / "results.json").write_text(json.dumps(doc))
     out = tmp_path / "summary.json"
     assert evaluation.main(["--count", "2", "--jobs", "2", "--work", str(tmp_path), "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "2 held-out generated studies: 1 assessed, pass rate 50.0%" in printed and "NOT MET" in printed
+    assert "2 held-out generated studies (the app with" in printed and "1 assessed, pass rate 50.0%" in printed
+    assert "NOT MET" in printed
     assert "SYN100001:" in printed and "venous_spleen_hu: venous phase, spleen 50.0 HU" in printed
     assert json.loads(out.read_text())["false_alarms"][0]["case"] == "SYN100001"
+
+
+def test_ground_truth_mode_judges_the_study_itself(tmp_path, capsys, monkeypatch, tiny_study):
+    """--ground-truth runs the gate on the generated study's own labels, in-process, no models (the
+    suite's tiny study stands in for the generated one)."""
+    import synthetic
+    from lnmet.quality import CHECKS
+
+    seeds = []
+    monkeypatch.setattr(synthetic, "generate_study", lambda seed, preset: seeds.append((seed, preset)) or tiny_study)
+    out = tmp_path / "summary.json"
+    assert evaluation.main(["--ground-truth", "--preset", "tiny", "--count", "1", "--work", str(tmp_path),
+                            "--json", str(out)]) == 0
+    assert seeds == [(100000, "tiny")]
+    summary = json.loads(out.read_text())
+    assert summary["judged"] == "ground truth, preset tiny" and summary["studies"] == 1 and not summary["errors"]
+    assert set(summary["checks"]) == set(CHECKS)
+    assert summary["checks"]["node_count"]["failed"] == 0  # no nodes are judged on ground truth
+    assert "(ground truth, preset tiny)" in capsys.readouterr().out
 
 
 def test_training_seeds_are_refused(tmp_path):
