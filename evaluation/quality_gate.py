@@ -158,7 +158,7 @@ def summarize(docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def print_summary(s: dict[str, Any]) -> None:
-    print(f"\nquality gate on {s['studies']} held-out generated studies ({s.get('judged', 'the app')}): "
+    print(f"\nquality gate on {s['studies']} generated studies{s.get('seeds', '')} ({s.get('judged', 'the app')}): "
           f"{s['assessed']} assessed, "
           f"pass rate {100 * s['pass_rate']:.1f}% (95% CI {100 * s['pass_rate_ci95'][0]:.1f}-"
           f"{100 * s['pass_rate_ci95'][1]:.1f}%); goal >= {100 * s['goal']:.0f}% on >= 50 studies: "
@@ -226,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     errors = dict(sorted(errors.items()))
     summary = summarize(docs)
     summary["errors"] = errors
+    summary["seeds"] = (f", seeds {args.seed_start}-{args.seed_start + args.count - 1}"
+                        + (" (held out)" if args.seed_start + args.count - 1 < 150000 else ""))
     summary["judged"] = (f"ground truth, preset {preset}" if args.ground_truth
                          else f"the app with {args.models}, preset {preset}")
     print_summary(summary)

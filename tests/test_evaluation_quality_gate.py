@@ -47,7 +47,7 @@ def test_command_line_reuses_results_and_runs_studies_in_parallel(tmp_path, caps
     out = tmp_path / "summary.json"
     assert evaluation.main(["--count", "2", "--jobs", "2", "--work", str(tmp_path), "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "2 held-out generated studies (the app with" in printed and "1 assessed, pass rate 50.0%" in printed
+    assert "2 generated studies, seeds 100000-100001 (held out) (the app with" in printed and "1 assessed, pass rate 50.0%" in printed
     assert "NOT MET" in printed
     assert "SYN100001:" in printed and "venous_spleen_hu: venous phase, spleen 50.0 HU" in printed
     assert json.loads(out.read_text())["false_alarms"][0]["case"] == "SYN100001"
