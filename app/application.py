@@ -4,7 +4,10 @@ Graph (ports in each operator module's docstring)::
 
     StudyLoader -> PhaseSelector -> SeriesToVolume -> PhaseRegistration -> OrganSegmentation
       -> AttentionMap -> LNSegmentation -> LNIdentification -> PDACSegmentation -> PatientClassifier
-      -> SEGBuilder / SRBuilder / PDFReportBuilder / ResultsJSONBuilder -> OutputPublisher
+      -> QualityGate -> SEGBuilder / SRBuilder / PDFReportBuilder / ResultsJSONBuilder -> OutputPublisher
+
+The quality gate (app.yaml ``quality_gate``) withholds the patient-level decision when the scan is
+outside what the models know ("not assessable"); that is a result, not a failure: exit status 0.
 
 Run: ``python app -i INPUT -o OUTPUT -m MODELS [-l DEBUG]`` or with the ``HOLOSCAN_*`` variables.
 Before the graph runs, :mod:`app.startup` validates app.yaml, verifies every model against
@@ -182,6 +185,7 @@ def _nodes() -> list[Node]:
              _with_model(PDAC_MODEL), models=(PDAC_MODEL,)),
         Node("patient_classifier", "operators.patient_classifier", "PatientClassifierOperator",
              lambda st: {**_with_model(PATIENT_MODEL)(st), "models": _reported_models(st)}, models=(PATIENT_MODEL,)),
+        Node("quality_gate", "operators.quality_gate", "QualityGateOperator", _common),
         Node("seg_builder", "operators.seg_builder", "SEGBuilderOperator", _writer("seg")),
         Node("sr_builder", "operators.sr_builder", "SRBuilderOperator", _writer("sr")),
         Node("pdf_report_builder", "operators.pdf_report_builder", "PDFReportBuilderOperator", _writer("pdf")),
@@ -212,10 +216,15 @@ def _flows() -> list[Flow]:
         Flow("phase_registration", "patient_classifier", reg),
         Flow("pdac_segmentation", "patient_classifier", {("pdac", "pdac"), ("pdac_working", "pdac_working")}),
         Flow("ln_identification", "patient_classifier", {("ln_findings", "ln_findings")}),
-        Flow("patient_classifier", "seg_builder", {("analysis_results", "analysis_results")}),
-        Flow("patient_classifier", "sr_builder", {("analysis_results", "analysis_results")}),
-        Flow("patient_classifier", "pdf_report_builder", {("analysis_results", "analysis_results")}),
-        Flow("patient_classifier", "results_json_builder", {("analysis_results", "analysis_results")}),
+        Flow("patient_classifier", "quality_gate", {("analysis_results", "analysis_results")}),
+        Flow("phase_registration", "quality_gate", reg),
+        Flow("organ_segmentation", "quality_gate", {("organs_working", "organs_working")}),
+        Flow("attention_map", "quality_gate", {("attention", "attention")}),
+        Flow("pdac_segmentation", "quality_gate", {("pdac_working", "pdac_working")}),
+        Flow("quality_gate", "seg_builder", {("analysis_results", "analysis_results")}),
+        Flow("quality_gate", "sr_builder", {("analysis_results", "analysis_results")}),
+        Flow("quality_gate", "pdf_report_builder", {("analysis_results", "analysis_results")}),
+        Flow("quality_gate", "results_json_builder", {("analysis_results", "analysis_results")}),
         Flow("seg_builder", "sr_builder", {("seg_dataset", "seg_dataset")}),
         Flow("seg_builder", "results_json_builder", {("seg_dataset", "seg_dataset")}),
         Flow("sr_builder", "results_json_builder", {("sr_dataset", "sr_dataset")}),

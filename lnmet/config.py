@@ -67,6 +67,24 @@ class LNDetectionSettings:
 
 
 @dataclass(frozen=True)
+class QualityCheckSetting:
+    """One check of the quality gate (``quality_gate.<name>``): accepted range and severity."""
+
+    name: str
+    min: float | None
+    max: float | None
+    severity: str  # "critical" (a failure makes the study not assessable) or "warning"
+    structures: tuple[str, ...] = ()  # organ_connectivity: the organs it looks at
+
+
+@dataclass(frozen=True)
+class QualityGateSettings:
+    """The ``quality_gate`` section: one :class:`QualityCheckSetting` per check of lnmet.quality.CHECKS."""
+
+    checks: dict[str, QualityCheckSetting]
+
+
+@dataclass(frozen=True)
 class ResourceSettings:
     """The ``resources`` section the MAP packager copies into pkg.json (sizes in bytes)."""
 
@@ -95,6 +113,7 @@ class Settings:
     # by how many HU the venous series' brightest large vessel may exceed the arterial one's.
     phase_content_check: str = "error"
     phase_content_margin_hu: float = 50.0
+    quality_gate: QualityGateSettings | None = None
 
 
 def _get(d: Any, path: str, key: str) -> Any:
@@ -202,6 +221,53 @@ def _parse_resources(section: Any) -> ResourceSettings:
     return ResourceSettings(cpu=float(cpu), gpu=gpu, memory_bytes=memory, gpu_memory_bytes=gpu_memory)
 
 
+def _parse_quality_gate(section: Any) -> QualityGateSettings:
+    """``quality_gate``: every check of :data:`lnmet.quality.CHECKS` with ``min``/``max`` (numbers or
+    null; at least one), ``severity`` critical|warning, and ``structures`` for organ_connectivity."""
+    from lnmet.quality import CHECKS, CRITICAL, WARNING
+
+    if not isinstance(section, dict):
+        raise SettingsError("app.yaml: 'quality_gate' must be a mapping of check name -> {min, max, severity}")
+    unknown = sorted(set(section) - set(CHECKS))
+    if unknown:
+        raise SettingsError(f"app.yaml: unknown check(s) in 'quality_gate': {', '.join(unknown)} "
+                            f"(known: {', '.join(CHECKS)})")
+    missing = [name for name in CHECKS if name not in section]
+    if missing:
+        raise SettingsError(f"app.yaml: missing check(s) in 'quality_gate': {', '.join(missing)}")
+    organ_keys = {c.key for c in ORGAN_CLASSES}
+    checks = {}
+    for name in CHECKS:
+        entry = section[name]
+        base = f"quality_gate.{name}"
+        if not isinstance(entry, dict):
+            raise SettingsError(f"app.yaml: '{base}' must be a mapping with min, max and severity")
+        extra = sorted(set(entry) - {"min", "max", "severity", "structures"})
+        if extra:
+            raise SettingsError(f"app.yaml: unknown key(s) in '{base}': {', '.join(extra)} (expected min, max, severity)")
+        lo = _number(entry.get("min"), f"{base}.min", allow_none=True)
+        hi = _number(entry.get("max"), f"{base}.max", allow_none=True)
+        if lo is None and hi is None:
+            raise SettingsError(f"app.yaml: setting '{base}' needs a 'min' or a 'max' (the accepted range)")
+        if lo is not None and hi is not None and hi < lo:
+            raise SettingsError(f"app.yaml: setting '{base}.max' ({hi}) must be >= min ({lo})")
+        severity = _get(entry, base, "severity")
+        if severity not in (CRITICAL, WARNING):
+            raise SettingsError(f"app.yaml: setting '{base}.severity' must be '{CRITICAL}' or '{WARNING}', got {severity!r}")
+        structures: tuple[str, ...] = ()
+        if "structures" in entry or name == "organ_connectivity":
+            raw_structures = _get(entry, base, "structures")
+            if (not isinstance(raw_structures, list) or not raw_structures
+                    or any(not isinstance(k, str) or k not in organ_keys for k in raw_structures)):
+                raise SettingsError(f"app.yaml: setting '{base}.structures' must be a non-empty list of organ keys "
+                                    f"({', '.join(c.key for c in ORGAN_CLASSES)}), got {raw_structures!r}")
+            structures = tuple(raw_structures)
+        checks[name] = QualityCheckSetting(name=name, min=None if lo is None else float(lo),
+                                           max=None if hi is None else float(hi), severity=severity,
+                                           structures=structures)
+    return QualityGateSettings(checks=checks)
+
+
 def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
     """Validate the parsed YAML document and return typed settings."""
     if not isinstance(raw, dict):
@@ -293,11 +359,14 @@ def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
             raise SettingsError(f"app.yaml: setting 'outputs.{key}' must be true or false, got {value!r}")
         outputs[key] = value
 
+    quality_gate = _parse_quality_gate(_get(raw, "", "quality_gate"))
+
     return Settings(
         app_title=str(title), app_version=version, series_selection=selection,
         missing_arterial=missing_arterial, registration=registration, attention=attention,
         ln_detection=ln_detection, patient_threshold=patient_threshold, outputs=outputs, source=source,
         resources=resources, phase_content_check=content_check, phase_content_margin_hu=content_margin,
+        quality_gate=quality_gate,
     )
 
 

@@ -72,6 +72,9 @@ class AnalysisResults:
     run: RunInfo
     # Probability at or above which a node is called metastatic (LN identification); None if unknown.
     ln_threshold: float | None = None
+    # The quality gate's report (lnmet.quality.QualityReport); None when no gate ran (the builders
+    # used alone). A study whose report is not assessable has no patient-level decision.
+    quality: Any = None
     _headers: list[Dataset] | None = field(default=None, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ derived views
@@ -84,6 +87,11 @@ class AnalysisResults:
     def synthetic_training_data(self) -> bool:
         """True when any model used was trained on synthetic data (then every output says so)."""
         return any(bool(m.metadata.get("synthetic_training_data", False)) for m in self.models)
+
+    @property
+    def status(self) -> str:
+        """``assessed``, or ``not_assessable`` when a critical check of the quality gate failed."""
+        return "not_assessable" if self.quality is not None and not self.quality.assessable else "assessed"
 
     @property
     def positive_nodes(self) -> list[LymphNodeFinding]:
@@ -171,6 +179,9 @@ class AnalysisResults:
         if self.ln_threshold is not None and not 0.0 <= self.ln_threshold <= 1.0:
             raise AnalysisResultsError(f"ln_threshold {self.ln_threshold} outside [0, 1]")
         p = self.patient.probability
+        if self.status == "not_assessable" and (p is not None or self.patient.positive is not None):
+            raise AnalysisResultsError("the study is not assessable (quality gate) but the patient-level probability "
+                                       "or decision is set; expected both withheld (None)")
         if p is not None and not 0.0 <= p <= 1.0:
             raise AnalysisResultsError(f"patient probability {p} outside [0, 1]")
         if self.run.single_phase != (self.arterial is None):

@@ -6,7 +6,8 @@ Ports:
         dataset, the page count and the key images shown; None when disabled)
 
 Pages (A4, reportlab; images by matplotlib):
-    1. the summary a radiologist reads in seconds: the research-use notice, the verdict (patient-level
+    1. the summary a radiologist reads in seconds: the research-use notice, the quality gate's verdict
+       (a framed "NOT ASSESSABLE" block with the failed checks, or one line), the verdict (patient-level
        decision, probability, threshold, findings in one line, method), one key image (the most
        probable metastatic node, else the tumour) and the most probable nodes (class, probability,
        short axis, volume, nearest organ/vessel, image number) with the node threshold;
@@ -34,7 +35,6 @@ import logging
 import math
 import re
 from datetime import datetime
-from xml.sax.saxutils import escape
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 from pydicom.datadict import dictionary_description, keyword_dict
@@ -190,6 +190,40 @@ def _grid_table(rows, widths, header_rows: int = 1, zebra: bool = True) -> Table
     return t
 
 
+QUALITY_CHECKS_SHOWN = 6  # failed checks listed on page 1; all of them are in results.json
+
+
+def quality_gate_flowables(results: AnalysisResults, st: dict[str, ParagraphStyle]) -> list:
+    """The quality gate's verdict, the first thing on page 1: a framed "NOT ASSESSABLE" block with
+    the failed critical checks when the gate withheld the decision, else one line (nothing when no
+    gate ran)."""
+    report = results.quality
+    if report is None:
+        return []
+    if report.assessable:
+        text = f"Quality gate: assessed ({len(report.checks)} checks"
+        text += (f"; warnings: {markup(', '.join(c.name for c in report.warnings), 300)})" if report.warnings else
+                 ", none failed)")
+        return [Paragraph(text, st["small"]), Spacer(1, 1 * mm)]
+    colour = colors.HexColor("#8a4b00")
+    rows = [[Paragraph("NOT ASSESSABLE \u2014 no lymph node metastasis prediction is given",
+                       ParagraphStyle("na", parent=st["result"], textColor=colour))],
+            [Paragraph("The scan, or what the models produced from it, is outside what the models were trained and "
+                       "validated on. These critical checks failed:", st["body"])]]
+    blocking = report.blocking
+    for c in blocking[:QUALITY_CHECKS_SHOWN]:
+        rows.append([Paragraph(f"<b>{markup(c.name, 60)}</b>: {markup(c.reason, 400)}", st["cell"])])
+    more = len(blocking) - QUALITY_CHECKS_SHOWN
+    rows.append([Paragraph(
+        (f"... and {more} more. " if more > 0 else "") + "Every check, its value and accepted range: results.json "
+        "(quality_gate). The segmentations and measurements below are shown for review only.", st["small"])])
+    box = Table(rows, colWidths=[FRAME_WIDTH_MM * mm])
+    box.setStyle(TableStyle([("BOX", (0, 0), (-1, -1), 1.5, colour), ("TOPPADDING", (0, 0), (-1, -1), 2),
+                             ("BOTTOMPADDING", (0, 0), (-1, -1), 2), ("LEFTPADDING", (0, 0), (-1, -1), 6),
+                             ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#fff4e5"))]))
+    return [box, Spacer(1, 2 * mm)]
+
+
 def build_pdf_bytes(results: AnalysisResults, key_images: list[KeyImage]) -> tuple[bytes, int]:
     """Lay out the report; returns the PDF bytes and the number of pages."""
     st = _styles()
@@ -269,6 +303,8 @@ def plain_selection_reason(reason: str) -> str:
 def decision_text(results: AnalysisResults) -> tuple[str, colors.Color]:
     """The patient-level decision as the report words it, and its colour."""
     p = results.patient
+    if results.status == "not_assessable":
+        return "Not assessable: no patient-level prediction", colors.HexColor("#555555")
     if p.positive is None or p.probability is None:
         return "Undetermined: no patient-level prediction", colors.HexColor("#555555")
     if p.positive:
@@ -399,7 +435,7 @@ def _first_page(results: AnalysisResults, st: dict[str, ParagraphStyle], notice:
                                 ("TOPPADDING", (0, 0), (-1, -1), 4), ("BOTTOMPADDING", (0, 0), (-1, -1), 4)]))
     page = [Paragraph("Lymph node metastasis prediction \u2014 pancreatic cancer (CT)", st["title"]),
             banner, Spacer(1, 3 * mm)]
-    # A status line about the input (e.g. "not assessable" from a quality gate) belongs here, above the verdict.
+    page += quality_gate_flowables(results, st)  # the gate's verdict about the input, above the decision
     page += verdict_flowables(results, st)
     if lead is not None:
         page += _key_image_flowables(lead, st, FIRST_PAGE_IMAGE_WIDTH_MM)

@@ -42,7 +42,7 @@ from operators.sr_builder import ln_tracking_id
 logger = logging.getLogger(__name__)
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "results.schema.json"
-SCHEMA_VERSION = "1.2.0"
+SCHEMA_VERSION = "1.3.0"
 
 
 class ResultsDocumentError(ValueError):
@@ -76,6 +76,24 @@ def _series(ref: SeriesRef) -> dict[str, Any]:
 def _dicom_output(ds: Dataset, path: str) -> dict[str, Any]:
     return {"path": path, "sop_class_uid": str(ds.SOPClassUID), "sop_instance_uid": str(ds.SOPInstanceUID),
             "series_instance_uid": str(ds.SeriesInstanceUID), "series_number": int(ds.SeriesNumber)}
+
+
+WITHHELD_NOTE = ("NOT A DECISION: the patient classifier's output on a study the quality gate found not assessable; "
+                 "kept for research only")
+
+
+def quality_gate_section(results: AnalysisResults) -> dict[str, Any] | None:
+    """results.json ``quality_gate``: every check with its value, range and result (None when no gate ran)."""
+    report = results.quality
+    if report is None:
+        return None
+    withheld = None
+    if not report.assessable:
+        withheld = {"probability": report.withheld_probability, "note": WITHHELD_NOTE}
+    return {"assessable": report.assessable, "summary": report.summary(),
+            "checks": [c.as_dict() for c in report.checks],
+            "failed_critical": [c.name for c in report.blocking], "warnings": [c.name for c in report.warnings],
+            "withheld_model_output": withheld}
 
 
 def build_results_document(results: AnalysisResults, seg: Dataset | None, sr: Dataset | None,
@@ -120,7 +138,8 @@ def build_results_document(results: AnalysisResults, seg: Dataset | None, sr: Da
         "lymph_node_threshold": None if results.ln_threshold is None else float(results.ln_threshold),
         "patient": {"probability": float(p.probability) if p.probability is not None else None,
                     "threshold": float(p.threshold), "positive": p.positive,
-                    "decision": {True: "positive", False: "negative", None: "undetermined"}[p.positive],
+                    "decision": ("not_assessable" if results.status == "not_assessable" else
+                                 {True: "positive", False: "negative", None: "undetermined"}[p.positive]),
                     "method": p.method,
                     "largest_positive_ln_volume_mm3": float(p.largest_positive_ln_volume_mm3),
                     "statement": p.statement},
@@ -139,6 +158,8 @@ def build_results_document(results: AnalysisResults, seg: Dataset | None, sr: Da
         "device": results.run.device,
         "timings_s": {k: float(v) for k, v in results.run.timings_s.items()},
         "warnings": list(results.run.warnings),
+        "status": results.status,
+        "quality_gate": quality_gate_section(results),
     }
     validate_results_document(doc)
     return doc

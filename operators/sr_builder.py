@@ -25,6 +25,8 @@ Content tree (TID 1500 "Imaging Measurement Report", see docs/OUTPUTS.md for eve
 - report-level qualitative evaluations (TID 1500 row 12): the patient-level result (CODE
   Metastasis: Present/Absent/Presence undetermined, and a statement with the probability, the
   threshold and the method), the tumour's absence when none was found, the research-use notice,
+  the quality gate's verdict (CODE Quality Assessment; a study not assessable has no probability
+  and "Presence undetermined"; TEXT items: the verdict and each failed check),
   the series used for each phase, each model, the single-phase statement. These have no place in
   the imaging measurements: a measurement group without image coordinates stops OHIF 3.13 from
   loading the report.
@@ -166,6 +168,24 @@ def patient_statement(results: AnalysisResults) -> str:
     return text + (f". {p.statement}" if p.statement else ".")
 
 
+def quality_gate_items(results: AnalysisResults) -> list:
+    """The quality gate in the SR's report-level evaluations: CODE "Quality Assessment" (met /
+    warnings / unusable = not assessable), then TEXT items: the verdict and one per failed check.
+    Nothing when no gate ran."""
+    report = results.quality
+    if report is None:
+        return []
+    value = (codes.QUALITY_UNUSABLE if not report.assessable else
+             codes.QUALITY_WARNINGS if report.warnings else codes.QUALITY_MET)
+    verdict = ("NOT ASSESSABLE: no patient-level prediction. " if not report.assessable else "Assessed. ") + (
+        f"{sum(not c.failed for c in report.checks)} of {len(report.checks)} quality checks passed or did not apply.")
+    items = [hd.sr.CodeContentItem(name=codes.QUALITY_ASSESSMENT, value=value, relationship_type="CONTAINS"),
+             _text(codes.QUALITY_GATE_STATEMENT, verdict)]
+    items += [_text(codes.QUALITY_GATE_STATEMENT, f"{c.name} failed ({c.severity}): {c.reason}"[:1024])
+              for c in report.checks if c.failed]
+    return items
+
+
 def _referenced_segment(seg: Dataset | None, numbers: dict[str, int], key: str,
                         series_uid: str) -> hd.sr.ReferencedSegment | None:
     if seg is None or key not in numbers:
@@ -270,6 +290,7 @@ def build_sr(results: AnalysisResults, seg: Dataset | None) -> hd.sr.Comprehensi
              _text(codes.RESEARCH_USE_NOTICE, research_notice(results.synthetic_training_data))]
     if not tumour.found:
         items.insert(1, hd.sr.CodeContentItem(name=codes.NEOPLASM, value=codes.ABSENT, relationship_type="CONTAINS"))
+    items += quality_gate_items(results)
     items.append(_text(codes.SERIES_USED, _series_text(results.venous.series)))
     if results.arterial is not None:
         items.append(_text(codes.SERIES_USED, _series_text(results.arterial)))

@@ -43,8 +43,11 @@ import json, sys
 res, gt = (json.load(open(p)) for p in sys.argv[1:3])
 p = res["patient"]
 prob = "n/a" if p.get("probability") is None else f"{p['probability']:.2f}"
-print(f"[main] predicted: {'metastasis' if p.get('positive') else 'no metastasis'} (probability {prob}, "
-      f"threshold {p.get('threshold', float('nan')):.2f}); {len(res.get('lymph_nodes', []))} lymph node(s) found")
+if res.get("status") == "not_assessable":
+    print(f"[main] NOT ASSESSABLE (quality gate): {res['quality_gate']['summary']}")
+else:
+    print(f"[main] predicted: {'metastasis' if p.get('positive') else 'no metastasis'} (probability {prob}, "
+          f"threshold {p.get('threshold', float('nan')):.2f}); {len(res.get('lymph_nodes', []))} lymph node(s) found")
 truth = gt["patient"]
 print(f"[main] ground truth of this synthetic study: {'metastasis' if truth['metastasis_positive'] else 'no metastasis'}, "
       f"{truth['num_lymph_nodes']} labelled node(s), {truth['num_positive_lymph_nodes']} positive")

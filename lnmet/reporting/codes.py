@@ -43,6 +43,11 @@ METASTASIS = codes.SCT.Metastasis  # 128462008
 PRESENT = codes.SCT.Present  # 52101004, CID 240
 ABSENT = codes.SCT.Absent  # 272519000, CID 240
 PRESENCE_UNDETERMINED = codes.DCM.PresenceUndetermined  # 121059
+# Quality gate verdict (patient-level group): concept and the three values of CID 6044 "Image usability".
+QUALITY_ASSESSMENT = codes.DCM.QualityAssessment  # 111050
+QUALITY_MET = codes.DCM.UsableMeetsTheQualityControlStandard  # 111237: assessed, every check passed
+QUALITY_WARNINGS = codes.DCM.UsableDoesNotMeetTheQualityControlStandard  # 111236: assessed, warnings
+QUALITY_UNUSABLE = codes.DCM.UnusableQualityRendersImageUnusable  # 111235: not assessable
 
 UNIT_MM3 = codes.UCUM.CubicMillimeter
 UNIT_MM = codes.UCUM.Millimeter
@@ -75,6 +80,7 @@ SINGLE_PHASE_STATEMENT = _private("LNM012", "Single-phase analysis")
 SERIES_USED = _private("LNM013", "Series used")
 PATIENT_LEVEL_STATEMENT = _private("LNM014", "Patient-level result statement")
 TUMOUR_STATEMENT = _private("LNM015", "Tumour segmentation statement")
+QUALITY_GATE_STATEMENT = _private("LNM016", "Quality gate")
 PATIENT_METHODS = {
     "combined": _private("LNM020", "Tumour and lymph node classifier (Zheng et al. 2024)"),
     "tumour_only": _private("LNM021", "Tumour-only classifier"),
