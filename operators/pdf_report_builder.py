@@ -428,14 +428,16 @@ def _key_image_flowables(ki: KeyImage, st: dict[str, ParagraphStyle], width_mm: 
 
 def _first_page(results: AnalysisResults, st: dict[str, ParagraphStyle], notice: str, lead: KeyImage | None,
                 nodes: list[LymphNodeFinding], plan: PagePlan) -> list:
-    """Page 1, read in seconds: the research-use notice, the verdict, one key image, the top nodes.
+    """Page 1, read in seconds: the quality gate's verdict, the research-use notice, the verdict, one key
+    image, the top nodes.
     Shrunk to fit one page if it must (a long status or statement never pushes it onto two)."""
     banner = Table([[Paragraph(notice.upper(), st["notice"])]], colWidths=[FRAME_WIDTH_MM * mm])
     banner.setStyle(TableStyle([("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#b00020")),
                                 ("TOPPADDING", (0, 0), (-1, -1), 4), ("BOTTOMPADDING", (0, 0), (-1, -1), 4)]))
-    page = [Paragraph("Lymph node metastasis prediction \u2014 pancreatic cancer (CT)", st["title"]),
-            banner, Spacer(1, 3 * mm)]
-    page += quality_gate_flowables(results, st)  # the gate's verdict about the input, above the decision
+    # The quality gate's verdict about the input is the first thing on the page (issue 15), then the decision.
+    page = quality_gate_flowables(results, st)
+    page += [Paragraph("Lymph node metastasis prediction \u2014 pancreatic cancer (CT)", st["title"]),
+             banner, Spacer(1, 3 * mm)]
     page += verdict_flowables(results, st)
     if lead is not None:
         page += _key_image_flowables(lead, st, FIRST_PAGE_IMAGE_WIDTH_MM)

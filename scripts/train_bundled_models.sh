@@ -37,14 +37,26 @@ if want organs && [ ! -f build/train/organ_seg.done ]; then
   mkdir -p build/train && touch build/train/organ_seg.done
 fi
 if want pdac && [ ! -f build/train/pdac_seg.done ]; then
+  # Leg 1: 3000 iterations; leg 2 resumes its checkpoint up to 6000 (the poly schedule is stretched).
+  [ -f build/train/pdac_seg_leg1.done ] || {
+    $SEG --dataset data/nnunet/Dataset503_PancreasTumour --task pdac --out models/pdac_seg/model.ts \
+        --iterations 3000 --max-cases 120 --val-fraction 0.1 --val-max-cases 6 --model-version 0.2.0 \
+        --checkpoint build/checkpoints/pdac_seg.pt
+    mkdir -p build/train && touch build/train/pdac_seg_leg1.done; }
   $SEG --dataset data/nnunet/Dataset503_PancreasTumour --task pdac --out models/pdac_seg/model.ts \
-      --iterations 3000 --max-cases 120 --val-fraction 0.1 --val-max-cases 6 --model-version 0.2.0
+      --iterations 6000 --max-cases 120 --val-fraction 0.1 --val-max-cases 6 --model-version 0.2.0 \
+      --checkpoint build/checkpoints/pdac_seg.pt --resume
   mkdir -p build/train && touch build/train/pdac_seg.done
 fi
 LN="--dataset data/nnunet/Dataset502_PancreasLymphNodes --task lymph_nodes --iterations 3000 --max-cases 120 \
     --val-fraction 0.1 --val-max-cases 6 --per-node-sampling"
 if want ln && [ ! -f build/train/ln_seg.done ]; then
-  $SEG $LN --out models/ln_seg/model.ts --model-version 0.4.0
+  # Leg 1: 3000 iterations; leg 2 resumes its checkpoint up to 5500.
+  [ -f build/train/ln_seg_leg1.done ] || {
+    $SEG $LN --out models/ln_seg/model.ts --model-version 0.4.0 --checkpoint build/checkpoints/ln_seg.pt
+    mkdir -p build/train && touch build/train/ln_seg_leg1.done; }
+  $SEG $LN --iterations 5500 --out models/ln_seg/model.ts --model-version 0.4.0 \
+      --checkpoint build/checkpoints/ln_seg.pt --resume
   mkdir -p build/train && touch build/train/ln_seg.done
 fi
 if want ln_baseline && [ ! -f build/train/ln_seg_baseline.done ]; then

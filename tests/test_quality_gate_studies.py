@@ -98,10 +98,18 @@ def _judge_fault(chain, gate_settings, tiny_study, tmp_path: Path, fault, *args)
     return _judge(chain, gate_settings, write_study(fault(tiny_study, *args), tmp_path) / "dicom", **ORGANS_ONLY)
 
 
-def test_swapped_phases_are_caught(chain, gate_settings, tiny_study, tmp_path):
+def test_swapped_phases_are_caught(chain, gate_settings, tiny_study, tmp_path, monkeypatch):
+    """Swapped phases are refused at intake by their content (phase_policy.content_check: error);
+    with that check off, the gate still withholds the decision."""
+    import dataclasses
+
+    from lnmet.phase_content import PhaseContentError
     from synthetic.faults import swap_phases
 
-    report, failed = _judge_fault(chain, gate_settings, tiny_study, tmp_path, swap_phases)
+    with pytest.raises(PhaseContentError, match="look swapped"):
+        _judge_fault(chain, gate_settings, tiny_study, tmp_path / "intake", swap_phases)
+    monkeypatch.setattr(chain, "settings", dataclasses.replace(chain.settings, phase_content_check="off"))
+    report, failed = _judge_fault(chain, gate_settings, tiny_study, tmp_path / "gate", swap_phases)
     assert "arterial_minus_venous_aorta_hu" in failed, report.summary()
     _measured_or_unverifiable(report.check("arterial_minus_venous_aorta_hu"))
     assert not report.assessable
@@ -217,7 +225,7 @@ def test_pdf_says_it_first_on_page_one(head_run):
     body = lines[1:]  # the first line is the page header (patient name and ID)
     assert body[0].startswith("NOT ASSESSABLE"), lines[:4]
     assert "body_width_mm" in first
-    assert "Probability of lymph node metastasis: n/a" in " ".join(first.split())
+    assert "Probability of lymph node metastasis n/a" in " ".join(first.split())
 
 
 def test_sr_carries_it(head_run):
