@@ -2,7 +2,7 @@
 
 Graph (ports in each operator module's docstring)::
 
-    StudyLoader -> PhaseSelector -> SeriesToVolume -> PhaseRegistration -> OrganSegmentation
+    StudyLoader -> PhaseSelector -> SeriesToVolume -> OrganSource -> PhaseRegistration -> OrganSegmentation
       -> AttentionMap -> LNSegmentation -> LNIdentification -> PDACSegmentation -> PatientClassifier
       -> SEGBuilder / SRBuilder / PDFReportBuilder / ResultsJSONBuilder -> OutputPublisher
 
@@ -149,6 +149,7 @@ def _nodes() -> list[Node]:
              lambda st: {"input_folder": st.input_path}, source=True),
         Node("phase_selector", "operators.phase_selector", "PhaseSelectorOperator", _common),
         Node("series_to_volume", "operators.series_to_volume", "SeriesToVolumeOperator", _common),
+        Node("organ_source", "operators.organ_source", "OrganSourceOperator", _common),
         Node("phase_registration", "operators.phase_registration", "PhaseRegistrationOperator",
              lambda st: {**_common(st), **_working_spacing(st)}),
         Node("organ_segmentation", "operators.organ_segmentation", "OrganSegmentationOperator",
@@ -178,9 +179,15 @@ def _flows() -> list[Flow]:
     return [
         Flow("study_loader", "phase_selector", {("dicom_series", "dicom_series")}),
         Flow("phase_selector", "series_to_volume", {("phase_selection", "phase_selection")}),
-        Flow("series_to_volume", "phase_registration",
+        # The organ source (app.yaml organ_source) is read and checked before registration and passes
+        # the volumes on, so that an unusable site segmentation stops the run before minutes of work.
+        Flow("study_loader", "organ_source", {("dicom_series", "dicom_series")}),
+        Flow("series_to_volume", "organ_source",
+             {("venous_volume", "venous_volume"), ("arterial_volume", "arterial_volume")}),
+        Flow("organ_source", "phase_registration",
              {("venous_volume", "venous_volume"), ("arterial_volume", "arterial_volume")}),
         Flow("phase_registration", "organ_segmentation", reg),
+        Flow("organ_source", "organ_segmentation", {("site_organs", "site_organs")}),
         Flow("organ_segmentation", "attention_map", {("organs_working", "organs_working")}),
         Flow("phase_registration", "ln_segmentation", reg),
         Flow("attention_map", "ln_segmentation", {("attention", "attention")}),
@@ -192,6 +199,7 @@ def _flows() -> list[Flow]:
         Flow("phase_registration", "patient_classifier", reg),
         Flow("pdac_segmentation", "patient_classifier", {("pdac", "pdac"), ("pdac_working", "pdac_working")}),
         Flow("ln_identification", "patient_classifier", {("ln_findings", "ln_findings")}),
+        Flow("organ_segmentation", "patient_classifier", {("organ_sources", "organ_sources")}),
         Flow("patient_classifier", "seg_builder", {("analysis_results", "analysis_results")}),
         Flow("patient_classifier", "sr_builder", {("analysis_results", "analysis_results")}),
         Flow("patient_classifier", "pdf_report_builder", {("analysis_results", "analysis_results")}),

@@ -26,6 +26,7 @@ from lnmet.labels import ORGAN_CLASSES
 from lnmet.types import (
     LymphNodeFinding,
     ModelInfo,
+    OrganSources,
     PatientPrediction,
     PhaseVolume,
     SeriesRef,
@@ -72,6 +73,7 @@ class AnalysisResults:
     run: RunInfo
     # Probability at or above which a node is called metastatic (LN identification); None if unknown.
     ln_threshold: float | None = None
+    organ_sources: OrganSources | None = None  # which source gave each organ/vessel class (None: model, not said)
     _headers: list[Dataset] | None = field(default=None, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ derived views

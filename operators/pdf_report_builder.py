@@ -7,7 +7,8 @@ Ports:
 
 Pages (A4, reportlab; images by matplotlib):
     1. the patient-level result first (decision, probability, threshold, method), then the findings
-       in brief, the series used for each phase (acquisition times, why chosen), the models;
+       in brief, the series used for each phase (acquisition times, why chosen), the models, and
+       which source gave the organs/vessels of the attention map (app.yaml ``organ_source``);
     2. key images, two per page: the tumour, then each metastatic node by decreasing probability;
     3. the table of all lymph nodes sorted by probability (35 rows per page).
 So the page count is ``1 + ceil(key images / 2) + max(1, ceil(nodes / 35))``. Every page has the
@@ -28,6 +29,7 @@ import logging
 import math
 import re
 from datetime import datetime
+from xml.sax.saxutils import escape as xml_escape
 
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -50,6 +52,7 @@ from reportlab.platypus import (
 )
 
 from lnmet.labels import ORGAN_BY_KEY
+from lnmet.organ_sources import class_source_lines
 from lnmet.reporting import RESEARCH_NOTICE, SYNTHETIC_NOTICE, dicom_common
 from lnmet.reporting.keyimages import KeyImage, render_key_images
 from lnmet.results import AnalysisResults, PdfDocument
@@ -167,6 +170,23 @@ def _grid_table(rows, widths, header_rows: int = 1, zebra: bool = True) -> Table
     return t
 
 
+def organ_source_paragraph(results: AnalysisResults, style: ParagraphStyle) -> list[Paragraph]:
+    """Page 1: which source gave the organ/vessel classes of the attention map (app.yaml
+    ``organ_source``), grouped by source; nothing when not recorded."""
+    src = results.organ_sources
+    if src is None:
+        return []
+    groups: dict[str, list[str]] = {}
+    for name, where, _ in class_source_lines(src):
+        groups.setdefault(where, []).append(name)
+    text = "<b>Organs/vessels of the attention map</b> \u2014 " + "; ".join(
+        f"from the {xml_escape(where)}: {xml_escape(', '.join(names))}" for where, names in groups.items()) + "."
+    if src.setting != "model":
+        text += (f" Read: {xml_escape(src.description)}. Where the site's segmentation and the model both label "
+                 "a voxel, the site's label is kept.")
+    return [Paragraph(text, style)]
+
+
 def build_pdf_bytes(results: AnalysisResults, key_images: list[KeyImage]) -> tuple[bytes, int]:
     """Lay out the report; returns the PDF bytes and the number of pages."""
     st = _styles()
@@ -273,6 +293,7 @@ def build_pdf_bytes(results: AnalysisResults, key_images: list[KeyImage]) -> tup
     if run.timings_s:
         run_text += f", total {sum(run.timings_s.values()):.0f} s"
     story.append(Paragraph(run_text + ".", st["small"]))
+    story += organ_source_paragraph(results, st["small"])
     for w in run.warnings[:4]:
         story.append(Paragraph(f"Warning: {w}", st["small"]))
     if len(run.warnings) > 4:

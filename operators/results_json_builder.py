@@ -77,6 +77,17 @@ def _dicom_output(ds: Dataset, path: str) -> dict[str, Any]:
             "series_instance_uid": str(ds.SeriesInstanceUID), "series_number": int(ds.SeriesNumber)}
 
 
+def organ_source_entry(results: AnalysisResults) -> dict[str, Any] | None:
+    """results.json ``organ_source``: the setting and, per organ/vessel class, which source gave it
+    (``model``, ``input_seg`` or ``nifti``) with the segment, file or model; None when not recorded."""
+    src = results.organ_sources
+    if src is None:
+        return None
+    return {"setting": src.setting, "description": src.description, "merge_rule": src.merge_rule,
+            "classes": {key: {"source": source, "detail": src.detail.get(key, "")}
+                        for key, source in src.per_class.items()}}
+
+
 def build_results_document(results: AnalysisResults, seg: Dataset | None, sr: Dataset | None,
                            pdf: PdfDocument | None) -> dict[str, Any]:
     """Build and validate results.json's content (pure function)."""
@@ -138,6 +149,7 @@ def build_results_document(results: AnalysisResults, seg: Dataset | None, sr: Da
         "device": results.run.device,
         "timings_s": {k: float(v) for k, v in results.run.timings_s.items()},
         "warnings": list(results.run.warnings),
+        "organ_source": organ_source_entry(results),
     }
     validate_results_document(doc)
     return doc

@@ -75,6 +75,7 @@ SINGLE_PHASE_STATEMENT = _private("LNM012", "Single-phase analysis")
 SERIES_USED = _private("LNM013", "Series used")
 PATIENT_LEVEL_STATEMENT = _private("LNM014", "Patient-level result statement")
 TUMOUR_STATEMENT = _private("LNM015", "Tumour segmentation statement")
+ORGAN_SOURCE = _private("LNM016", "Organ and vessel segmentation source")
 PATIENT_METHODS = {
     "combined": _private("LNM020", "Tumour and lymph node classifier (Zheng et al. 2024)"),
     "tumour_only": _private("LNM021", "Tumour-only classifier"),
