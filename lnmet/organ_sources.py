@@ -475,20 +475,18 @@ def read_nifti_organs(path: str | Path, reference: sitk.Image) -> SiteOrgans:
         description = f"TotalSegmentator output folder {src.path} (one NIfTI per structure)"
     else:
         values = _read_on_reference(src.multilabel, reference)
-        table = label_table(src.multilabel)
-        if table:
-            by_value = {v: class_for_name(n) for v, n in table.items()}
-            how = "label table in the file"
-        else:
-            by_value = {m.totalseg_v2: m.key for m in STRUCTURE_MAPPING if m.totalseg_v2 is not None}
-            how = "TotalSegmentator v2 'total' label values"
+        table = label_table(src.multilabel)  # value -> structure name
+        how = "label table in the file"
+        if not table:
             table = {m.totalseg_v2: m.key for m in STRUCTURE_MAPPING if m.totalseg_v2 is not None}
-        for value, key in sorted(by_value.items()):
+            how = "TotalSegmentator v2 'total' label values"
+        for value, name in sorted(table.items()):
+            key = class_for_name(name)
             if key is None:
                 continue
             masks[key] = masks.get(key, np.zeros(values.shape, dtype=bool)) | (values == value)
             classes[key] = (classes[key] + ", " if key in classes else "") + (
-                f"label {value} '{table.get(value, key)}' of {src.multilabel.name}")
+                f"label {value} '{name}' of {src.multilabel.name}")
         found = [f"{v} '{n}'" for v, n in sorted(table.items())][:30]
         description = f"TotalSegmentator multi-label NIfTI {src.multilabel} ({how})"
     _check_pancreas(masks, f"TotalSegmentator output {src.path}", found)

@@ -172,6 +172,12 @@ class AnalysisResults:
         p = self.patient.probability
         if p is not None and not 0.0 <= p <= 1.0:
             raise AnalysisResultsError(f"patient probability {p} outside [0, 1]")
+        if self.organ_sources is not None:
+            sources = self.organ_sources.per_class
+            if set(sources) != organ_keys or set(sources.values()) - {"model", "input_seg", "nifti"}:
+                raise AnalysisResultsError(
+                    f"organ_sources: {sources}; expected every key of lnmet.labels.ORGAN_CLASSES with source "
+                    "'model', 'input_seg' or 'nifti'")
         if self.run.single_phase != (self.arterial is None):
             raise AnalysisResultsError(
                 f"run.single_phase is {self.run.single_phase} but the arterial series is "
