@@ -144,3 +144,15 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     total = int(a.sum() + b.sum())
     return 1.0 if total == 0 else 2.0 * int((a & b).sum()) / total
+
+
+def write_real_study(folder: Path) -> dict:
+    """The real CT as a DICOM series in ``folder/ct`` and its labels as a TotalSegmentator-style SEG
+    in ``folder/seg/seg.dcm``; returns the CT datasets, the labels (on the series' grid) and the
+    masks per class name."""
+    ct, labels = read_real_ct()
+    datasets = write_ct_series(ct, folder / "ct", description="Abdomen non-contrast (as venous)")
+    arr = sitk.GetArrayFromImage(labels)
+    masks = {name: arr == value for name, value in REAL_CLASSES.items()}
+    write_organ_seg(masks, datasets, folder / "seg" / "seg.dcm")
+    return {"datasets": datasets, "labels": labels, "masks": masks}

@@ -35,7 +35,7 @@ from lnmet.inference import labels_to_grid
 from lnmet.labels import ORGAN_BY_KEY
 from lnmet.model_manifest import MANIFEST_NAME
 from lnmet.reporting.standin import load_phase
-from organ_source_support import REAL_CLASSES, REAL_CT, REAL_LABELS, dice, read_real_ct, write_ct_series, write_organ_seg
+from organ_source_support import REAL_CLASSES, REAL_CT, REAL_LABELS, dice, write_organ_seg, write_real_study
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.skipif(not REAL_CT.is_file(), reason=f"real CT sample not found at {REAL_CT}")
@@ -62,16 +62,12 @@ def _config(tmp: Path, organ_source: str) -> Path:
 
 @pytest.fixture(scope="module")
 def real_study(tmp_path_factory):
-    """The real CT as a DICOM series (folder ``ct``), its labels on that grid and a SEG of them."""
+    """The real CT as a DICOM series alone (folder ``ct``) and with a SEG of its labels (``ct_seg``)."""
     root = tmp_path_factory.mktemp("real_ct_app")
-    ct, labels = read_real_ct()
-    datasets = write_ct_series(ct, root / "ct" / "ct", description="Abdomen non-contrast (as venous)")
-    arr = sitk.GetArrayFromImage(labels)
-    masks = {name: arr == value for name, value in REAL_CLASSES.items()}
-    shutil.copytree(root / "ct", root / "ct_seg")
-    write_organ_seg(masks, datasets, root / "ct_seg" / "seg" / "seg.dcm")
+    study = write_real_study(root / "ct_seg")
+    shutil.copytree(root / "ct_seg" / "ct", root / "ct" / "ct")
     models, env = _models(root)
-    return {"root": root, "datasets": datasets, "labels": labels, "masks": masks, "models": models, "env": env}
+    return {"root": root, **study, "models": models, "env": env}
 
 
 @pytest.fixture(scope="module", params=["input_seg", "nifti"])

@@ -36,7 +36,8 @@ from lnmet.organ_sources import (
 )
 from lnmet.reporting.standin import load_phase, results_from_study
 from lnmet.types import SiteOrgans
-from organ_source_support import REAL_CLASSES, REAL_CT, REAL_LABELS, dice, read_real_ct, write_ct_series, write_organ_seg
+from organ_source_support import (REAL_CLASSES, REAL_CT, REAL_LABELS, dice, read_real_ct, write_ct_series,
+                                   write_organ_seg, write_real_study)
 
 pytestmark = pytest.mark.skipif(not REAL_CT.is_file(), reason=f"real CT sample not found at {REAL_CT}")
 
@@ -128,13 +129,8 @@ def test_merge_rule_site_wins_model_fills_only_missing_classes_in_background():
 def real_ct(tmp_path_factory):
     """The real CT as a DICOM series, its labels (on that grid) and SEGs made from them."""
     root = tmp_path_factory.mktemp("real_ct")
-    ct, labels = read_real_ct()
-    datasets = write_ct_series(ct, root / "study" / "ct", description="Abdomen non-contrast (as venous)")
-    arr = sitk.GetArrayFromImage(labels)
-    masks = {name: arr == value for name, value in REAL_CLASSES.items()}
-    write_organ_seg(masks, datasets, root / "study" / "seg" / "seg.dcm")
-    venous = load_phase(root / "study" / "ct", "venous")
-    return {"root": root, "datasets": datasets, "labels": labels, "masks": masks, "venous": venous}
+    study = write_real_study(root / "study")
+    return {"root": root, **study, "venous": load_phase(root / "study" / "ct", "venous")}
 
 
 def _study_with(real_ct, name: str, *segs) -> list:
