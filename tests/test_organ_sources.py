@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import subprocess
+import types
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from pydicom.uid import generate_uid
 from app.startup import StartupError, check_organ_source
 from lnmet.config import ORGAN_NIFTI_ENV, DEFAULT_CONFIG_PATH, SettingsError, load_settings, parse_settings
 from lnmet.dicom_io import scan_folder
+from lnmet.inference import labels_to_grid
 from lnmet.labels import ORGAN_BY_KEY, ORGAN_CLASSES
 from lnmet.organ_sources import (
     MERGE_RULE,
@@ -288,48 +290,53 @@ def test_same_voxel_grid_allows_axis_flips_only():
 # ---------------------------------------------------------------------------------------------- operator
 
 
-def test_organ_segmentation_merges_site_and_model(tiny_study, tiny_study_dir, tmp_path):
+def test_organ_segmentation_merges_site_and_model(tiny_study, tiny_study_dir, monkeypatch):
     """OrganSegmentation with a site source: the site's classes exactly, the model's other classes
-    only in voxels the site leaves unlabelled; with all ten classes from the site the model is not run."""
-    from app_support import make_standin_models
-    from lnmet.inference import SegmentationModel
-    from operators.organ_segmentation import organs_with_site
+    only in voxels the site leaves unlabelled; with all ten classes from the site the model is not run.
+    The model's output is made known (the ground truth shifted by two voxels) by standing in for it."""
+    import operators.organ_segmentation as organ_op
+    from lnmet.geometry import resample_labels
     from operators.phase_registration import register_and_resample
 
-    models, _ = make_standin_models(tmp_path, names=("organ_seg",))
-    model = SegmentationModel.load(models / "organ_seg" / "model.ts", "cpu")
     venous = load_phase(tiny_study_dir / "dicom" / "venous", "venous")
-    registered = register_and_resample(venous, None, load_settings(), (3.0, 3.0, 3.0))
+    registered = register_and_resample(venous, None, load_settings(), (1.5, 1.5, 1.5))
     truth = results_from_study(tiny_study, tiny_study_dir).organs
     truth_arr = sitk.GetArrayFromImage(truth)
+    model_ref = sitk.GetImageFromArray(np.roll(truth_arr, 2, axis=2))
+    model_ref.CopyInformation(truth)
+    model_work = resample_labels(model_ref, registered.working_venous, smooth=False)
+    calls = []
+
+    def model_segments(reg, model):
+        calls.append(model)
+        return model_work, model_ref
+
+    monkeypatch.setattr(organ_op, "segment_organs", model_segments)
+    model = types.SimpleNamespace(name="organ_seg", metadata={"version": "0.1.0"}, spacing_mm=(1.5, 1.5, 1.5),
+                                  channel_names=["CT_arterial", "CT_venous"])
     six = ["spleen", "esophagus", "stomach", "aorta", "pancreas", "duodenum"]
     keep = np.isin(truth_arr, [ORGAN_BY_KEY[k].label for k in six])
     site_img = sitk.GetImageFromArray(np.where(keep, truth_arr, 0).astype(np.uint8))
     site_img.CopyInformation(truth)
     site = SiteOrgans("input_seg", "test SEG", site_img, {k: f"segment {k}" for k in six})
 
-    model_only, model_ref, _ = organs_with_site(registered, model, None)
-    working, reference, sources = organs_with_site(registered, model, site, "input_seg")
-    out, mod, site_arr = (sitk.GetArrayFromImage(i) for i in (reference, model_ref, site_img))
-    assert np.array_equal(out[site_arr > 0], site_arr[site_arr > 0])
-    lacking = [ORGAN_BY_KEY[k].label for k in ("sma", "tc_sa", "lga", "cha_pha")]
-    fill = (site_arr == 0) & np.isin(mod, lacking)
-    assert fill.any(), "the stand-in model labels some vessel voxels"
-    assert np.array_equal(out[fill], mod[fill])
-    assert np.all(out[(site_arr == 0) & ~fill] == 0)
-    assert working.GetSize() == registered.working_venous.GetSize()
+    working, reference, sources = organ_op.organs_with_site(registered, model, site, "input_seg")
+    for out_img, site_on_grid, mod_img in ((reference, site_img, model_ref),
+                                           (working, labels_to_grid(site_img, working), model_work)):
+        out, site_arr, mod = (sitk.GetArrayFromImage(i) for i in (out_img, site_on_grid, mod_img))
+        assert np.array_equal(out[site_arr > 0], site_arr[site_arr > 0])  # the site's labels, all of them
+        lacking = [ORGAN_BY_KEY[k].label for k in ("sma", "tc_sa", "lga", "cha_pha")]
+        fill = (site_arr == 0) & np.isin(mod, lacking)
+        assert fill.any() and (np.isin(mod, lacking) & (site_arr > 0)).any()  # the case has both
+        assert np.array_equal(out[fill], mod[fill])  # the model's vessels where the site has nothing
+        assert np.all(out[(site_arr == 0) & ~fill] == 0)  # the model's organs of the site's classes dropped
+    assert working.GetSize() == registered.working_venous.GetSize() and len(calls) == 1
     assert sources.per_class["pancreas"] == "input_seg" and sources.per_class["sma"] == "model"
-    assert sources.detail["sma"].startswith("bundled model organ_seg") and sources.merge_rule == MERGE_RULE
+    assert sources.detail["sma"] == "bundled model organ_seg 0.1.0" and sources.merge_rule == MERGE_RULE
 
     site_all = SiteOrgans("nifti", "all", truth, {c.key: c.key for c in ORGAN_CLASSES})
-
-    class NotRun:
-        def __getattr__(self, name):
-            if name in ("spacing_mm", "channel_names", "name", "metadata"):
-                return getattr(model, name)
-            raise AssertionError(f"the model was used ({name}) although the site gave every class")
-
-    _, reference, sources = organs_with_site(registered, NotRun(), site_all, "nifti")
+    _, reference, sources = organ_op.organs_with_site(registered, model, site_all, "nifti")
+    assert len(calls) == 1, "the model ran although the site gave every class"
     assert np.array_equal(sitk.GetArrayFromImage(reference), truth_arr)
     assert set(sources.per_class.values()) == {"nifti"}
 
