@@ -42,7 +42,7 @@ from operators.sr_builder import ln_tracking_id
 logger = logging.getLogger(__name__)
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "results.schema.json"
-SCHEMA_VERSION = "1.1.0"
+SCHEMA_VERSION = "1.2.0"
 
 
 class ResultsDocumentError(ValueError):
