@@ -2,7 +2,7 @@
 
 Graph (ports in each operator module's docstring)::
 
-    StudyLoader -> PhaseSelector -> SeriesToVolume -> PhaseRegistration -> OrganSegmentation
+    StudyLoader -> PhaseSelector -> SeriesToVolume -> OrganSource -> PhaseRegistration -> OrganSegmentation
       -> AttentionMap -> LNSegmentation -> LNIdentification -> PDACSegmentation -> PatientClassifier
       -> QualityGate -> SEGBuilder / SRBuilder / PDFReportBuilder / ResultsJSONBuilder -> OutputPublisher
 
@@ -172,6 +172,7 @@ def _nodes() -> list[Node]:
              lambda st: {"input_folder": st.input_path}, source=True),
         Node("phase_selector", "operators.phase_selector", "PhaseSelectorOperator", _common),
         Node("series_to_volume", "operators.series_to_volume", "SeriesToVolumeOperator", _common),
+        Node("organ_source", "operators.organ_source", "OrganSourceOperator", _common),
         Node("phase_registration", "operators.phase_registration", "PhaseRegistrationOperator",
              lambda st: {**_common(st), **_working_spacing(st)}),
         Node("organ_segmentation", "operators.organ_segmentation", "OrganSegmentationOperator",
@@ -202,9 +203,15 @@ def _flows() -> list[Flow]:
     return [
         Flow("study_loader", "phase_selector", {("dicom_series", "dicom_series")}),
         Flow("phase_selector", "series_to_volume", {("phase_selection", "phase_selection")}),
-        Flow("series_to_volume", "phase_registration",
+        # The organ source (app.yaml organ_source) is read and checked before registration and passes
+        # the volumes on, so that an unusable site segmentation stops the run before minutes of work.
+        Flow("study_loader", "organ_source", {("dicom_series", "dicom_series")}),
+        Flow("series_to_volume", "organ_source",
+             {("venous_volume", "venous_volume"), ("arterial_volume", "arterial_volume")}),
+        Flow("organ_source", "phase_registration",
              {("venous_volume", "venous_volume"), ("arterial_volume", "arterial_volume")}),
         Flow("phase_registration", "organ_segmentation", reg),
+        Flow("organ_source", "organ_segmentation", {("site_organs", "site_organs")}),
         Flow("organ_segmentation", "attention_map", {("organs_working", "organs_working")}),
         Flow("phase_registration", "ln_segmentation", reg),
         Flow("attention_map", "ln_segmentation", {("attention", "attention")}),
@@ -216,6 +223,7 @@ def _flows() -> list[Flow]:
         Flow("phase_registration", "patient_classifier", reg),
         Flow("pdac_segmentation", "patient_classifier", {("pdac", "pdac"), ("pdac_working", "pdac_working")}),
         Flow("ln_identification", "patient_classifier", {("ln_findings", "ln_findings")}),
+        Flow("organ_segmentation", "patient_classifier", {("organ_sources", "organ_sources")}),
         Flow("patient_classifier", "quality_gate", {("analysis_results", "analysis_results")}),
         Flow("phase_registration", "quality_gate", reg),
         Flow("organ_segmentation", "quality_gate", {("organs_working", "organs_working")}),

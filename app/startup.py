@@ -10,7 +10,9 @@
    :func:`lnmet.model_manifest.verify_models`: a missing, extra or corrupted model stops the app.
 3. **Input/output**: the input is a readable folder that holds files (a file is refused); the output
    folder exists or can be made, and a file can be written in it. The application checks the paths
-   once more before the SDK parses the command line, so that every path problem exits 3.
+   once more before the SDK parses the command line, so that every path problem exits 3. With
+   app.yaml ``organ_source: nifti`` the TotalSegmentator output exists and holds NIfTI files it can
+   use (:func:`lnmet.organ_sources.locate_nifti`).
 4. **Device**: CUDA when ``torch.cuda.is_available()``, else CPU (``$PDAC_LN_DEVICE`` forces one).
 
 Every failure raises :class:`StartupError` with a one-line message.
@@ -133,6 +135,20 @@ def check_output(path: Path) -> None:
         raise StartupError(f"output folder cannot be written: {path} ({exc.strerror or exc})") from None
 
 
+def check_organ_source(settings: Settings) -> None:
+    """``organ_source: nifti``: the TotalSegmentator output is there and usable. Raises StartupError."""
+    if settings.organ_source != "nifti":
+        return
+    from lnmet.organ_sources import OrganSourceError, locate_nifti
+
+    try:
+        found = locate_nifti(settings.organ_nifti_path or "")
+    except OrganSourceError as exc:
+        raise StartupError(f"organ source: {exc}") from None
+    logger.info("organ source: TotalSegmentator output %s (%s)", found.path,
+                "multi-label file" if found.multilabel else f"{len(found.structure_files)} structure file(s)")
+
+
 def select_device() -> str:
     """'cuda' when a GPU is usable, else 'cpu'; ``$PDAC_LN_DEVICE`` forces one."""
     import torch
@@ -169,6 +185,7 @@ def run_startup_checks(input_path: str | os.PathLike, output_path: str | os.Path
 
     check_input(Path(input_path))
     check_output(Path(output_path))
+    check_organ_source(settings)
 
     device = select_device()
     logger.info("device: %s", describe_device(device))

@@ -19,6 +19,8 @@ from lnmet.labels import ORGAN_CLASSES
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "app.yaml"
 CONFIG_ENV = "PDAC_LN_CONFIG"  # overrides the path of app.yaml
+ORGAN_NIFTI_ENV = "PDAC_LN_ORGAN_NIFTI"  # overrides app.yaml organ_nifti_path
+ORGAN_SOURCES = ("model", "input_seg", "nifti")  # app.yaml organ_source (lnmet.organ_sources)
 
 
 class SettingsError(ValueError):
@@ -114,6 +116,8 @@ class Settings:
     phase_content_check: str = "error"
     phase_content_margin_hu: float = 50.0
     quality_gate: QualityGateSettings | None = None
+    organ_source: str = "model"  # one of ORGAN_SOURCES
+    organ_nifti_path: str | None = None  # TotalSegmentator output ($PDAC_LN_ORGAN_NIFTI overrides app.yaml)
 
 
 def _get(d: Any, path: str, key: str) -> Any:
@@ -268,6 +272,25 @@ def _parse_quality_gate(section: Any) -> QualityGateSettings:
     return QualityGateSettings(checks=checks)
 
 
+def _parse_organ_source(raw: dict[str, Any]) -> tuple[str, str | None]:
+    """``organ_source`` (default ``model``) and the TotalSegmentator path ``organ_nifti_path``,
+    which ``$PDAC_LN_ORGAN_NIFTI`` overrides; ``nifti`` needs one of the two."""
+    source = raw.get("organ_source", "model")
+    if source not in ORGAN_SOURCES:
+        raise SettingsError(
+            f"app.yaml: setting 'organ_source' must be one of {', '.join(ORGAN_SOURCES)}, got {source!r}")
+    path = raw.get("organ_nifti_path")
+    if path is not None and (not isinstance(path, str) or not path.strip()):
+        raise SettingsError(
+            f"app.yaml: setting 'organ_nifti_path' must be a path (string) or null, got {path!r}")
+    path = os.environ.get(ORGAN_NIFTI_ENV, "").strip() or path
+    if source == "nifti" and not path:
+        raise SettingsError(
+            "app.yaml: setting 'organ_source' is 'nifti' but no TotalSegmentator output is given: set "
+            f"'organ_nifti_path' or the environment variable {ORGAN_NIFTI_ENV}")
+    return source, path
+
+
 def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
     """Validate the parsed YAML document and return typed settings."""
     if not isinstance(raw, dict):
@@ -358,6 +381,7 @@ def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
         if not isinstance(value, bool):
             raise SettingsError(f"app.yaml: setting 'outputs.{key}' must be true or false, got {value!r}")
         outputs[key] = value
+    organ_source, organ_nifti_path = _parse_organ_source(raw)
 
     quality_gate = _parse_quality_gate(_get(raw, "", "quality_gate"))
 
@@ -366,7 +390,7 @@ def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
         missing_arterial=missing_arterial, registration=registration, attention=attention,
         ln_detection=ln_detection, patient_threshold=patient_threshold, outputs=outputs, source=source,
         resources=resources, phase_content_check=content_check, phase_content_margin_hu=content_margin,
-        quality_gate=quality_gate,
+        quality_gate=quality_gate, organ_source=organ_source, organ_nifti_path=organ_nifti_path,
     )
 
 

@@ -26,6 +26,7 @@ from lnmet.labels import ORGAN_CLASSES
 from lnmet.types import (
     LymphNodeFinding,
     ModelInfo,
+    OrganSources,
     PatientPrediction,
     PhaseVolume,
     SeriesRef,
@@ -75,6 +76,7 @@ class AnalysisResults:
     # The quality gate's report (lnmet.quality.QualityReport); None when no gate ran (the builders
     # used alone). A study whose report is not assessable has no patient-level decision.
     quality: Any = None
+    organ_sources: OrganSources | None = None  # which source gave each organ/vessel class (None: model, not said)
     _headers: list[Dataset] | None = field(default=None, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ derived views
@@ -184,6 +186,12 @@ class AnalysisResults:
                                        "or decision is set; expected both withheld (None)")
         if p is not None and not 0.0 <= p <= 1.0:
             raise AnalysisResultsError(f"patient probability {p} outside [0, 1]")
+        if self.organ_sources is not None:
+            sources = self.organ_sources.per_class
+            if set(sources) != organ_keys or set(sources.values()) - {"model", "input_seg", "nifti"}:
+                raise AnalysisResultsError(
+                    f"organ_sources: {sources}; expected every key of lnmet.labels.ORGAN_CLASSES with source "
+                    "'model', 'input_seg' or 'nifti'")
         if self.run.single_phase != (self.arterial is None):
             raise AnalysisResultsError(
                 f"run.single_phase is {self.run.single_phase} but the arterial series is "

@@ -154,3 +154,25 @@ class LNFindings:
     def largest_positive_volume_mm3(self) -> float:
         """Volume of the largest positive LN (paper section 3.2); 0 when none is positive."""
         return max((n.volume_mm3 for n in self.lymph_nodes if n.positive), default=0.0)
+
+
+@dataclass
+class SiteOrgans:
+    """Organ/vessel labels the site already had (app.yaml ``organ_source`` ``input_seg`` or ``nifti``),
+    read and checked by :mod:`lnmet.organ_sources`, on the reference grid."""
+
+    source: str  # "input_seg" | "nifti"
+    description: str  # what was read: the SEG series, or the NIfTI file/folder (no patient identifiers)
+    labels: sitk.Image  # uint8, values of lnmet.labels.ORGAN_CLASSES, reference grid
+    classes: dict[str, str]  # class key -> where it came from in the source (segment, file, label value)
+
+
+@dataclass
+class OrganSources:
+    """Which source gave each organ/vessel class of the organ label map (reported in every output)."""
+
+    setting: str  # app.yaml organ_source: "model" | "input_seg" | "nifti"
+    description: str  # the site source read ("" for the model alone)
+    per_class: dict[str, str]  # class key -> "model" | "input_seg" | "nifti", every class of ORGAN_CLASSES
+    detail: dict[str, str] = field(default_factory=dict)  # class key -> segment / file / model name and version
+    merge_rule: str = ""  # how site and model labels were combined, in words

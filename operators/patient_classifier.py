@@ -35,8 +35,8 @@ from lnmet.inference import resolve_model_path
 from lnmet.measurements import measure_tumour
 from lnmet.model_io import sha256_file
 from lnmet.networks.patient_classifier import PatientModel, nodes_only_score
-from lnmet.types import (LNFindings, LymphNodeFinding, ModelInfo, PatientPrediction, RegisteredPhases,
-                         TumourFinding)
+from lnmet.types import (LNFindings, LymphNodeFinding, ModelInfo, OrganSources, PatientPrediction,
+                         RegisteredPhases, TumourFinding)
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def classify_patient(registered: RegisteredPhases, pdac: sitk.Image, nodes: Sequ
 
 def assemble_results(registered: RegisteredPhases, findings: LNFindings, pdac: sitk.Image, tumour: TumourFinding,
                      prediction: PatientPrediction, models: Sequence[ModelInfo], settings: Settings,
-                     device: str = "cpu") -> Any:
+                     device: str = "cpu", organ_sources: OrganSources | None = None) -> Any:
     """The :class:`lnmet.results.AnalysisResults` handed to the output builders."""
     from lnmet.results import AnalysisResults, RunInfo
 
@@ -106,7 +106,8 @@ def assemble_results(registered: RegisteredPhases, findings: LNFindings, pdac: s
         venous=registered.venous, arterial=None if registered.arterial is None else registered.arterial.series,
         organs=sitk.Cast(findings.organs, sitk.sitkUInt8), pdac_mask=pdac_u8, tumour=tumour,
         ln_instances=findings.ln_instances, lymph_nodes=list(findings.lymph_nodes), patient=prediction,
-        models=list(models), run=run, ln_threshold=float(findings.threshold))
+        models=list(models), run=run, ln_threshold=float(findings.threshold),
+        organ_sources=organ_sources)
     results.validate()
     return results
 
@@ -132,6 +133,7 @@ class PatientClassifierOperator(Operator):
         spec.input("pdac")
         spec.input("ln_findings")
         spec.input("pdac_working").condition(ConditionType.NONE)
+        spec.input("organ_sources").condition(ConditionType.NONE)
         spec.output("tumour").condition(ConditionType.NONE)
         spec.output("patient_prediction").condition(ConditionType.NONE)
         spec.output("analysis_results").condition(ConditionType.NONE)
@@ -141,10 +143,11 @@ class PatientClassifierOperator(Operator):
         pdac = op_input.receive("pdac")
         findings = op_input.receive("ln_findings")
         op_input.receive("pdac_working")
+        sources = op_input.receive("organ_sources")
         tumour, prediction = classify_patient(registered, pdac, findings.lymph_nodes, self._model, self._settings)
         op_output.emit(tumour, "tumour")
         op_output.emit(prediction, "patient_prediction")
         models = self._models if self._models is not None else (
             [m for m in (findings.model, self._info) if m is not None])
         op_output.emit(assemble_results(registered, findings, pdac, tumour, prediction, models, self._settings,
-                                        str(self._model.device)), "analysis_results")
+                                        str(self._model.device), sources), "analysis_results")

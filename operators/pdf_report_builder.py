@@ -8,7 +8,8 @@ Ports:
 Pages (A4, reportlab; images by matplotlib):
     1. the summary a radiologist reads in seconds: the research-use notice, the quality gate's verdict
        (a framed "NOT ASSESSABLE" block with the failed checks, or one line), the verdict (patient-level
-       decision, probability, threshold, findings in one line, method), one key image (the most
+       decision, probability, threshold, findings in one line, method), which source gave the
+       organs/vessels of the attention map (app.yaml ``organ_source``), one key image (the most
        probable metastatic node, else the tumour) and the most probable nodes (class, probability,
        short axis, volume, nearest organ/vessel, image number) with the node threshold;
     2. the other key images, two per page: the tumour, then each metastatic node by decreasing
@@ -59,6 +60,7 @@ from reportlab.platypus import (
 )
 
 from lnmet.labels import ORGAN_BY_KEY
+from lnmet.organ_sources import class_source_lines
 from lnmet.reporting import RESEARCH_NOTICE, SYNTHETIC_NOTICE, dicom_common
 from lnmet.reporting.keyimages import KeyImage, render_key_images
 from lnmet.reporting.pdf_text import markup
@@ -222,6 +224,23 @@ def quality_gate_flowables(results: AnalysisResults, st: dict[str, ParagraphStyl
                              ("BOTTOMPADDING", (0, 0), (-1, -1), 2), ("LEFTPADDING", (0, 0), (-1, -1), 6),
                              ("BACKGROUND", (0, 0), (-1, -1), colors.HexColor("#fff4e5"))]))
     return [box, Spacer(1, 2 * mm)]
+
+
+def organ_source_paragraph(results: AnalysisResults, style: ParagraphStyle) -> list[Paragraph]:
+    """Page 1: which source gave the organ/vessel classes of the attention map (app.yaml
+    ``organ_source``), grouped by source; nothing when not recorded."""
+    src = results.organ_sources
+    if src is None:
+        return []
+    groups: dict[str, list[str]] = {}
+    for name, where, _ in class_source_lines(src):
+        groups.setdefault(where, []).append(name)
+    text = "<b>Organs/vessels of the attention map</b> \u2014 " + "; ".join(
+        f"from the {markup(where)}: {markup(', '.join(names))}" for where, names in groups.items()) + "."
+    if src.setting != "model":
+        text += (f" Read: {markup(src.description)}. Where the site's segmentation and the model both label "
+                 "a voxel, the site's label is kept.")
+    return [Paragraph(text, style)]
 
 
 def build_pdf_bytes(results: AnalysisResults, key_images: list[KeyImage]) -> tuple[bytes, int]:
@@ -439,6 +458,7 @@ def _first_page(results: AnalysisResults, st: dict[str, ParagraphStyle], notice:
     page += [Paragraph("Lymph node metastasis prediction \u2014 pancreatic cancer (CT)", st["title"]),
              banner, Spacer(1, 3 * mm)]
     page += verdict_flowables(results, st)
+    page += organ_source_paragraph(results, st["small"])
     if lead is not None:
         page += _key_image_flowables(lead, st, FIRST_PAGE_IMAGE_WIDTH_MM)
         if plan.key_image_pages:

@@ -42,7 +42,7 @@ from operators.sr_builder import ln_tracking_id
 logger = logging.getLogger(__name__)
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "results.schema.json"
-SCHEMA_VERSION = "1.3.0"
+SCHEMA_VERSION = "1.4.0"
 
 
 class ResultsDocumentError(ValueError):
@@ -94,6 +94,17 @@ def quality_gate_section(results: AnalysisResults) -> dict[str, Any] | None:
             "checks": [c.as_dict() for c in report.checks],
             "failed_critical": [c.name for c in report.blocking], "warnings": [c.name for c in report.warnings],
             "withheld_model_output": withheld}
+
+
+def organ_source_entry(results: AnalysisResults) -> dict[str, Any] | None:
+    """results.json ``organ_source``: the setting and, per organ/vessel class, which source gave it
+    (``model``, ``input_seg`` or ``nifti``) with the segment, file or model; None when not recorded."""
+    src = results.organ_sources
+    if src is None:
+        return None
+    return {"setting": src.setting, "description": src.description, "merge_rule": src.merge_rule,
+            "classes": {key: {"source": source, "detail": src.detail.get(key, "")}
+                        for key, source in src.per_class.items()}}
 
 
 def build_results_document(results: AnalysisResults, seg: Dataset | None, sr: Dataset | None,
@@ -160,6 +171,7 @@ def build_results_document(results: AnalysisResults, seg: Dataset | None, sr: Da
         "warnings": list(results.run.warnings),
         "status": results.status,
         "quality_gate": quality_gate_section(results),
+        "organ_source": organ_source_entry(results),
     }
     validate_results_document(doc)
     return doc

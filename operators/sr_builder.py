@@ -27,7 +27,8 @@ Content tree (TID 1500 "Imaging Measurement Report", see docs/OUTPUTS.md for eve
   threshold and the method), the tumour's absence when none was found, the research-use notice,
   the quality gate's verdict (CODE Quality Assessment; a study not assessable has no probability
   and "Presence undetermined"; TEXT items: the verdict and each failed check),
-  the series used for each phase, each model, the single-phase statement. These have no place in
+  the series used for each phase, each model, the single-phase statement, the organ source
+  (app.yaml ``organ_source``) and which source gave each organ/vessel class. These have no place in
   the imaging measurements: a measurement group without image coordinates stops OHIF 3.13 from
   loading the report.
 
@@ -47,6 +48,7 @@ from pydicom.sr.codedict import codes as dcm_codes
 from pydicom.uid import generate_uid
 
 from lnmet.measurements import PlacedAxes, lymph_node_axes, tumour_axes
+from lnmet.organ_sources import class_source_lines, source_summary
 from lnmet.reporting import codes, dicom_common, research_notice
 from lnmet.results import AnalysisResults, AnalysisResultsError
 from lnmet.types import LymphNodeFinding, SeriesRef
@@ -204,6 +206,18 @@ def _group(tracking: hd.sr.TrackingIdentifier, referenced_segment, **kw):
     return hd.sr.MeasurementsAndQualitativeEvaluations(tracking_identifier=tracking, **kw)
 
 
+def organ_source_items(results: AnalysisResults) -> list[hd.sr.TextContentItem]:
+    """Report-level TEXT items "Organ and vessel segmentation source": the setting and what was read,
+    then one per class saying which source gave it (app.yaml ``organ_source``)."""
+    src = results.organ_sources
+    if src is None:
+        return []
+    items = [_text(codes.ORGAN_SOURCE, source_summary(src))]
+    items += [_text(codes.ORGAN_SOURCE, f"{name}: {where}" + (f" ({detail})" if detail else ""))
+              for name, where, detail in class_source_lines(src)]
+    return items
+
+
 def build_sr(results: AnalysisResults, seg: Dataset | None) -> hd.sr.Comprehensive3DSR:
     """Build the TID 1500 Comprehensive 3D SR of ``results``; LN and tumour groups reference their
     own segments of ``seg`` (pure function)."""
@@ -302,6 +316,7 @@ def build_sr(results: AnalysisResults, seg: Dataset | None) -> hd.sr.Comprehensi
         items.append(_text(codes.MODEL_USED,
                            f"{m.name} version {m.version}, sha256 {m.sha256}, trained on {m.trained_on}"
                            + (" (synthetic training data)" if synthetic else "")))
+    items += organ_source_items(results)
     if tumour.statement:
         items.append(_text(codes.TUMOUR_STATEMENT, tumour.statement))
     notes.ContentSequence = items

@@ -81,6 +81,7 @@ SERIES_USED = _private("LNM013", "Series used")
 PATIENT_LEVEL_STATEMENT = _private("LNM014", "Patient-level result statement")
 TUMOUR_STATEMENT = _private("LNM015", "Tumour segmentation statement")
 QUALITY_GATE_STATEMENT = _private("LNM016", "Quality gate")
+ORGAN_SOURCE = _private("LNM017", "Organ and vessel segmentation source")
 PATIENT_METHODS = {
     "combined": _private("LNM020", "Tumour and lymph node classifier (Zheng et al. 2024)"),
     "tumour_only": _private("LNM021", "Tumour-only classifier"),
