@@ -208,6 +208,7 @@ def test_image_holds_cpu_torch_and_runtime_dependencies_only(engine, image):
     names = set(names.split())
     assert {"monai-deploy-app-sdk", "holoscan-cu13", "monai", "highdicom", "simpleitk"} <= names
     assert not names & {"pytest", "pynetdicom"}, "test tools must stay out of the image"
+    assert not names & {"ray", "pyarrow"}, "the cohort command's dependencies stay out of the image"
 
 
 @pytest.fixture(scope="module")
