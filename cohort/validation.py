@@ -2,7 +2,7 @@
 
 A study counts as done, and is skipped by ``--resume``, only when all of this holds:
 
-1. ``results.json`` exists, is JSON and is valid against ``schemas/results.schema.json``;
+1. ``results.json`` exists, is JSON and is valid against ``lnmet/schemas/results.schema.json``;
 2. it is about this study (its StudyInstanceUID) and was made with the models in use now (every
    model's SHA-256 equals the manifest's);
 3. every output it lists exists and is what it says: SEG, SR and the encapsulated PDF are readable

@@ -14,8 +14,9 @@ aliasing, HU clamped to [-1000, 1500] so that metal/air do not dominate the hist
    the same multi-resolution schedule.
 
 Metric sampling is random with a fixed seed (``sampling_fraction`` of the voxels, at most
-``max_samples`` per level) and the thread count is fixed (the available cores, or
-``$ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS``), so a run is deterministic on a given machine. The
+``max_samples`` per level) and the registration runs on one thread unless
+``$ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` asks for more (:func:`registration_threads`), so a run
+is reproducible bit for bit. The
 arterial phase is put on the fine working grid through the transform sampled every
 ``working_spacing_mm`` (:func:`displacement_field`), far cheaper than evaluating the B-spline at
 every output voxel. The result is one composite transform mapping a
@@ -44,6 +45,14 @@ log = logging.getLogger(__name__)
 CLAMP_HU = (-1000.0, 1500.0)
 HISTOGRAM_BINS = 32
 DEFAULT_SEED = 20240601
+REGISTRATION_THREADS = 1
+"""Threads of the registration. ITK's multi-threaded Mattes MI metric adds the threads' partial sums
+in the order they finish, so runs with several threads differ in round-off, and the optimisers can
+take another path from it: on the tiny test study 4 runs with 2 threads gave 4 different transforms
+(B-spline stage 14 or 19 iterations), and downstream node detections changed. One thread gives the
+same transform every time (and was not slower on the shared 2-core machine: 21-26 s against 30-39 s).
+Again with the capped sampling (``max_samples``): 3 runs with 2 threads, 3 different transforms (44-45 s);
+2 runs with 1 thread, the same one (28 s); tiny study seed 7, loaded machine."""
 
 
 class RegistrationError(RuntimeError):
@@ -59,16 +68,14 @@ class RegistrationResult:
 THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"  # ITK's own variable; set by cohort workers
 
 
-def available_cores() -> int:
-    """The registration's thread count: ``$ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` when set (a worker
-    sharing a machine with others), else every core this process may run on."""
+def registration_threads() -> int:
+    """The registration's thread count: ``$ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` when set (a caller
+    that chose speed over bit-for-bit reproducibility, e.g. a cohort worker given several CPUs), else
+    :data:`REGISTRATION_THREADS` (one: the same transform on every run and every machine)."""
     wanted = os.environ.get(THREADS_ENV, "").strip()
     if wanted.isdigit() and int(wanted) > 0:
         return int(wanted)
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+    return REGISTRATION_THREADS
 
 
 def registration_image(image: sitk.Image, spacing_mm: float) -> sitk.Image:
@@ -153,7 +160,7 @@ def register_phases(fixed: sitk.Image, moving: sitk.Image, settings: Registratio
                     threads: int | None = None) -> RegistrationResult:
     """Register ``moving`` (arterial) to ``fixed`` (venous): affine then B-spline (module docstring)."""
     t0 = time.perf_counter()
-    n_threads = threads or available_cores()
+    n_threads = threads or registration_threads()
     previous_threads = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(n_threads)
     try:

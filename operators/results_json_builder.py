@@ -4,7 +4,7 @@ Ports:
     in  ``analysis_results`` (:class:`lnmet.results.AnalysisResults`)
     in  ``seg_dataset`` (the SEG, or None), ``sr_dataset`` (the SR, or None),
         ``pdf_document`` (:class:`lnmet.results.PdfDocument`, or None)
-    out ``results_document`` (dict, valid against ``schemas/results.schema.json``; None when disabled)
+    out ``results_document`` (dict, valid against ``lnmet/schemas/results.schema.json``; None when disabled)
 
 The document lists the UIDs and paths (relative to the output folder) of the objects the publisher
 writes, so it is built after the other three builders. It never holds the patient's name, ID, birth
@@ -15,10 +15,8 @@ docs/OUTPUTS.md and the schema itself.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -34,6 +32,7 @@ from lnmet.reporting import (
     research_notice,
 )
 from lnmet.results import AnalysisResults, PdfDocument
+from lnmet.schemas import RESULTS_SCHEMA, load_results_schema
 from lnmet.types import SeriesRef
 from operators.seg_builder import (PDAC_KEY, ln_segment_key, nodes_in_report_order, omitted_segments,
                                    segment_numbers)
@@ -41,7 +40,6 @@ from operators.sr_builder import ln_tracking_id
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "results.schema.json"
 SCHEMA_VERSION = "1.4.0"
 
 
@@ -51,8 +49,8 @@ class ResultsDocumentError(ValueError):
 
 @functools.lru_cache(maxsize=1)
 def load_schema() -> dict[str, Any]:
-    """The JSON Schema of results.json (schemas/results.schema.json)."""
-    return json.loads(SCHEMA_PATH.read_text())
+    """The JSON Schema of results.json (package data: lnmet/schemas/results.schema.json)."""
+    return load_results_schema()
 
 
 def validate_results_document(doc: dict[str, Any]) -> None:
@@ -63,7 +61,7 @@ def validate_results_document(doc: dict[str, Any]) -> None:
     if errors:
         e = errors[0]
         where = "/".join(str(p) for p in e.absolute_path) or "(document)"
-        raise ResultsDocumentError(f"results.json field '{where}': {e.message} ({SCHEMA_PATH.name})")
+        raise ResultsDocumentError(f"results.json field '{where}': {e.message} ({RESULTS_SCHEMA})")
 
 
 def _series(ref: SeriesRef) -> dict[str, Any]:

@@ -25,8 +25,10 @@ Steps:
    machines without a Docker engine that fails, and the script says so and keeps the context
    (exit 1).
 
-Build and run where Docker (with buildx) is: ``python scripts/package_map.py``, then
-``monai-deploy run <tag printed> -i INPUT -o OUTPUT``.
+Build and run where Docker (with buildx) and NVIDIA's registry are: ``python scripts/package_map.py``,
+then ``monai-deploy run <tag printed> -i INPUT -o OUTPUT``. Where neither is (as on this project's
+machines), ``scripts/build_map_image.sh`` builds the image offline from this script's context, with
+a locally made base image (``--base-image``, passed through to the packager).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class PackagerRun:
     tags: list[str] = field(default_factory=list)
     built: bool = False
     exit_code: int = 0
+    build_args: dict[str, str] = field(default_factory=dict)  # what the packager passes to `docker buildx`
 
 
 def stage_application(stage_dir: Path, config: Path, manifest: Path, requirements: Path) -> Path:
@@ -115,6 +118,9 @@ def run_packager(cli_args: list[str], context_dest: Path, context_only: bool) ->
         shutil.copytree(self._temp_dir, context_dest)
         run.context = context_dest
         run.tags.append(platform_parameters.tag)
+        params = self._build_parameters
+        run.build_args = {"UID": str(params.uid), "GID": str(params.gid), "UNAME": str(params.username),
+                          "GPU_TYPE": str(platform_parameters.platform_config.value)}
         if context_only:
             result = PlatformBuildResults(platform_parameters)
             result.succeeded = False
@@ -134,7 +140,7 @@ def run_packager(cli_args: list[str], context_dest: Path, context_only: bool) ->
     return run
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-c", "--config", type=Path, default=ROOT / "app.yaml", help="application config (app.yaml)")
     parser.add_argument("-m", "--models", type=Path, default=ROOT / "models", help="models folder (named-model layout)")
@@ -149,24 +155,32 @@ def main(argv: list[str] | None = None) -> int:
                         help="output folder: image tarball (when built) and context/")
     parser.add_argument("--context-only", action="store_true",
                         help="stop after the packager wrote the Dockerfile and build context (no Docker needed)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--base-image", help="packager --base-image (default: the manifest's CUDA runtime image)")
+    return parser
 
+
+def main(argv: list[str] | None = None) -> int:
+    return package(build_parser().parse_args(argv))[0]
+
+
+def package(args: argparse.Namespace) -> tuple[int, PackagerRun | None]:
+    """Check, stage and run the packager as the command-line arguments say: (exit code, packager run)."""
     try:
         settings = load_settings(args.config)
         models = verify_models(args.models, args.manifest)
     except (SettingsError, ModelIntegrityError) as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
-        return 3
+        return 3, None
     if not args.requirements.is_file():
         print(f"ERROR: requirements file not found: {args.requirements}", file=sys.stderr)
-        return 3
+        return 3, None
     tag = args.tag or f"pdac-ln-met:{settings.app_version}"
 
     try:
         app_dir = stage_application(args.stage, args.config, args.manifest, args.requirements)
     except PackagingError as exc:
         print(f"ERROR: {exc}", file=sys.stderr)
-        return 3
+        return 3, None
     print(f"[package] staged application in {app_dir} ({len(models)} model(s) verified)")
 
     args.output.mkdir(parents=True, exist_ok=True)
@@ -177,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         cli_args += ["-m", str(args.models)]
     if args.source is not None:
         cli_args += ["--source", str(args.source)]
+    if args.base_image:
+        cli_args += ["--base-image", args.base_image]
     if not args.context_only and not docker_engine_available():
         print("[package] no Docker engine with buildx here: the packager will write the build context and "
               "then fail at `docker buildx` (use --context-only to stop before it)")
@@ -186,18 +202,18 @@ def main(argv: list[str] | None = None) -> int:
     if run.context is None:
         print("ERROR: the packager stopped before writing its build context (see its messages above)",
               file=sys.stderr)
-        return 1
+        return 1, run
     tags = ", ".join(run.tags)
     if run.built:
         print(f"[package] image built: {tags}\n[package] run it with: monai-deploy run {run.tags[0]} -i INPUT -o OUTPUT")
-        return 0
+        return 0, run
     print(f"[package] Dockerfile and build context kept in {run.context}")
     if args.context_only:
         print(f"[package] image not built (--context-only); it would be tagged {tags}")
-        return 0
+        return 0, run
     print(f"ERROR: the image was not built (no Docker engine/buildx here?); build context kept in {run.context}",
           file=sys.stderr)
-    return 1
+    return 1, run
 
 
 if __name__ == "__main__":

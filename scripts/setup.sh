@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Sets up the project on a fresh machine (Python 3.11 + Debian): a virtual environment in .venv with the
-# pinned packages of requirements.txt, and the Debian tools the tests use (dicom3tools for dciodvfy,
-# dcmtk, Orthanc as a loopback PACS with its DICOMweb plugin, poppler-utils for pdftoppm, chromium for
-# the OHIF viewer test, the fonts the PDF report uses for non-Latin names), and the OHIF viewer build
-# (npm @ohif/app, pinned, scripts/install_ohif.sh). Idempotent and quick when nothing changed.
+# pinned packages of requirements.txt (runtime), requirements-cohort.txt (the cohort command's Ray and
+# pyarrow) and requirements-dev.txt (test tools), the Debian tools the tests use (dicom3tools for
+# dciodvfy, dcmtk, Orthanc as a loopback PACS with its DICOMweb plugin, poppler-utils for pdftoppm,
+# chromium for the OHIF viewer test, the fonts the PDF report uses for non-Latin names), and the OHIF
+# viewer build (npm @ohif/app, pinned, scripts/install_ohif.sh). Idempotent and quick when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,14 +12,14 @@ PYTHON=${PYTHON:-python3.11}
 command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
 
 stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-cohort.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "[setup] creating .venv and installing requirements.txt"
+  echo "[setup] creating .venv and installing requirements.txt, requirements-cohort.txt, requirements-dev.txt"
   "$PYTHON" -m venv .venv
   .venv/bin/python -m pip install --quiet --upgrade pip
   # torch first and pinned, so that no other package pulls a CUDA build.
   .venv/bin/python -m pip install --quiet "$(grep -E '^torch==' requirements.txt)"
-  .venv/bin/python -m pip install --quiet -r requirements.txt
+  .venv/bin/python -m pip install --quiet -r requirements-dev.txt
   echo "$want" > "$stamp"
 fi
 

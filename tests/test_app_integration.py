@@ -22,6 +22,7 @@ from app.application import required_models
 from app_support import make_standin_models, run_app
 from lnmet.labels import ORGAN_BY_KEY
 from lnmet.model_manifest import MANIFEST_NAME
+from lnmet.schemas import load_results_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -90,7 +91,7 @@ def test_every_output_exists(app_run, results):
 def test_results_json_is_valid_and_matches_the_study(app_run, results):
     import jsonschema
 
-    schema = json.loads((ROOT / "schemas" / "results.schema.json").read_text())
+    schema = load_results_schema()
     jsonschema.validate(results, schema)
     gt = app_run["gt"]
     assert results["study"]["study_instance_uid"] == gt["study_instance_uid"]

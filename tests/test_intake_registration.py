@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from lnmet.config import load_settings
 from lnmet.geometry import working_grid
-from lnmet.registration import register_phases, transform_points, warp_labels
+from lnmet.registration import THREADS_ENV, register_phases, registration_threads, transform_points, warp_labels
 from operators.phase_registration import register_and_resample
 from operators.phase_selector import select_phases
 from operators.series_to_volume import selection_to_volumes
@@ -55,9 +55,10 @@ def test_registration_reduces_tre_and_aligns_organs(volumes, tiny_study) -> None
     assert reg.registration_metrics["same_frame_of_reference"] == 1.0
 
 
-def test_registration_is_deterministic(tiny_study) -> None:
-    """Fixed sampling seed and thread count: two runs agree (to the round-off of multi-threaded
-    sums, far below a micrometre) at every landmark."""
+def test_registration_is_deterministic(tiny_study, monkeypatch) -> None:
+    """Fixed sampling seed, one thread: two runs give the same transform, bit for bit."""
+    monkeypatch.delenv(THREADS_ENV, raising=False)
+    assert registration_threads() == 1
     s = load_settings().registration
     quick = dataclasses.replace(s, affine_iterations=30, bspline_iterations=10)
     a = register_phases(tiny_study.venous, tiny_study.arterial, quick)
@@ -65,7 +66,18 @@ def test_registration_is_deterministic(tiny_study) -> None:
     p = np.array([lm["venous_mm"] for lm in tiny_study.landmarks])
     moved = transform_points(a.transform, p) - p
     assert np.abs(moved).max() > 0.5  # the transform is not the identity
-    assert np.abs(transform_points(a.transform, p) - transform_points(b.transform, p)).max() < 1e-4
+    assert np.array_equal(transform_points(a.transform, p), transform_points(b.transform, p))
+    for k in range(a.transform.GetNumberOfTransforms()):
+        assert a.transform.GetNthTransform(k).GetParameters() == b.transform.GetNthTransform(k).GetParameters()
+    assert a.metrics["threads"] == 1.0
+
+
+def test_registration_threads_follow_itk_variable(monkeypatch) -> None:
+    """A caller that wants speed (a cohort worker with several CPUs) sets ITK's own variable."""
+    monkeypatch.setenv(THREADS_ENV, "3")
+    assert registration_threads() == 3
+    monkeypatch.setenv(THREADS_ENV, "0")
+    assert registration_threads() == 1
 
 
 def test_single_phase_skips_registration(volumes) -> None:

@@ -3,7 +3,8 @@
 The packager (holoscan-cli 4.2.0) writes its Dockerfile and build context and would then call
 `docker buildx`; with --context-only the script stops there and keeps the context. These tests
 check that context: application, models, requirements and config all inside, and the staged
-application starts from its own folder.
+application starts from its own folder and runs the whole graph from there. The image itself is
+built and run by tests/test_map_image.py.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import pytest
 import yaml
 
 from app.application import required_models
-from app_support import make_standin_models
-from lnmet.model_manifest import sha256_file
+from app_support import _big_stack, make_standin_models
+from lnmet.model_manifest import MANIFEST_NAME, sha256_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT.parent / "shared" / "holoscan-cli" / "artifacts-4.2.0.json"
@@ -110,6 +111,54 @@ def test_staged_application_starts_from_its_own_folder(packaged, tmp_path):
         assert f"model {name} 0.0.1 verified" in log
     assert f"application root: {ctx / 'app'}" in log, "the staged app must run from its own folder"
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def packaged_bundled(tmp_path_factory) -> Path:
+    """The packager's context with the bundled models, as the image gets it (these run faster than
+    the stand-ins, whose small patches make many more sliding windows)."""
+    if not SOURCE.is_file():
+        pytest.skip(f"packager artifact manifest not found at {SOURCE} (needed offline)")
+    if not (ROOT / MANIFEST_NAME).is_file() or not all((ROOT / "models" / m).is_dir() for m in required_models()):
+        pytest.skip("the bundled models are not there")
+    tmp = tmp_path_factory.mktemp("map_bundled")
+    cmd = [sys.executable, str(ROOT / "scripts" / "package_map.py"), "--context-only", "--stage", str(tmp / "stage"),
+           "-o", str(tmp / "map")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return tmp / "map" / "context"
+
+
+def test_staged_application_writes_every_output_from_its_own_folder(packaged_bundled, tiny_study_dir, tmp_path):
+    """The staged app, as the image runs it (only the HOLOSCAN_* variables, nothing from the source
+    tree on its path), goes through the whole graph on a tiny study and writes all five outputs:
+    whatever it reads at run time (schemas included) travels with it."""
+    import jsonschema
+    import pydicom
+
+    ctx = packaged_bundled
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PDAC_LN_", "HOLOSCAN_"))}
+    env.update(HOLOSCAN_CONFIG_PATH=str(ctx / "app.config"), HOLOSCAN_MODEL_PATH=str(ctx / "models"),
+               HOLOSCAN_INPUT_PATH=str(tiny_study_dir / "dicom"), HOLOSCAN_OUTPUT_PATH=str(out), PYTHONPATH="")
+    done = subprocess.run([sys.executable, str(ctx / "app")], capture_output=True, text=True, timeout=900,
+                          env=env, cwd=tmp_path, preexec_fn=_big_stack)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert f"application root: {ctx / 'app'}" in done.stderr
+    for rel in ("SEG/seg.dcm", "SR/sr.dcm", "PDF/report.pdf", "PDF/report.dcm", "results.json"):
+        assert (out / rel).is_file() and (out / rel).stat().st_size > 0, f"{rel} missing"
+    results = json.loads((out / "results.json").read_text())
+    staged_schema = json.loads((ctx / "app" / "lnmet" / "schemas" / "results.schema.json").read_text())
+    jsonschema.validate(results, staged_schema)
+    gt = json.loads((tiny_study_dir / "ground_truth" / "study.json").read_text())
+    assert results["study"]["study_instance_uid"] == gt["study_instance_uid"]
+    assert {m["name"] for m in results["models"]} == set(required_models())
+    sop_classes = {"SEG/seg.dcm": "1.2.840.10008.5.1.4.1.1.66.4", "SR/sr.dcm": "1.2.840.10008.5.1.4.1.1.88.34",
+                   "PDF/report.dcm": "1.2.840.10008.5.1.4.1.1.104.1"}
+    for rel, sop_class in sop_classes.items():
+        ds = pydicom.dcmread(out / rel, stop_before_pixels=True)
+        assert ds.SOPClassUID == sop_class and ds.StudyInstanceUID == gt["study_instance_uid"]
+    assert (out / "PDF" / "report.pdf").read_bytes().startswith(b"%PDF")
 
 
 def test_without_docker_engine_the_context_is_kept_and_the_failure_reported(tmp_path):

@@ -7,7 +7,7 @@ Output layout (relative to the application's output folder; see docs/OUTPUTS.md)
     SR/sr.dcm          DICOM Comprehensive 3D SR, TID 1500 measurement report
     PDF/report.pdf     the report for people
     PDF/report.dcm     the same PDF as DICOM Encapsulated PDF
-    results.json       everything in machine-readable form (schemas/results.schema.json)
+    results.json       everything in machine-readable form (lnmet/schemas/results.schema.json)
 """
 
 from __future__ import annotations
