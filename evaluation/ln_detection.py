@@ -54,10 +54,11 @@ from lnmet.instances import ln_instances  # noqa: E402
 from lnmet.metrics import bootstrap_ci, detection_scores, dice, match_instances, roc_auc  # noqa: E402
 from lnmet.model_io import sha256_file  # noqa: E402
 from lnmet.networks.ln_classifier import LNIdentifier, channel_stack, identify_instances  # noqa: E402
+from lnmet.seeds import FIRST_TEST_SEED, TestSeedError, refuse_test_seeds  # noqa: E402
 
 log = logging.getLogger("evaluation.ln_detection")
 
-FIRST_HELD_OUT_SEED = 100000
+FIRST_HELD_OUT_SEED = FIRST_TEST_SEED  # evaluations start at the first held-out test seed
 RECALL_GOAL, PRECISION_GOAL, AUC_GOAL = 0.8, 0.5, 0.85
 LN_DATASET = "Dataset502_PancreasLymphNodes"
 
@@ -332,11 +333,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int)
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--sweep", action="store_true",
-                   help="also print detection for a grid of app.yaml ln_detection settings (use a validation "
-                        "cohort, e.g. --seed-start 150000, to choose them)")
+                   help="also print detection for a grid of app.yaml ln_detection settings and the one the rule "
+                        "picks; refused on the held-out test seeds 100000-149999 (use e.g. --seed-start 150000)")
     args = p.parse_args(argv)
-    settings, cache, data, cases = start_run(p, args)
     seeds = list(range(args.seed_start, args.seed_start + args.count))
+    if args.sweep:  # the sweep chooses app.yaml's filter: never on the held-out test seeds
+        try:
+            refuse_test_seeds(seeds, "--sweep")
+        except TestSeedError as exc:
+            p.error(str(exc))
+    settings, cache, data, cases = start_run(p, args)
 
     seg_path = Path(args.ln_seg_model) if args.ln_seg_model else resolve_model_path("ln_seg", args.models)
     cls_path = Path(args.ln_cls_model) if args.ln_cls_model else resolve_model_path("ln_cls", args.models)
