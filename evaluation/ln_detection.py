@@ -74,9 +74,9 @@ LN_DATASET = "Dataset502_PancreasLymphNodes"
 # Cached cohort and predictions (shared with evaluation.patient_prediction)
 # ------------------------------------------------------------------------------------------------
 
-def ensure_cohort(cache: Path, seeds: Sequence[int], preset: str) -> tuple[Path, list[str]]:
-    """Generate (once) the studies of ``seeds`` in nnU-Net layout under ``cache/data_<preset>``;
-    returns that folder and the case ids in seed order."""
+def ensure_cohort(cache: Path, seeds: Sequence[int], preset: str, workers: int | None = None) -> tuple[Path, list[str]]:
+    """Generate (once) the studies of ``seeds`` in nnU-Net layout under ``cache/data_<preset>``
+    (``workers`` processes, default up to 2); returns that folder and the case ids in seed order."""
     from synthetic.nnunet import export_nnunet
 
     data = cache / f"data_{preset}"
@@ -85,8 +85,8 @@ def ensure_cohort(cache: Path, seeds: Sequence[int], preset: str) -> tuple[Path,
     have = {int(v["seed"]): k for k, v in patients.items()}
     todo = [s for s in seeds if s not in have]
     if todo:
-        print(f"generating {len(todo)} held-out studies (preset {preset}) into {data} ...", flush=True)
-        export_nnunet(data, todo, preset=preset, workers=max(1, min(2, os.cpu_count() or 1)))
+        print(f"generating {len(todo)} studies (preset {preset}) into {data} ...", flush=True)
+        export_nnunet(data, todo, preset=preset, workers=workers or max(1, min(2, os.cpu_count() or 1)))
         patients = json.loads(pj.read_text())
         have = {int(v["seed"]): k for k, v in patients.items()}
     return data, [have[s] for s in seeds]
