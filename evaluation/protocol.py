@@ -158,15 +158,15 @@ def _link(src: Path, dst: Path) -> None:
 
 
 def subset_cohort(data: Path, dst: Path, cases: Sequence[str]) -> Path:
-    """A cohort folder holding only ``cases`` of the exported cohort ``data`` (symbolic links to its
-    files; the LN and tumour datasets and ``patients.json``), for the training commands."""
+    """A cohort folder holding only ``cases`` of the exported cohort ``data`` (symbolic links to the
+    files of every sub-folder of its LN and tumour datasets, and ``patients.json``), for the training
+    commands."""
     patients = json.loads((data / "patients.json").read_text())
-    for ds, subs in ((LN_DATASET, ("imagesTr", "labelsTr", "organsTr", "instancesTr", "lymph_nodes")),
-                     (PDAC_DATASET, ("imagesTr", "labelsTr"))):
+    for ds in (LN_DATASET, PDAC_DATASET):
         (dst / ds).mkdir(parents=True, exist_ok=True)
         meta = json.loads((data / ds / "dataset.json").read_text())
         (dst / ds / "dataset.json").write_text(json.dumps(dict(meta, numTraining=len(cases)), indent=1))
-        for sub in subs:
+        for sub in sorted(d.name for d in (data / ds).iterdir() if d.is_dir()):  # imagesTr, labelsTr, organsTr, ...
             for case in cases:
                 for f in (data / ds / sub).glob(f"{case}[._]*"):
                     _link(f, dst / ds / sub / f.name)
