@@ -64,8 +64,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from lnmet.metrics import (binary_metrics, bootstrap_ci, delong_test, detection_scores, dice,  # noqa: E402
-                           match_instances, roc_auc)
+from lnmet.metrics import (classification_metric_fns, classification_summary, delong_test,  # noqa: E402
+                           detection_scores, dice, match_instances, roc_auc)
 from lnmet.seeds import TestSeedError, refuse_test_seeds  # noqa: E402
 
 log = logging.getLogger("evaluation.protocol")
@@ -79,6 +79,7 @@ REFERENCE = "ours"
 PATIENT_METHODS = {"tumour_only": "ClsfromPDAC (tumour only)", "nodes_only": "ClsbyLNSeg w/ Attn (nodes only)",
                    "combined": "Ours (combined)"}
 N_BOOTSTRAP = 1000
+TABLE4_DECISION_METRICS = ("balanced_accuracy", "accuracy", "sensitivity", "specificity")
 
 
 @dataclass(frozen=True)
@@ -384,26 +385,22 @@ def table3(folds: Sequence[Sequence[dict[str, Any]]]) -> dict[str, Any]:
 
 
 def table4(rows: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
-    """Per method: metrics with bootstrap CIs on the pooled test predictions; paired bootstrap
-    balanced accuracies compared by Wilcoxon; DeLong on the scores."""
+    """Per method: metrics with bootstrap CIs on the pooled test predictions (AUC from the scores, the
+    others from each fold's own decisions; :func:`lnmet.metrics.classification_summary`); paired
+    bootstrap balanced accuracies compared by Wilcoxon; DeLong on the scores."""
     y = np.array([r["label"] for r in rows], bool)
     out: dict[str, Any] = {"patients": int(y.size), "positive": int(y.sum()), "methods": {}}
-    ba = lambda yy, pp: binary_metrics(yy, pp >= 0.5)["balanced_accuracy"]  # noqa: E731
+    ba = classification_metric_fns(0.5)["balanced_accuracy"]
     boot: dict[str, np.ndarray] = {}
     rng = np.random.default_rng(seed)
     idx = [rng.integers(0, y.size, y.size) for _ in range(N_BOOTSTRAP)]
     for method in PATIENT_METHODS:
         s = np.array([r["scores"][method] for r in rows], float)
         pred = np.array([r["predicted"][method] for r in rows], float)
-        res: dict[str, Any] = {}
-        for name, fn, values in (("balanced_accuracy", ba, pred), ("auc", roc_auc, s),
-                                 ("accuracy", lambda yy, pp: binary_metrics(yy, pp >= 0.5)["accuracy"], pred),
-                                 ("sensitivity", lambda yy, pp: binary_metrics(yy, pp >= 0.5)["sensitivity"], pred),
-                                 ("specificity", lambda yy, pp: binary_metrics(yy, pp >= 0.5)["specificity"], pred)):
-            res[name] = {"value": float(fn(y, values)),
-                         "ci95": list(bootstrap_ci(fn, y, values, n_resamples=N_BOOTSTRAP, seed=seed))}
+        decided = classification_summary(y, pred, 0.5, n_resamples=N_BOOTSTRAP, seed=seed)
+        scored = classification_summary(y, s, 0.5, n_resamples=N_BOOTSTRAP, seed=seed)
+        out["methods"][method] = {"auc": scored["auc"], **{k: decided[k] for k in TABLE4_DECISION_METRICS}}
         boot[method] = np.array([ba(y[i], pred[i]) for i in idx], float)
-        out["methods"][method] = res
     for method in PATIENT_METHODS:
         if method == "combined":
             continue
