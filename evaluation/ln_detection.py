@@ -24,8 +24,14 @@ generator's perfectly aligned one (isolates the LN models from the registration)
 Generated studies (nnU-Net layout) and the predictions (per model checksum) are cached under
 ``--cache``/generator_<version>, so a second run only computes what changed.
 
+``--mode app`` (:mod:`evaluation.app_mode`): the same figures as the app runs: standard 0.7 mm DICOM
+studies through the app's intake, registration, resampling, organ model, attention map, LN
+segmentation and identification operators' functions and app.yaml's filter, scored on the venous
+series' own grid (the node volume ratios are those of the volumes the app reports).
+
     python -m evaluation.ln_detection --count 20 --cache build/eval/ln \\
         [--models models] [--baseline-model build/models/ln_seg_plain.ts] [--json out.json]
+    python -m evaluation.ln_detection --count 20 --mode app [--baseline-model ...]
 """
 
 from __future__ import annotations
@@ -54,10 +60,12 @@ from lnmet.instances import ln_instances  # noqa: E402
 from lnmet.metrics import bootstrap_ci, detection_scores, dice, match_instances, roc_auc  # noqa: E402
 from lnmet.model_io import sha256_file  # noqa: E402
 from lnmet.networks.ln_classifier import LNIdentifier, channel_stack, identify_instances  # noqa: E402
+from lnmet.seeds import FIRST_TEST_SEED, TestSeedError, refuse_test_seeds  # noqa: E402
+from evaluation.app_mode import add_app_arguments  # noqa: E402
 
 log = logging.getLogger("evaluation.ln_detection")
 
-FIRST_HELD_OUT_SEED = 100000
+FIRST_HELD_OUT_SEED = FIRST_TEST_SEED  # evaluations start at the first held-out test seed
 RECALL_GOAL, PRECISION_GOAL, AUC_GOAL = 0.8, 0.5, 0.85
 LN_DATASET = "Dataset502_PancreasLymphNodes"
 
@@ -66,9 +74,9 @@ LN_DATASET = "Dataset502_PancreasLymphNodes"
 # Cached cohort and predictions (shared with evaluation.patient_prediction)
 # ------------------------------------------------------------------------------------------------
 
-def ensure_cohort(cache: Path, seeds: Sequence[int], preset: str) -> tuple[Path, list[str]]:
-    """Generate (once) the studies of ``seeds`` in nnU-Net layout under ``cache/data_<preset>``;
-    returns that folder and the case ids in seed order."""
+def ensure_cohort(cache: Path, seeds: Sequence[int], preset: str, workers: int | None = None) -> tuple[Path, list[str]]:
+    """Generate (once) the studies of ``seeds`` in nnU-Net layout under ``cache/data_<preset>``
+    (``workers`` processes, default up to 2); returns that folder and the case ids in seed order."""
     from synthetic.nnunet import export_nnunet
 
     data = cache / f"data_{preset}"
@@ -77,8 +85,8 @@ def ensure_cohort(cache: Path, seeds: Sequence[int], preset: str) -> tuple[Path,
     have = {int(v["seed"]): k for k, v in patients.items()}
     todo = [s for s in seeds if s not in have]
     if todo:
-        print(f"generating {len(todo)} held-out studies (preset {preset}) into {data} ...", flush=True)
-        export_nnunet(data, todo, preset=preset, workers=max(1, min(2, os.cpu_count() or 1)))
+        print(f"generating {len(todo)} studies (preset {preset}) into {data} ...", flush=True)
+        export_nnunet(data, todo, preset=preset, workers=workers or max(1, min(2, os.cpu_count() or 1)))
         patients = json.loads(pj.read_text())
         have = {int(v["seed"]): k for k, v in patients.items()}
     return data, [have[s] for s in seeds]
@@ -242,6 +250,64 @@ def summarize_identification(rows: Sequence[dict[str, Any]], key: str, threshold
     return out
 
 
+def report(rows: Sequence[dict[str, Any]], settings: Settings, threshold: float, header: str
+           ) -> tuple[dict[str, Any], dict[str, Any], dict[str, bool]]:
+    """Print the detection, volume, identification figures and the goals of the studies ``rows``
+    (the rows of :func:`evaluate_case`, or of :func:`evaluation.app_mode.score_case`); returns them."""
+    det = {k: summarize_detection(rows, k) for k in ("ln_seg", "baseline", "ln_seg_no_density_check",
+                                                      "baseline_no_density_check")}
+    ident = {"gt_instances": summarize_identification(rows, "gt_nodes", threshold),
+             "segmented_instances": summarize_identification(rows, "segmented_nodes", threshold),
+             "segmented_true_nodes": summarize_identification(rows, "segmented_nodes", threshold, true_nodes_only=True)}
+    print(f"\nLN detection over {header}; IoU >= 0.3:")
+    print(f"  {'':<28s}{'attention':>10s}{'baseline':>10s}")
+    for name, k in (("instance recall", "recall"), ("instance precision", "precision"), ("F1", "f1"),
+                    ("voxel Dice (mean per study)", "dice_mean"), ("voxel Dice (pooled)", "dice_pooled")):
+        print(f"  {name:<28s}{_fmt(det['ln_seg'].get(k)):>10s}{_fmt(det['baseline'].get(k)) if det['baseline'] else '       -':>10s}")
+    print(f"  {'GT nodes / predicted':<28s}{det['ln_seg']['gt']:>5d}/{det['ln_seg']['pred']:<4d}"
+          + (f"{det['baseline']['gt']:>5d}/{det['baseline']['pred']:<4d}" if det["baseline"] else ""))
+    q = {k: det[k].get("volume_ratio_quartiles") if det[k] else None for k in ("ln_seg", "baseline")}
+    if q["ln_seg"]:
+        print(f"  {'volume / true volume':<28s}" + "".join(
+            f"{v[1]:>10.2f}" if v else f"{'-':>10s}" for v in (q["ln_seg"], q["baseline"]))
+            + "   (median over the detected nodes; quartiles "
+            + ", ".join(f"{k} {v[0]:.2f}-{v[2]:.2f}" for k, v in q.items() if v) + ")")
+    if det["ln_seg_no_density_check"]:
+        a, b = det["ln_seg_no_density_check"], det["baseline_no_density_check"]
+        print(f"  without the density check (min_density_hu {settings.ln_detection.min_density_hu} HU off):")
+        for name, k in (("instance recall", "recall"), ("instance precision", "precision"), ("F1", "f1")):
+            print(f"    {name:<26s}{_fmt(a.get(k)):>10s}{_fmt(b.get(k)) if b else '       -':>10s}")
+    print(f"\nLN identification (threshold {threshold:.3f}):")
+    for name, k in (("on ground-truth instances", "gt_instances"), ("on segmented instances", "segmented_instances"),
+                    ("  of them true nodes", "segmented_true_nodes")):
+        r = ident[k]
+        ci = r.get("auc_ci95")
+        print(f"  {name:<28s} AUC {_fmt(r.get('auc'))}" + (f" [{ci[0]:.3f}-{ci[1]:.3f}]" if ci else "")
+              + f"  sensitivity {_fmt(r.get('sensitivity'))}  specificity {_fmt(r.get('specificity'))}"
+              f"  ({r['nodes']} nodes, {r['positive']} positive)")
+    goals = {
+        "recall_at_least_0.8": bool(det["ln_seg"]["recall"] >= RECALL_GOAL),
+        "precision_at_least_0.5": bool(det["ln_seg"]["precision"] >= PRECISION_GOAL),
+        "identification_auc_gt_at_least_0.85": bool(ident["gt_instances"].get("auc", 0) >= AUC_GOAL),
+    }
+    if det["baseline"]:
+        goals["attention_precision_at_least_baseline"] = bool(det["ln_seg"]["precision"] >= det["baseline"]["precision"])
+    print("\nGoals: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in goals.items()))
+    return det, ident, goals
+
+
+def report_app(cases: Sequence[dict[str, Any]], args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """The node figures of the app mode (:mod:`evaluation.app_mode`): the app's instances (its filter,
+    density check included) on the venous series' own grid, identification by the app's operator on
+    the segmented nodes and, through the same registered images, on the ground-truth nodes."""
+    threshold = float(cases[0]["ln_threshold"]) if "ln_threshold" in cases[0] else float("nan")
+    det, ident, goals = report(cases, settings, threshold,
+                               f"{len(cases)} held-out studies as the app runs (seeds {cases[0]['seed']}-"
+                               f"{cases[-1]['seed']}, preset {args.preset}, DICOM intake, the app's registration, "
+                               "resampling and filter; scored on the venous series' grid)")
+    return {"detection": det, "identification": ident, "goals": goals}
+
+
 SWEEP_THRESHOLDS = (0.3, 0.4, 0.5, 0.7, 0.9)
 SWEEP_MIN_VOLUMES_MM3 = (20.0, 35.0, 50.0, 80.0, 120.0)
 # The filter is chosen for the goals (recall >= 0.8 with precision >= 0.5) with a margin on recall:
@@ -320,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--count", type=int, default=20)
     p.add_argument("--seed-start", type=int, default=FIRST_HELD_OUT_SEED)
-    p.add_argument("--preset", default="train")
+    p.add_argument("--preset", help="generator preset (default: train, the models' grid; standard with --mode app)")
     p.add_argument("--models", default=str(ROOT / "models"), help="models folder (<name>/model.ts)")
     p.add_argument("--ln-seg-model", help="LN segmentation model file (default: <models>/ln_seg/model.ts)")
     p.add_argument("--ln-cls-model", help="LN identification model file (default: <models>/ln_cls/model.ts)")
@@ -332,11 +398,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int)
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--sweep", action="store_true",
-                   help="also print detection for a grid of app.yaml ln_detection settings (use a validation "
-                        "cohort, e.g. --seed-start 150000, to choose them)")
+                   help="also print detection for a grid of app.yaml ln_detection settings and the one the rule "
+                        "picks; refused on the held-out test seeds 100000-149999 (use e.g. --seed-start 150000)")
+    add_app_arguments(p)
     args = p.parse_args(argv)
-    settings, cache, data, cases = start_run(p, args)
     seeds = list(range(args.seed_start, args.seed_start + args.count))
+    if args.mode == "app":
+        if args.sweep or args.organs != "model":
+            p.error("--mode app runs the app's own chain: --sweep and --organs gt are for --mode model-grid")
+        from evaluation.app_mode import scored_app_cases
+
+        res = report_app(scored_app_cases(p, args, args.baseline_model, overrides={
+            "ln_seg": args.ln_seg_model, "ln_cls": args.ln_cls_model}), args, load_settings())
+        if args.json:
+            Path(args.json).write_text(json.dumps(res, indent=1, default=float))
+        return 0
+    args.preset = args.preset or "train"
+    if args.sweep:  # the sweep chooses app.yaml's filter: never on the held-out test seeds
+        try:
+            refuse_test_seeds(seeds, "--sweep")
+        except TestSeedError as exc:
+            p.error(str(exc))
+    settings, cache, data, cases = start_run(p, args)
 
     seg_path = Path(args.ln_seg_model) if args.ln_seg_model else resolve_model_path("ln_seg", args.models)
     cls_path = Path(args.ln_cls_model) if args.ln_cls_model else resolve_model_path("ln_cls", args.models)
@@ -373,46 +456,10 @@ def main(argv: list[str] | None = None) -> int:
             line += f" | baseline: detected {b['detected']}, predicted {b['pred']} ({b['true_positive_pred']} true)"
         print(line + f" [{time.perf_counter() - t:.1f} s]", flush=True)
 
-    det = {k: summarize_detection(rows, k) for k in ("ln_seg", "baseline", "ln_seg_no_density_check",
-                                                      "baseline_no_density_check")}
-    ident = {"gt_instances": summarize_identification(rows, "gt_nodes", threshold),
-             "segmented_instances": summarize_identification(rows, "segmented_nodes", threshold),
-             "segmented_true_nodes": summarize_identification(rows, "segmented_nodes", threshold, true_nodes_only=True)}
-    print(f"\nLN detection over {len(rows)} held-out studies (seeds {seeds[0]}-{seeds[-1]}, preset {args.preset}, "
-          f"organs {'predicted' if args.organs == 'model' else 'ground truth'}; IoU >= 0.3):")
-    print(f"  {'':<28s}{'attention':>10s}{'baseline':>10s}")
-    for name, k in (("instance recall", "recall"), ("instance precision", "precision"), ("F1", "f1"),
-                    ("voxel Dice (mean per study)", "dice_mean"), ("voxel Dice (pooled)", "dice_pooled")):
-        print(f"  {name:<28s}{_fmt(det['ln_seg'].get(k)):>10s}{_fmt(det['baseline'].get(k)) if det['baseline'] else '       -':>10s}")
-    print(f"  {'GT nodes / predicted':<28s}{det['ln_seg']['gt']:>5d}/{det['ln_seg']['pred']:<4d}"
-          + (f"{det['baseline']['gt']:>5d}/{det['baseline']['pred']:<4d}" if det["baseline"] else ""))
-    q = {k: det[k].get("volume_ratio_quartiles") if det[k] else None for k in ("ln_seg", "baseline")}
-    if q["ln_seg"]:
-        print(f"  {'volume / true volume':<28s}" + "".join(
-            f"{v[1]:>10.2f}" if v else f"{'-':>10s}" for v in (q["ln_seg"], q["baseline"]))
-            + "   (median over the detected nodes; quartiles "
-            + ", ".join(f"{k} {v[0]:.2f}-{v[2]:.2f}" for k, v in q.items() if v) + ")")
-    if det["ln_seg_no_density_check"]:
-        a, b = det["ln_seg_no_density_check"], det["baseline_no_density_check"]
-        print(f"  without the density check (min_density_hu {settings.ln_detection.min_density_hu} HU off):")
-        for name, k in (("instance recall", "recall"), ("instance precision", "precision"), ("F1", "f1")):
-            print(f"    {name:<26s}{_fmt(a.get(k)):>10s}{_fmt(b.get(k)) if b else '       -':>10s}")
-    print(f"\nLN identification (threshold {threshold:.3f}):")
-    for name, k in (("on ground-truth instances", "gt_instances"), ("on segmented instances", "segmented_instances"),
-                    ("  of them true nodes", "segmented_true_nodes")):
-        s = ident[k]
-        ci = s.get("auc_ci95")
-        print(f"  {name:<28s} AUC {_fmt(s.get('auc'))}" + (f" [{ci[0]:.3f}-{ci[1]:.3f}]" if ci else "")
-              + f"  sensitivity {_fmt(s.get('sensitivity'))}  specificity {_fmt(s.get('specificity'))}"
-              f"  ({s['nodes']} nodes, {s['positive']} positive)")
-    goals = {
-        "recall_at_least_0.8": bool(det["ln_seg"]["recall"] >= RECALL_GOAL),
-        "precision_at_least_0.5": bool(det["ln_seg"]["precision"] >= PRECISION_GOAL),
-        "identification_auc_gt_at_least_0.85": bool(ident["gt_instances"].get("auc", 0) >= AUC_GOAL),
-    }
-    if det["baseline"]:
-        goals["attention_precision_at_least_baseline"] = bool(det["ln_seg"]["precision"] >= det["baseline"]["precision"])
-    print("\nGoals: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in goals.items()))
+    det, ident, goals = report(rows, settings, threshold,
+                               f"{len(rows)} held-out studies (seeds {seeds[0]}-{seeds[-1]}, preset {args.preset}, "
+                               f"organs {'predicted' if args.organs == 'model' else 'ground truth'}, arterial phase "
+                               "perfectly aligned, on the models' grid)")
     sweeps = {}
     if args.sweep:
         det_now = settings.ln_detection

@@ -13,7 +13,11 @@ The arterial phase is registered with the product's own registration (``--regist
 default) or taken perfectly aligned from the generator (``--registration perfect``, isolates the
 organ model).
 
+``--mode app`` (:mod:`evaluation.app_mode`): standard 0.7 mm DICOM studies through the app's own
+intake, registration and organ segmentation; Dice on the venous series' own grid.
+
     python evaluation/organ_segmentation.py --count 10 [--models models] [--json out.json]
+    python evaluation/organ_segmentation.py --count 10 --mode app
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from lnmet.inference import SegmentationModel, resolve_model_path  # noqa: E402
 from lnmet.labels import ORGAN_CLASSES  # noqa: E402
 from lnmet.metrics import dice  # noqa: E402
 from lnmet.types import PhaseVolume, RegisteredPhases, SeriesRef  # noqa: E402
+from evaluation.app_mode import add_app_arguments  # noqa: E402
 
 LARGE = ("spleen", "stomach", "aorta", "pancreas")
 LARGE_GOAL, OTHER_GOAL, COVERAGE_GOAL = 0.85, 0.7, 0.9
@@ -116,18 +121,57 @@ def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
             "dice_goals_met": goals, "coverage_goal_met": bool(cov_pred >= COVERAGE_GOAL)}
 
 
+def report(s: dict[str, Any], header: str) -> None:
+    """Print the Dice per class, the attention coverage and the goals of a summary."""
+    print(f"Dice per class over {s['studies']} {header}:")
+    for c in ORGAN_CLASSES:
+        goal = LARGE_GOAL if c.key in LARGE else OTHER_GOAL
+        print(f"  {c.name:<38s} {s['dice'][c.key]:.3f}   goal >= {goal:.2f}  "
+              f"{'met' if s['dice_goals_met'][c.key] else 'NOT met'}")
+    print(f"LN voxels with attention > 0: ground-truth organs {100 * s['coverage_gt']:.1f}%, "
+          f"predicted organs {100 * s['coverage_pred']:.1f}% (goal >= {100 * COVERAGE_GOAL:.0f}%: "
+          f"{'met' if s['coverage_goal_met'] else 'NOT met'})")
+
+
+def report_app(cases: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    """The organ figures of the app mode (:mod:`evaluation.app_mode`): the app's organ labels on the
+    venous series' own grid against the generator's, and the attention coverage of the true nodes."""
+    rows = [{"case": c["case"], "dice": c["organ_dice"], "ln_voxels": c["attention_coverage"]["ln_voxels"],
+             "coverage_gt": c["attention_coverage"]["gt_organs"],
+             "coverage_pred": c["attention_coverage"]["predicted_organs"]} for c in cases]
+    s = summarize(rows)
+    report(s, f"held-out studies as the app runs (seeds {cases[0]['seed']}-{cases[-1]['seed']}, preset "
+              f"{args.preset}, DICOM intake and the app's registration; Dice on the venous series' grid)")
+    return s
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--count", type=int, default=10)
     p.add_argument("--seed-start", type=int, default=100000)
-    p.add_argument("--preset", default="train")
+    p.add_argument("--preset", help="generator preset (default: train; standard with --mode app)")
     p.add_argument("--models", default=str(ROOT / "models"), help="models folder (<name>/model.ts) or a model file")
-    p.add_argument("--registration", choices=["real", "perfect"], default="real")
+    p.add_argument("--registration", choices=["real", "perfect"], default="real",
+                   help="--mode model-grid: the product's registration or the generator's perfect alignment")
     p.add_argument("--device")
+    p.add_argument("--threads", type=int)
     p.add_argument("--json", help="also write the results to this file")
+    add_app_arguments(p)
     args = p.parse_args(argv)
+    if args.mode == "app":
+        from evaluation.app_mode import scored_app_cases
+
+        s = report_app(scored_app_cases(p, args), args)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"summary": s}, indent=1, default=float))
+        return 0
+    args.preset = args.preset or "train"
     if args.seed_start < 100000:
         p.error("--seed-start must be >= 100000: seeds below are training seeds")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from synthetic import generate_study
 
     model = SegmentationModel.load(resolve_model_path("organ_seg", args.models), args.device)
@@ -140,15 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seed {seed}: mean Dice {np.nanmean(list(r['dice'].values())):.3f}, LN attention coverage "
               f"GT {r['coverage_gt']:.3f} / predicted {r['coverage_pred']:.3f} ({r['seconds']:.1f} s)", flush=True)
     s = summarize(results)
-    print(f"\nDice per class over {s['studies']} held-out studies (seeds {args.seed_start}-"
-          f"{args.seed_start + args.count - 1}, preset {args.preset}, registration {args.registration}):")
-    for c in ORGAN_CLASSES:
-        goal = LARGE_GOAL if c.key in LARGE else OTHER_GOAL
-        print(f"  {c.name:<38s} {s['dice'][c.key]:.3f}   goal >= {goal:.2f}  "
-              f"{'met' if s['dice_goals_met'][c.key] else 'NOT met'}")
-    print(f"LN voxels with attention > 0: ground-truth organs {100 * s['coverage_gt']:.1f}%, "
-          f"predicted organs {100 * s['coverage_pred']:.1f}% (goal >= {100 * COVERAGE_GOAL:.0f}%: "
-          f"{'met' if s['coverage_goal_met'] else 'NOT met'})")
+    report(s, f"held-out studies (seeds {args.seed_start}-{args.seed_start + args.count - 1}, preset {args.preset}, "
+              f"registration {args.registration})")
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": s, "studies": results}, indent=1))
     return 0

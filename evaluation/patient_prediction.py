@@ -19,6 +19,10 @@ the models' checksums) are cached under ``--cache``.
 
     python -m evaluation.patient_prediction --count 60 --cache build/eval/patient \\
         --tumour-only-model build/models/patient_cls_tumour_only.ts [--models models] [--json out.json]
+    python -m evaluation.patient_prediction --count 60 --mode app --tumour-only-model ...
+
+``--mode app`` (:mod:`evaluation.app_mode`): standard 0.7 mm DICOM studies through the app's own
+functions, from the intake to the patient classifier operator; the patient's score is the app's.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from lnmet.metrics import classification_summary, delong_test, dice  # noqa: E40
 from lnmet.model_io import sha256_file  # noqa: E402
 from lnmet.networks.ln_classifier import LNPipeline  # noqa: E402
 from lnmet.networks.patient_classifier import PatientModel, nodes_only_score  # noqa: E402
+from lnmet.config import load_settings  # noqa: E402
+from evaluation.app_mode import add_app_arguments  # noqa: E402
 
 log = logging.getLogger("evaluation.patient_prediction")
 
@@ -96,6 +102,54 @@ def evaluate_patient(cache: Path, data: Path, case: str, m: dict[str, Any], sett
     return row
 
 
+def report(rows: list[dict[str, Any]], thresholds: dict[str, float | None], header: str) -> dict[str, Any]:
+    """Print the PDAC Dice, every method's metrics with CIs and the DeLong tests of ``rows`` (one per
+    patient: ``label``, ``pdac_dice``, ``tumour_found`` and a score per method); returns the summary."""
+    y = np.array([r["label"] for r in rows])
+    dices = np.array([r["pdac_dice"] for r in rows])
+    missed = sum(not r["tumour_found"] for r in rows)
+    summary: dict[str, Any] = {"patients": len(rows), "positive": int(y.sum()),
+                               "pdac_dice_median": float(np.median(dices)), "tumours_missed": missed, "methods": {}}
+    print(f"\n{len(rows)} {header}: {int(y.sum())} positive")
+    print(f"PDAC Dice median {np.median(dices):.3f} (goal >= {DICE_GOAL}: {'met' if np.median(dices) >= DICE_GOAL else 'NOT met'}); "
+          f"tumour missed in {missed} patient(s) (nodes-only fallback)")
+    print(f"\n  {'method':<12s}" + "".join(f"{k:>24s}" for k in ("AUC", "accuracy", "balanced acc.", "sensitivity",
+                                                                   "specificity")))
+    for method in METHODS:
+        if method not in rows[0] or thresholds.get(method) is None:
+            print(f"  {method:<12s} (no model given)")
+            continue
+        scores = np.array([r[method] for r in rows])
+        res = summarize_method(y, scores, thresholds[method])
+        summary["methods"][method] = res
+        cells = [f"{res[k]['value']:.3f} [{res[k]['ci95'][0]:.3f}-{res[k]['ci95'][1]:.3f}]"
+                 for k in ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity")]
+        print(f"  {method:<12s}" + "".join(f"{c:>24s}" for c in cells))
+    summary["delong"] = {}
+    if "combined" in summary["methods"] and 0 < y.sum() < len(y):
+        for other in ("tumour_only", "nodes_only"):
+            if other in summary["methods"]:
+                d = delong_test(y, [r["combined"] for r in rows], [r[other] for r in rows])
+                summary["delong"][other] = {"auc_combined": d.auc_a, "auc_other": d.auc_b, "z": d.z, "p": d.p_value}
+                print(f"DeLong combined vs {other}: AUC {d.auc_a:.3f} vs {d.auc_b:.3f}, z {d.z:.2f}, p {d.p_value:.4f}")
+        best = max(summary["methods"], key=lambda k: summary["methods"][k]["auc"]["value"])
+        print(f"Best AUC: {best}" + ("" if best == "combined" else
+                                     " -- the combination is not best here (see the per-method figures and the DeLong p)"))
+    return summary
+
+
+def report_app(cases: list[dict[str, Any]], args: argparse.Namespace, settings: Any) -> dict[str, Any]:
+    """The patient figures of the app mode (:mod:`evaluation.app_mode`): the app's patient classifier
+    operator (its threshold, app.yaml's override included), the nodes-only rule on the largest
+    positive node the app found, the tumour-only model when given (``--tumour-only-model``)."""
+    rows = [c["patient"] for c in cases]
+    thresholds = {"combined": rows[0]["combined_threshold"], "nodes_only": 0.5,
+                  "tumour_only": rows[0].get("tumour_only_threshold")}
+    return report(rows, thresholds, f"held-out patients as the app runs, seeds {cases[0]['seed']}-{cases[-1]['seed']}, "
+                                    f"preset {args.preset} (DICOM intake, the app's registration, PDAC and patient "
+                                    "operators)")
+
+
 def _cache_key(paths: list[str | None], settings: Any) -> str:
     import hashlib
 
@@ -109,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--count", type=int, default=60)
     p.add_argument("--seed-start", type=int, default=FIRST_HELD_OUT_SEED)
-    p.add_argument("--preset", default="train")
+    p.add_argument("--preset", help="generator preset (default: train, the models' grid; standard with --mode app)")
     p.add_argument("--models", default=str(ROOT / "models"), help="models folder (<name>/model.ts)")
     p.add_argument("--combined-model", help="combined patient model (default: <models>/patient_cls/model.ts)")
     p.add_argument("--tumour-only-model", help="patient model trained with --mode tumour_only (ClsfromPDAC)")
@@ -120,7 +174,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device")
     p.add_argument("--threads", type=int)
     p.add_argument("--json")
+    add_app_arguments(p)
     args = p.parse_args(argv)
+    if args.mode == "app":
+        if args.nodes_only_model or args.organs != "model":
+            p.error("--mode app runs the app's own chain: --nodes-only-model and --organs gt are for --mode model-grid")
+        from evaluation.app_mode import scored_app_cases
+
+        summary = report_app(scored_app_cases(p, args, tumour_only=args.tumour_only_model,
+                                              overrides={"patient_cls": args.combined_model}), args, load_settings())
+        if args.json:
+            Path(args.json).write_text(json.dumps({"summary": summary}, indent=1, default=float))
+        return 0
+    args.preset = args.preset or "train"
     settings, cache, data, cases = start_run(p, args)
     seeds = list(range(args.seed_start, args.seed_start + args.count))
 
@@ -158,40 +224,12 @@ def main(argv: list[str] | None = None) -> int:
               f"largest positive LN {r['largest_positive_volume_mm3']:.0f} mm3, scores "
               + ", ".join(f"{k} {r[k]:.3f}" for k in METHODS if k in r), flush=True)
 
-    y = np.array([r["label"] for r in rows])
-    dices = np.array([r["pdac_dice"] for r in rows])
-    missed = sum(not r["tumour_found"] for r in rows)
     thresholds = {"combined": combined.threshold, "nodes_only": 0.5,
                   "tumour_only": m["tumour_only"].threshold if m["tumour_only"] else None}
     if settings.patient_threshold is not None:
         thresholds["combined"] = settings.patient_threshold
-    summary: dict[str, Any] = {"patients": len(rows), "positive": int(y.sum()),
-                               "pdac_dice_median": float(np.median(dices)), "tumours_missed": missed, "methods": {}}
-    print(f"\n{len(rows)} held-out patients ({int(y.sum())} positive), seeds {seeds[0]}-{seeds[-1]}, preset {args.preset}")
-    print(f"PDAC Dice median {np.median(dices):.3f} (goal >= {DICE_GOAL}: {'met' if np.median(dices) >= DICE_GOAL else 'NOT met'}); "
-          f"tumour missed in {missed} patient(s) (nodes-only fallback)")
-    print(f"\n  {'method':<12s}" + "".join(f"{k:>24s}" for k in ("AUC", "accuracy", "balanced acc.", "sensitivity",
-                                                                   "specificity")))
-    for method in METHODS:
-        if method not in rows[0] or thresholds.get(method) is None:
-            print(f"  {method:<12s} (no model given)")
-            continue
-        s = np.array([r[method] for r in rows])
-        res = summarize_method(y, s, thresholds[method])
-        summary["methods"][method] = res
-        cells = [f"{res[k]['value']:.3f} [{res[k]['ci95'][0]:.3f}-{res[k]['ci95'][1]:.3f}]"
-                 for k in ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity")]
-        print(f"  {method:<12s}" + "".join(f"{c:>24s}" for c in cells))
-    summary["delong"] = {}
-    if "combined" in summary["methods"] and 0 < y.sum() < len(y):
-        for other in ("tumour_only", "nodes_only"):
-            if other in summary["methods"]:
-                d = delong_test(y, [r["combined"] for r in rows], [r[other] for r in rows])
-                summary["delong"][other] = {"auc_combined": d.auc_a, "auc_other": d.auc_b, "z": d.z, "p": d.p_value}
-                print(f"DeLong combined vs {other}: AUC {d.auc_a:.3f} vs {d.auc_b:.3f}, z {d.z:.2f}, p {d.p_value:.4f}")
-        best = max(summary["methods"], key=lambda k: summary["methods"][k]["auc"]["value"])
-        print(f"Best AUC: {best}" + ("" if best == "combined" else
-                                     " -- the combination is not best here (see the per-method figures and the DeLong p)"))
+    summary = report(rows, thresholds, f"held-out patients, seeds {seeds[0]}-{seeds[-1]}, preset {args.preset} "
+                                       "(arterial phase perfectly aligned, on the models' grid)")
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summary, "patients": rows}, indent=1, default=float))
     return 0

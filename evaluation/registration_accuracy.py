@@ -12,7 +12,11 @@ compared with the generator's known deformation:
 Prints a before/after table (mean/median/max TRE, Dice per class) and the pass/fail of the goals
 (mean TRE after < 1.5 mm and at least 3x smaller than before; Dice >= 0.9 for the large organs).
 
+``--mode app`` (see :mod:`evaluation.app_mode`): the same figures for the registration the app
+ran on standard 0.7 mm DICOM studies (loaded by the app's intake), from the shared app-mode cache.
+
     python evaluation/registration_accuracy.py --count 10 --seed-start 100000 --preset train
+    python evaluation/registration_accuracy.py --count 10 --mode app
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ if str(ROOT) not in sys.path:
 from lnmet.config import load_settings  # noqa: E402
 from lnmet.labels import ORGAN_CLASSES  # noqa: E402
 from lnmet.registration import register_phases, transform_points, warp_labels  # noqa: E402
+from evaluation.app_mode import add_app_arguments  # noqa: E402
 
 LARGE_ORGANS = ("spleen", "stomach", "aorta", "pancreas", "duodenum")
 TRE_GOAL_MM = 1.5
@@ -86,32 +91,11 @@ def summarize(rows: list[dict]) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--count", type=int, default=10, help="number of held-out studies (default 10)")
-    ap.add_argument("--seed-start", type=int, default=100000, help="first seed (held-out seeds are >= 100000)")
-    ap.add_argument("--preset", default="train", help="generator preset (default train: 1.5 mm upper abdomen)")
-    ap.add_argument("--json", type=Path, help="also write the per-study figures to this file")
-    args = ap.parse_args(argv)
-    if args.seed_start < 100000:
-        print("warning: seeds below 100000 are training seeds; held-out figures need --seed-start >= 100000",
-              file=sys.stderr)
-
-    from synthetic import generate_study
-
-    settings = load_settings()
-    rows = []
-    for seed in range(args.seed_start, args.seed_start + args.count):
-        study = generate_study(seed=seed, preset=args.preset)
-        row = evaluate_study(study, settings)
-        rows.append(row)
-        print(f"{row['case']} seed {seed}: TRE {np.mean(row['tre_before']):.2f} -> {np.mean(row['tre_after']):.2f} mm, "
-              f"registration {row['seconds']:.1f} s", flush=True)
+def report(rows: list[dict], settings, header: str) -> tuple[dict, dict[str, bool]]:
+    """Print the before/after table and the goals of ``rows``; returns the summary and the goals."""
     s = summarize(rows)
     reg = settings.registration
-    print()
-    print(f"Registration accuracy: {args.count} held-out studies (seeds {args.seed_start}-"
-          f"{args.seed_start + args.count - 1}, preset {args.preset}), {s['landmarks']} landmarks")
+    print(f"Registration accuracy: {header}, {s['landmarks']} landmarks")
     print(f"settings: working {reg.working_spacing_mm} mm, shrink {list(reg.shrink_factors)}, sigmas "
           f"{list(reg.smoothing_sigmas_mm)} mm, affine {reg.affine_iterations} it, B-spline mesh "
           f"{reg.bspline_mesh_mm} mm / {reg.bspline_iterations} it, sampling {reg.sampling_fraction}")
@@ -139,6 +123,58 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for goal, ok in goals.items():
         print(f"{'PASS' if ok else 'FAIL'}  {goal}")
+    return s, goals
+
+
+def report_app(cases: list[dict], args: argparse.Namespace) -> dict:
+    """The registration figures of the app mode (:mod:`evaluation.app_mode`): the app's registration
+    of the DICOM study, on the venous series' own grid."""
+    rows = [{"case": c["case"], "seed": c["seed"], "seconds": c["seconds"]["registration"],
+             **{k: c["registration"][k] for k in ("tre_before", "tre_after", "dice_before", "dice_after")}}
+            for c in cases if "tre_after" in c["registration"]]
+    if not rows:
+        print("Registration accuracy: no registered two-phase study")
+        return {}
+    s, goals = report(rows, load_settings(), f"as the app runs, {len(rows)} held-out studies (seeds "
+                                             f"{rows[0]['seed']}-{rows[-1]['seed']}, preset {args.preset})")
+    return {**s, "goals": goals}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--count", type=int, default=10, help="number of held-out studies (default 10)")
+    ap.add_argument("--seed-start", type=int, default=100000, help="first seed (held-out seeds are >= 100000)")
+    ap.add_argument("--preset", help="generator preset (default: train, 1.5 mm upper abdomen; standard with --mode app)")
+    ap.add_argument("--json", type=Path, help="also write the per-study figures to this file")
+    ap.add_argument("--models", default=str(ROOT / "models"), help="--mode app: the models folder")
+    add_app_arguments(ap)
+    args = ap.parse_args(argv)
+    if args.mode == "app":
+        from evaluation.app_mode import scored_app_cases
+
+        s = report_app(scored_app_cases(ap, args), args)
+        if args.json:
+            args.json.write_text(json.dumps({"summary": s}, indent=1, default=float))
+        return 0 if s and all(s["goals"].values()) else 1
+    args.preset = args.preset or "train"
+    if args.seed_start < 100000:
+        print("warning: seeds below 100000 are training seeds; held-out figures need --seed-start >= 100000",
+              file=sys.stderr)
+
+    from synthetic import generate_study
+
+    settings = load_settings()
+    rows = []
+    for seed in range(args.seed_start, args.seed_start + args.count):
+        study = generate_study(seed=seed, preset=args.preset)
+        row = evaluate_study(study, settings)
+        rows.append(row)
+        print(f"{row['case']} seed {seed}: TRE {np.mean(row['tre_before']):.2f} -> {np.mean(row['tre_after']):.2f} mm, "
+              f"registration {row['seconds']:.1f} s", flush=True)
+    print()
+    s, goals = report(rows, settings, f"{args.count} held-out studies (seeds {args.seed_start}-"
+                                      f"{args.seed_start + args.count - 1}, preset {args.preset}, "
+                                      "images in memory)")
     if args.json:
         args.json.write_text(json.dumps({"summary": s, "studies": rows}, indent=1))
     return 0 if all(goals.values()) else 1

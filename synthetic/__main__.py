@@ -36,6 +36,12 @@ def _stats(args: argparse.Namespace) -> int:
 
     stats = cohort_statistics(range(args.seed, args.seed + args.count), workers=args.workers)
     print(format_statistics(stats))
+    if args.separability:  # AUC of every node parameter and head measurement (evaluation/node_separability.py)
+        from evaluation.node_separability import format_separability, node_separability
+
+        print()
+        print(format_separability(node_separability(range(args.seed, args.seed + args.count), args.separability_cache,
+                                                    args.workers)), flush=True)
     return 0
 
 
@@ -67,6 +73,10 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--seed", type=int, default=1000)
     s.add_argument("--count", type=int, default=120)
     s.add_argument("--workers", type=int, default=2)
+    s.add_argument("--no-separability", dest="separability", action="store_false",
+                   help="skip the AUC of every node parameter and identification-head measurement (renders the "
+                        "cohort at the train preset, cached: evaluation/node_separability.py)")
+    s.add_argument("--separability-cache", default="build/stats", help="where that rendered cohort is kept")
     s.set_defaults(func=_stats)
 
     e = sub.add_parser("export-nnunet", help="write a cohort in nnU-Net's raw dataset layout (training data)")

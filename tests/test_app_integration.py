@@ -48,7 +48,7 @@ def app_run(tiny_study_dir, tmp_path_factory) -> dict:
     done = run_app(["-i", str(tiny_study_dir / "dicom"), "-o", str(out), "-m", str(models)], env=env, timeout=900)
     gt = json.loads((tiny_study_dir / "ground_truth" / "study.json").read_text())
     return {"done": done, "out": out, "gt": gt, "study": tiny_study_dir, "manifest": manifest,
-            "bundled": models == ROOT / "models"}
+            "bundled": models == ROOT / "models", "models": models}
 
 
 def _needs_trained_models(app_run) -> None:
@@ -215,3 +215,27 @@ def test_quality_gate_ran_and_passes_the_generated_study(app_run, results):
         assert gate["failed_critical"] and all(c in gate["summary"] for c in gate["failed_critical"])
     _needs_trained_models(app_run)
     assert results["status"] == "assessed", gate["summary"]
+
+
+def test_the_evaluations_app_mode_gives_the_apps_own_results(app_run, results, tmp_path):
+    """``evaluation/app_mode.py`` runs the application's own functions in the graph's order: on the
+    same DICOM study with the same models it finds the same nodes (index, volume, probability, class)
+    and the same patient score as the real Holoscan run."""
+    from evaluation.app_mode import AppModels, run_chain
+    from lnmet.config import load_settings
+
+    mine = run_chain(app_run["study"], tmp_path / "out", AppModels.from_folder(app_run["models"]), load_settings())
+    theirs = {n["index"]: (n["volume_mm3"], n["probability_positive"], n["positive"]) for n in results["lymph_nodes"]}
+    ours = {n["index"]: (n["volume_mm3"], n["probability"], n["positive"]) for n in mine["findings"]}
+    assert ours.keys() == theirs.keys()
+    for k, (vol, prob, pos) in theirs.items():
+        assert ours[k][0] == pytest.approx(vol) and ours[k][1] == pytest.approx(prob, abs=1e-5) and ours[k][2] == pos
+    app_probability = (results["patient"]["probability"] if results["status"] == "assessed"  # else withheld by the gate
+                       else results["quality_gate"]["withheld_model_output"]["probability"])
+    assert mine["patient"]["probability"] == pytest.approx(app_probability, abs=1e-6)
+    assert mine["patient"]["threshold"] == pytest.approx(results["patient"]["threshold"])
+    assert mine["patient"]["largest_positive_ln_volume_mm3"] == pytest.approx(
+        results["patient"]["largest_positive_ln_volume_mm3"])
+    # and the ground-truth nodes were identified through the same registered images
+    assert sorted(mine["gt_nodes"]["ids"]) == sorted(int(r["id"]) for r in app_run["gt"]["lymph_nodes"]
+                                                   if r.get("in_field_of_view", True))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from app_support import make_standin_models
 from evaluation.ln_detection import SWEEP_MIN_VOLUMES_MM3, SWEEP_THRESHOLDS, main
@@ -17,8 +18,8 @@ from synthetic import GENERATOR_VERSION
 def test_ln_detection_script_on_a_tiny_study(tmp_path):
     models, _ = make_standin_models(tmp_path, ["ln_seg", "ln_cls"])
     out = tmp_path / "eval.json"
-    assert main(["--count", "1", "--preset", "tiny", "--models", str(models), "--cache", str(tmp_path / "cache"),
-                 "--organs", "gt", "--sweep", "--json", str(out), "--threads", "2"]) == 0
+    assert main(["--count", "1", "--seed-start", "150000", "--preset", "tiny", "--models", str(models), "--cache",
+                 str(tmp_path / "cache"), "--organs", "gt", "--sweep", "--json", str(out), "--threads", "2"]) == 0
     version_cache = tmp_path / "cache" / f"generator_{GENERATOR_VERSION}"
     patients = json.loads((version_cache / "data_tiny" / "patients.json").read_text())
     assert [r["generator_version"] for r in patients.values()] == [GENERATOR_VERSION]
@@ -60,3 +61,14 @@ def test_filter_rule_keeps_a_margin_on_recall():
     assert choose_filter(sweep) == sweep[1]
     assert choose_filter(sweep, min_recall=0.8) == sweep[0]
     assert choose_filter(sweep, min_recall=0.95) is None
+
+
+def test_sweep_refuses_the_held_out_test_seeds(tmp_path, capsys):
+    """The sweep chooses app.yaml's filter: on a test seed it stops before generating anything."""
+    with pytest.raises(SystemExit) as stop:
+        main(["--count", "2", "--seed-start", "149999", "--preset", "tiny", "--cache", str(tmp_path / "cache"),
+              "--organs", "gt", "--sweep"])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "--sweep" in err and "149999" in err and "100000-149999" in err and "150000" in err
+    assert not (tmp_path / "cache").exists()

@@ -46,6 +46,7 @@ from lnmet.model_io import save_model, sha256_file
 from lnmet.networks.ln_classifier import (PAPER_CROP_SIZE, PAPER_SPACING_MM, POOLINGS, LNClassifier, default_crop_size,
                                           make_crops, mask_crops, total_stride)
 from lnmet.patches import extract_box
+from lnmet.seeds import cohort_seeds, refuse_test_seeds
 from training.datasets import (TASKS, CaseData, list_cases, load_case, read_dataset_json, read_patients_json, split_cases,
                                synthetic_provenance)
 
@@ -287,6 +288,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     cases = list_cases(dataset, meta)
     if args.max_cases:
         cases = cases[: args.max_cases]
+    refuse_test_seeds(cohort_seeds(read_patients_json(dataset.parent), cases), "training")  # thresholds are chosen on them
     train_ids, val_ids = split_cases(cases, args.val_fraction, args.seed)
     att_settings = load_settings().attention
     task = TASKS["lymph_nodes"]

@@ -60,6 +60,7 @@ from lnmet.model_io import save_model, sha256_file
 from lnmet.networks.patient_classifier import MODES, NodesOnlyRule, PatientClassifier, normalize_patches
 from lnmet.normalization import compute_ct_normalization
 from lnmet.patches import NoTumourError, extract_tumour_patches
+from lnmet.seeds import cohort_seeds, refuse_test_seeds
 from training.datasets import synthetic_provenance
 
 log = logging.getLogger("training.train_patient_classifier")
@@ -354,6 +355,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_cases:
         cases = cases[: args.max_cases]
     labels = {c: bool(patients[c]["metastasis_positive"]) for c in cases}
+    refuse_test_seeds(cohort_seeds(patients, cases), "training")  # thresholds are chosen on them
 
     if args.shard != (0, 1) and not args.volumes_only:
         raise ValueError("--shard needs --volumes-only: the training itself uses every case")

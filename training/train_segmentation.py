@@ -38,6 +38,7 @@ from lnmet.metrics import dice, match_instances
 from lnmet.model_io import save_model
 from lnmet.networks import SegmentationUNet
 from lnmet.normalization import compute_ct_normalization
+from lnmet.seeds import cohort_seeds, refuse_test_seeds
 from training.datasets import (TASKS, CaseData, channel_names, foreground_samples, list_cases, load_cases,
                                read_dataset_json, read_patients_json, split_cases, synthetic_provenance)
 from training.losses import build_loss
@@ -204,6 +205,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     cases = list_cases(dataset, meta)
     if args.max_cases:
         cases = cases[: args.max_cases]
+    refuse_test_seeds(cohort_seeds(read_patients_json(dataset.parent), cases), "training")  # thresholds are chosen on them
     train_ids, val_ids = split_cases(cases, args.val_fraction, args.seed)
     log.info("task %s, preset %s on %s: %d training and %d validation cases, attention %s, INS %s",
              task.name, preset.name, device, len(train_ids), len(val_ids), attention, informative)

@@ -1,0 +1,103 @@
+"""The paper's protocol command (evaluation/protocol.py): nested cross-validation of the LN
+segmentation variants and the patient classifiers with the paper's tests, on its tiny preset."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from evaluation import protocol
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("protocol")
+    res_path = out / "res.json"
+    assert protocol.main(["--preset", "tiny", "--out", str(out), "--threads", "1", "--json", str(res_path)]) == 0
+    return {"out": out, "res": json.loads(res_path.read_text())}
+
+
+def test_tiny_protocol_prints_the_papers_tables(tiny_run, capsys):
+    res = tiny_run["res"]
+    preset = protocol.PRESETS["tiny"]
+    assert res["patients"] == preset.count == len(res["patients_rows"]) and res["folds"] == 5
+    # the folds: disjoint, every patient once, each round trained without its test patients
+    folds = res["fold_cases"]
+    flat = [c for f in folds for c in f]
+    assert len(flat) == len(set(flat)) == preset.count
+    cv = next(tiny_run["out"].glob("generator_*/cv_tiny_5folds_seed0"))
+    for k, test in enumerate(folds):
+        trained_on = {p.name[: -len(".nii.gz")] for p in (cv / f"fold{k}" / "data" / protocol.LN_DATASET
+                                                          / "labelsTr").iterdir()}
+        assert trained_on == set(flat) - set(test)
+        done = sorted(p.parent.name.rsplit("_", 1)[0] for p in (cv / f"fold{k}" / "models").glob("*/done.json"))
+        assert done == ["ln_cls", "ln_seg_no_ins", "ln_seg_ours", "ln_seg_plain", "patient_cls_combined",
+                        "patient_cls_tumour_only"]
+        assert sorted(r["case"] for r in res["patients_rows"] if r["fold"] == k) == sorted(test)
+    for part in ("agnostic", "positive", "negative"):
+        t3 = res["table3"][part]
+        assert set(t3) == set(protocol.VARIANTS)
+        for key in ("plain", "no_ins"):
+            assert 0.0 <= t3[key]["p_dice"] <= 1.0 and 0.0 <= t3[key]["p_f1"] <= 1.0
+    for method, r in res["table4"]["methods"].items():
+        lo, hi = r["balanced_accuracy"]["ci95"]
+        assert lo <= r["balanced_accuracy"]["value"] <= hi or not np.isfinite(lo)
+        if method != "combined":
+            assert 0.0 <= r["p_balanced_accuracy_bootstrap_wilcoxon"] <= 1.0
+    assert len(res["table2"]["auc_per_fold"]) == 5
+    text = protocol.format_tables(res)
+    for words in ("Table 2 style", "Table 3 style", "Table 4 style", "Ours w/o INS", "Plain U-Net", "ClsfromPDAC",
+                  "class-aware Pos", "ref"):
+        assert words in text
+
+
+def test_a_second_run_reuses_every_trained_model(tiny_run, monkeypatch, capsys):
+    from training import train_ln_classifier, train_patient_classifier, train_segmentation
+
+    def no_training(*a, **k):
+        raise AssertionError("a model was trained again although it is cached")
+
+    for module in (train_segmentation, train_ln_classifier, train_patient_classifier):
+        monkeypatch.setattr(module, "main", no_training)
+    assert protocol.main(["--preset", "tiny", "--out", str(tiny_run["out"]), "--threads", "1"]) == 0
+    assert "training " not in capsys.readouterr().out
+
+
+def test_the_protocol_refuses_test_seeds(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        protocol.main(["--preset", "tiny", "--seed-start", "99995", "--out", str(tmp_path)])
+    assert stop.value.code == 2 and "100000-149999" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_stratified_folds():
+    labels = {f"C{i:02d}": i % 3 == 0 for i in range(23)}
+    folds = protocol.stratified_folds(labels, 5, seed=1)
+    assert sorted(c for f in folds for c in f) == sorted(labels)
+    assert max(map(len, folds)) - min(map(len, folds)) <= 1
+    positives = [sum(labels[c] for c in f) for f in folds]
+    assert max(positives) - min(positives) <= 1
+    assert folds == protocol.stratified_folds(labels, 5, seed=1)
+    with pytest.raises(ValueError, match="cannot make 5 folds"):
+        protocol.stratified_folds({"a": True, "b": False}, 5)
+
+
+def test_wilcoxon_and_table4_on_known_predictions():
+    assert protocol.wilcoxon_p([1, 2, 3], [1, 2, 3]) == 1.0
+    assert protocol.wilcoxon_p([0.9] * 12, [0.1] * 12) < 0.01
+    assert protocol.wilcoxon_p([np.nan, 1.0], [0.5, np.nan]) == 1.0
+    rng = np.random.default_rng(0)
+    y = rng.random(60) < 0.5
+    rows = []
+    for i, label in enumerate(y):
+        noise = float(rng.random())
+        scores = {"combined": 0.8 if label else 0.2, "nodes_only": noise, "tumour_only": 0.5}
+        rows.append({"label": bool(label), "scores": scores,
+                     "predicted": {k: bool(v >= 0.5) for k, v in scores.items()}})
+    t4 = protocol.table4(rows)
+    comb, nodes = t4["methods"]["combined"], t4["methods"]["nodes_only"]
+    assert comb["balanced_accuracy"]["value"] == 1.0 and comb["auc"]["value"] == 1.0
+    assert nodes["p_balanced_accuracy_bootstrap_wilcoxon"] < 0.05 and nodes["delong_vs_combined_p"] < 0.05
+    assert t4["methods"]["tumour_only"]["auc"]["value"] == 0.5
