@@ -218,7 +218,7 @@ def run_chain(case: Path, out: Path, models: AppModels, settings: Settings) -> d
         seconds[name] = round(now - clock[0], 2)
         clock[0] = now
 
-    venous, arterial = selection_to_volumes(select_phases(load_series(case / "dicom"), settings))
+    venous, arterial = selection_to_volumes(select_phases(load_series(case / "dicom"), settings), settings)
     lap("intake")
     organ_model = models.get("organ_seg")
     registered = register_and_resample(venous, arterial, settings, organ_model.spacing_mm)  # as app._working_spacing

@@ -289,15 +289,20 @@ def build_sr(results: AnalysisResults, seg: Dataset | None) -> hd.sr.Comprehensi
     context = hd.sr.ObservationContext(
         observer_device_context=hd.sr.ObserverContext(observer_type=codes.DEVICE_OBSERVER,
                                                       observer_identifying_attributes=device))
-    report = hd.sr.MeasurementReport(
-        observation_context=context, procedure_reported=codes.PROCEDURE_REPORTED,
-        imaging_measurements=groups or None, referenced_images=library_images(results, headers, slices))
-
     patient = results.patient
     if patient.method not in codes.PATIENT_METHODS:
         raise AnalysisResultsError(
             f"patient prediction method {patient.method!r}; expected one of {sorted(codes.PATIENT_METHODS)}")
     decision = {True: codes.PRESENT, False: codes.ABSENT, None: codes.PRESENCE_UNDETERMINED}[patient.positive]
+    if not groups:
+        # TID 1500 needs at least one measurement group: with no tumour and no node found, an
+        # image-level group (TID 1501) carries the patient-level evaluation alone.
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="patient-level result"),
+            algorithm_id=algorithm, qualitative_evaluations=[hd.sr.QualitativeEvaluation(codes.METASTASIS, decision)]))
+    report = hd.sr.MeasurementReport(
+        observation_context=context, procedure_reported=codes.PROCEDURE_REPORTED,
+        imaging_measurements=groups, referenced_images=library_images(results, headers, slices))
     notes = hd.sr.ContainerContentItem(name=codes.QUALITATIVE_EVALUATIONS, relationship_type="CONTAINS")
     items = [hd.sr.CodeContentItem(name=codes.METASTASIS, value=decision, relationship_type="CONTAINS"),
              _text(codes.PATIENT_LEVEL_STATEMENT, patient_statement(results)),

@@ -72,7 +72,7 @@ class ModelChain:
         settings = self.settings
         if single_phase:
             settings = dataclasses.replace(settings, missing_arterial="single_phase")
-        venous, arterial = selection_to_volumes(select_phases(load_series(dicom_dir), settings))
+        venous, arterial = selection_to_volumes(select_phases(load_series(dicom_dir), settings), settings)
         registered = register_and_resample(venous, arterial, settings, self.organ.spacing_mm)
         organs_working, organs = segment_organs(registered, self.organ)
         attention = attention_map(organs_working, settings.attention)

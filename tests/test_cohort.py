@@ -31,7 +31,8 @@ from cohort.validation import check_outputs
 from lnmet.metrics import binary_metrics, roc_auc
 
 ROOT = Path(__file__).resolve().parent.parent
-GOOD_SEEDS = (3, 4, 5, 6)  # two positive, two negative patients
+GOOD_SEEDS = (3, 4, 6, 7)  # two positive, two negative patients, each assessed by the bundled models' gate
+# (what is tested is the cohort machinery; seed 5 has a false node in its body wall, so it is not assessable)
 BROKEN_SEED = 8
 THREADS = "2"  # the worker's CPUs = the single-study app's threads, so the two runs compute alike
 
@@ -59,7 +60,7 @@ def studies(tmp_path_factory) -> dict:
     shutil.copytree(own[3] / "dicom", tree / "siteA" / "patient1")
     mixed = tree / "siteA" / "mixed"
     mixed.mkdir(parents=True)
-    for seed in (4, 5):
+    for seed in (4, 7):
         for f in (own[seed] / "dicom").rglob("*.dcm"):
             shutil.copy(f, mixed / f"{seed}_{f.parent.name}_{f.name}")
     shutil.copytree(own[6] / "dicom", tree / "siteB" / "a" / "b" / "c")
@@ -113,7 +114,20 @@ def _comparable(doc: dict) -> dict:
         if isinstance(entry, dict):
             entry.pop("sop_instance_uid", None)
             entry.pop("series_instance_uid", None)
-    return doc
+    return _rounded(doc)
+
+
+def _rounded(value):
+    """Floats to 5 significant digits: the registered arterial phase's float32 voxels may differ in
+    their last bit between two processes (ITK's threads), e.g. the gate's aortic HU 224.08217 vs
+    224.08220; every decision and count must still be equal."""
+    if isinstance(value, float):
+        return float(f"{value:.5g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_rounded(v) for v in value)
+    return value
 
 
 def _sr_values(ds: pydicom.Dataset) -> list:
@@ -139,7 +153,7 @@ def test_every_study_is_found_in_a_mixed_tree(studies):
     found = {s.study_uid: s for s in find_studies(studies["tree"])}
     assert set(found) == set(studies["uid"].values())
     mixed = [s for s in found.values() if s.sources == ["siteA/mixed"]]
-    assert {s.study_uid for s in mixed} == {studies["uid"][4], studies["uid"][5]}, "two studies in one folder"
+    assert {s.study_uid for s in mixed} == {studies["uid"][4], studies["uid"][7]}, "two studies in one folder"
     deep = found[studies["uid"][6]]
     assert deep.sources == ["siteB/a/b/c/arterial", "siteB/a/b/c/venous"] and deep.series == 2
     for seed in (*GOOD_SEEDS, BROKEN_SEED):
@@ -150,7 +164,7 @@ def test_every_study_is_found_in_a_mixed_tree(studies):
 def test_a_csv_list_of_study_folders(studies, tmp_path):
     listing = tmp_path / "studies.csv"
     listing.write_text(f"folder\n{studies['tree'] / 'siteA' / 'mixed'}\n{os.path.relpath(studies['tree'] / 'siteB' / 'a', tmp_path)}\n")
-    assert {s.study_uid for s in find_studies(listing)} == {studies["uid"][4], studies["uid"][5], studies["uid"][6]}
+    assert {s.study_uid for s in find_studies(listing)} == {studies["uid"][4], studies["uid"][7], studies["uid"][6]}
     listing.write_text(f"folder\n{tmp_path / 'missing'}\n")
     with pytest.raises(CohortInputError, match="line 2: study folder not found"):
         find_studies(listing)
@@ -183,7 +197,8 @@ def test_every_good_study_equals_the_single_study_app(studies, cohort_run, app_o
         seg_a, seg_b = pydicom.dcmread(mine / "SEG" / "seg.dcm"), pydicom.dcmread(single / "SEG" / "seg.dcm")
         assert np.array_equal(seg_a.pixel_array, seg_b.pixel_array), f"seed {seed}: SEG frames differ"
         assert [s.SegmentLabel for s in seg_a.SegmentSequence] == [s.SegmentLabel for s in seg_b.SegmentSequence]
-        assert _sr_values(pydicom.dcmread(mine / "SR" / "sr.dcm")) == _sr_values(pydicom.dcmread(single / "SR" / "sr.dcm"))
+        assert _rounded(_sr_values(pydicom.dcmread(mine / "SR" / "sr.dcm"))) == _rounded(
+            _sr_values(pydicom.dcmread(single / "SR" / "sr.dcm")))
         assert (mine / "PDF" / "report.pdf").read_bytes()[:4] == b"%PDF"
         assert check_outputs(mine, studies["uid"][seed]) == []
 
@@ -252,7 +267,7 @@ def test_no_ray_process_outlives_the_command(cohort_run):
 
 def test_resume_reruns_nothing_complete_and_checks_what_it_skips(studies, cohort_run, tmp_path):
     out = cohort_run["out"]
-    damaged = studies["uid"][5]
+    damaged = studies["uid"][7]
     (out / "studies" / damaged / "SR" / "sr.dcm").unlink()  # outputs no longer complete
     kept = [studies["uid"][s] for s in GOOD_SEEDS if studies["uid"][s] != damaged]
     stamps = {uid: {p: p.stat().st_mtime_ns for p in (out / "studies" / uid).rglob("*")} for uid in kept}

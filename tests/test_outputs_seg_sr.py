@@ -369,3 +369,26 @@ def test_sr_without_tumour_single_phase_and_undetermined_patient(results, seg_fi
     texts = [i.TextValue for i in notes if i.ValueType == "TEXT"]
     assert any("no probability" in t for t in texts)
     assert any(t.startswith("Single-phase analysis") for t in texts)
+
+
+def test_sr_with_nothing_found_carries_the_patient_result_alone(results, tmp_path):
+    """No tumour and no node (e.g. a scan outside the abdomen): TID 1500 still needs one measurement
+    group, so an image-level group carries the patient-level evaluation; the SR is valid DICOM."""
+    empty_ln = sitk.Image(results.ln_instances.GetSize(), results.ln_instances.GetPixelID())
+    empty_ln.CopyInformation(results.ln_instances)
+    variant = dataclasses.replace(
+        results, lymph_nodes=[], ln_instances=empty_ln,
+        pdac_mask=sitk.Image(results.pdac_mask.GetSize(), sitk.sitkUInt8),
+        tumour=TumourFinding(found=False, statement="no tumour found"),
+        patient=dataclasses.replace(results.patient, probability=None, positive=None, method="nodes_only"))
+    variant.pdac_mask.CopyInformation(results.pdac_mask)
+    path = tmp_path / "sr.dcm"
+    build_sr(variant, build_seg(variant)).save_as(path, enforce_file_format=True)
+    report = hd.sr.MeasurementReport.from_sequence([pydicom.dcmread(path)])
+    assert not report.get_volumetric_roi_measurement_groups() and not report.get_planar_roi_measurement_groups()
+    (group,) = report.get_image_measurement_groups()
+    assert "patient-level result" in str(group.tracking_identifier)
+    evaluations = {e.name.value: e.value.value for e in group.get_qualitative_evaluations()}
+    assert evaluations[codes.METASTASIS.value] == dcm_codes.DCM.PresenceUndetermined.value, evaluations
+    errors, _ = dciodvfy(path)
+    assert not errors, errors

@@ -94,22 +94,27 @@ def test_context_models_match_manifest(packaged):
 
 def test_staged_application_starts_from_its_own_folder(packaged, tmp_path):
     """The context's app folder runs alone (imports, config at HOLOSCAN_CONFIG_PATH, manifest beside
-    it, models at HOLOSCAN_MODEL_PATH) and reaches the input check."""
+    it, models at HOLOSCAN_MODEL_PATH): every start-up check passes and the graph starts, then the
+    study loader refuses an input without DICOM (paths are checked before the start-up checks, so the
+    input must exist and hold a file)."""
     ctx = packaged["context"]
+    given = tmp_path / "input"
+    given.mkdir()
+    (given / "notes.txt").write_text("not DICOM")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PDAC_LN_", "HOLOSCAN_"))}
     env.update(HOLOSCAN_CONFIG_PATH=str(ctx / "app.config"), HOLOSCAN_MODEL_PATH=str(ctx / "models"),
-               HOLOSCAN_INPUT_PATH=str(tmp_path / "no_such_input"), HOLOSCAN_OUTPUT_PATH=str(tmp_path / "out"),
-               PYTHONPATH="")
+               HOLOSCAN_INPUT_PATH=str(given), HOLOSCAN_OUTPUT_PATH=str(tmp_path / "out"), PYTHONPATH="")
     done = subprocess.run([sys.executable, str(ctx / "app")], capture_output=True, text=True, timeout=120,
                           env=env, cwd=tmp_path)
-    assert done.returncode == 3, done.stderr[-3000:]
+    assert done.returncode == 1, done.stderr[-3000:]
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("ERROR: input not found") and "no_such_input" in last
+    assert last.startswith("ERROR: DicomInputError: no readable DICOM file") and str(given) in last
     log = done.stderr
     assert f"settings: {ctx / 'app.config'}" in log
     for name in required_models():
         assert f"model {name} 0.0.1 verified" in log
     assert f"application root: {ctx / 'app'}" in log, "the staged app must run from its own folder"
+    assert "stage 'study_loader' started" in log
     assert not (tmp_path / "out").exists()
 
 
