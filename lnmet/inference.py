@@ -130,8 +130,10 @@ class _Predictor:
 
 
 class SegmentationModel(LoadedModel):
-    """A segmentation model file ready for sliding-window inference."""
+    """A segmentation model file ready for sliding-window inference (on a CPU, frozen and optimised:
+    :func:`lnmet.model_io.optimized_for_cpu`)."""
 
+    optimize_for_cpu = True
     _constant_logits: torch.Tensor | None = None
 
     @classmethod

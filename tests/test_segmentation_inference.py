@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -120,3 +121,29 @@ def test_model_inputs_resample_and_single_phase(tiny_study, tmp_path):
     ch1, _ = model_inputs(single, model)
     np.testing.assert_array_equal(ch1[0], ch1[1])  # venous in both channels
     np.testing.assert_allclose(ch1[1], channels[1], atol=1e-3)
+
+
+def test_bundled_model_optimised_for_cpu_gives_the_plain_modules_output(tiny_study):
+    """The frozen, oneDNN-optimised module the app runs (lnmet.model_io.optimized_for_cpu) is a faster
+    form of the same network: on a real window of a study its logits stay within 1e-3 of the plain
+    TorchScript module's and the labels are the same."""
+    from lnmet.model_io import load_model
+    from lnmet.normalization import normalize_ct
+
+    path = resolve_model_path("organ_seg", Path(__file__).resolve().parent.parent / "models")
+    model = SegmentationModel.load(path, "cpu")
+    plain, _ = load_model(path, "cpu", optimize=False)
+    assert "prim::GetAttr" in str(plain.graph)  # the plain module reads its weights as attributes,
+    assert "prim::GetAttr" not in str(model.module.graph)  # the frozen one has them as constants
+    z, y, x = model.patch_zyx
+    image = np.stack([sitk.GetArrayFromImage(tiny_study.arterial), sitk.GetArrayFromImage(tiny_study.venous)])
+    window = np.zeros((2, z, y, x), np.float32)
+    cz, cy, cx = (min(a, b) for a, b in zip(image.shape[1:], (z, y, x)))
+    window[:, :cz, :cy, :cx] = image[:, :cz, :cy, :cx]
+    inputs = torch.from_numpy(normalize_ct(window, model.metadata["normalization"])[None])
+    with torch.no_grad():
+        fast, slow = model.module(inputs), plain(inputs)
+    assert fast.shape == slow.shape == (1, model.num_classes, z, y, x)
+    np.testing.assert_allclose(fast.numpy(), slow.numpy(), atol=1e-3)
+    assert np.array_equal(fast.argmax(1).numpy(), slow.argmax(1).numpy())
+    assert float(slow.abs().max()) > 0.1  # a real output, not a blank one
