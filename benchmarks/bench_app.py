@@ -143,7 +143,39 @@ def main(argv: list[str] | None = None) -> int:
     b = min(r["wall"] for r in runs["baseline"])
     n = min(r["wall"] for r in runs["this checkout"])
     print(f"fastest: baseline {b:.1f} s, this checkout {n:.1f} s: x{b / n:.2f} faster")
+    if args.keep:
+        _print_result_differences(keep / "out_baseline_0", keep / "out_this_checkout_0")
     return 0
+
+
+def _results(out: Path) -> dict | None:
+    found = sorted(out.rglob("results.json"))
+    return json.loads(found[0].read_text()) if found else None
+
+
+def _print_result_differences(baseline_out: Path, this_out: Path) -> None:
+    """What a user reads, baseline against this checkout: status, patient probability and decision,
+    tumour volume, the nodes (count, positives; each node's volume and probability beside the
+    nearest node of the other run)."""
+    a, b = _results(baseline_out), _results(this_out)
+    if a is None or b is None:
+        print("\nresults: a results.json is missing; nothing compared")
+        return
+    print("\nresults, baseline -> this checkout:")
+    print(f"  status {a['status']} -> {b['status']}; decision {a['patient']['decision']} -> "
+          f"{b['patient']['decision']}; patient probability {a['patient']['probability']} -> "
+          f"{b['patient']['probability']}")
+    print(f"  tumour {a['tumour']['volume_mm3']} -> {b['tumour']['volume_mm3']} mm3")
+    na, nb = a["lymph_nodes"], b["lymph_nodes"]
+    print(f"  lymph nodes {len(na)} -> {len(nb)} (positive {sum(x['positive'] for x in na)} -> "
+          f"{sum(x['positive'] for x in nb)})")
+    for x in na:  # each baseline node beside this checkout's node nearest to it
+        if not nb:
+            break
+        y = min(nb, key=lambda n: sum((p - q) ** 2 for p, q in zip(n["centroid_mm"], x["centroid_mm"])))
+        shift = sum((p - q) ** 2 for p, q in zip(y["centroid_mm"], x["centroid_mm"])) ** 0.5
+        print(f"    node {x['index']} -> {y['index']} (centroids {shift:.1f} mm apart): {x['volume_mm3']:.0f} -> "
+              f"{y['volume_mm3']:.0f} mm3, p {x['probability_positive']:.3f} -> {y['probability_positive']:.3f}")
 
 
 def _stage(run: dict, name: str) -> float:
