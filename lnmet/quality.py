@@ -97,7 +97,9 @@ CHECKS: dict[str, tuple[str, str]] = {
                                     "share of tissue voxels inside each model's training intensity range (smallest)"),
     "node_count": ("nodes", "number of segmented lymph nodes"),
     "node_depth_mm": ("mm", "depth of the shallowest lymph node beneath the skin"),
+    "nodes_in_body_wall": ("nodes", "lymph nodes shallower beneath the skin than node_depth_mm's minimum"),
 }
+BODY_WALL_DEPTH_MM = 20.0  # nodes_in_body_wall's depth limit when node_depth_mm has no minimum
 
 
 @dataclass(frozen=True)
@@ -399,6 +401,7 @@ class _Measure:
     def __init__(self, inputs: GateInputs):
         self.x = inputs
         self.done: dict[str, QualityCheck] = {}  # the checks made so far, by name
+        self.cache: dict[str, Any] = {}  # measurements shared by checks
         self._body: np.ndarray | None = None
         self._skin: Any = None
         self._masks: dict[int, np.ndarray] = {}
@@ -786,14 +789,25 @@ def _node_count(m: _Measure, s) -> QualityCheck:
     return _judge(s, "nodes", float(len(m.x.nodes)), "lymph nodes segmented:")
 
 
+def _node_depths(m: _Measure) -> tuple[list, np.ndarray | None]:
+    """The nodes and each one's depth beneath the skin (mm; None where no skin is in the field of
+    view), computed once for the two node position checks."""
+    if "node_depths" not in m.cache:
+        nodes = list(m.x.nodes)
+        depth = None
+        if nodes:
+            grid = m.x.grid
+            zyx = np.array([[int(round(c)) for c in grid.TransformPhysicalPointToContinuousIndex(
+                [float(v) for v in n.centroid_mm])[::-1]] for n in nodes])
+            depth = m.depth_at(zyx)
+        m.cache["node_depths"] = (nodes, depth)
+    return m.cache["node_depths"]
+
+
 def _node_depth(m: _Measure, s) -> QualityCheck:
-    nodes = list(m.x.nodes)
+    nodes, depth = _node_depths(m)
     if not nodes:
         return _judge(s, "mm", None, "", note="no lymph node segmented")
-    grid = m.x.grid
-    zyx = np.array([[int(round(c)) for c in grid.TransformPhysicalPointToContinuousIndex(
-        [float(v) for v in n.centroid_mm])[::-1]] for n in nodes])
-    depth = m.depth_at(zyx)
     if depth is None:
         return _judge(s, "mm", None, "", note="the skin is outside the field of view everywhere")
     order = np.argsort(depth)
@@ -801,6 +815,22 @@ def _node_depth(m: _Measure, s) -> QualityCheck:
     below = int(np.sum(depth < s.min)) if s.min is not None else 0
     extra = f" ({below} of {len(nodes)} nodes shallower)" if below > 1 else ""
     return _judge(s, "mm", d0, f"lymph node {i0}{extra} lies beneath the skin at")
+
+
+def _nodes_in_body_wall(m: _Measure, s) -> QualityCheck:
+    """How many nodes lie in the skin, subcutaneous fat or abdominal wall (shallower than
+    node_depth_mm's minimum). One is a false detection, reported by node_depth_mm; several mean the
+    node model is not reading this scan."""
+    nodes, depth = _node_depths(m)
+    if not nodes:
+        return _judge(s, "nodes", None, "", note="no lymph node segmented")
+    if depth is None:
+        return _judge(s, "nodes", None, "", note="the skin is outside the field of view everywhere")
+    limit = m.done["node_depth_mm"].min if "node_depth_mm" in m.done else None
+    limit = BODY_WALL_DEPTH_MM if limit is None else float(limit)
+    shallow = [n.index for n, d in zip(nodes, depth) if d < limit]
+    names = f" (node{'s' if len(shallow) > 1 else ''} {', '.join(map(str, shallow))})" if shallow else ""
+    return _judge(s, "nodes", float(len(shallow)), f"lymph nodes less than {limit:.0f} mm beneath the skin{names}:")
 
 
 def _checks() -> dict[str, Callable[[_Measure, Any], QualityCheck]]:
@@ -821,6 +851,7 @@ def _checks() -> dict[str, Callable[[_Measure, Any], QualityCheck]]:
         "intensity_in_training_range": _intensity,
         "node_count": _node_count,
         "node_depth_mm": _node_depth,
+        "nodes_in_body_wall": _nodes_in_body_wall,
     }
     assert list(table) == list(CHECKS), "every check of CHECKS needs its function, in the same order"
     return table

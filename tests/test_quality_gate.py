@@ -117,7 +117,7 @@ def test_plausible_phantom_passes_every_check(phantom, settings):
     assert by["volume_spleen_ml"].value == pytest.approx(4 / 3 * np.pi * 35 ** 3 / 1000, rel=0.05)
     assert by["venous_aorta_hu"].value == 160.0 and by["arterial_aorta_hu"].value == 320.0
     assert by["arterial_minus_venous_aorta_hu"].value == 160.0
-    assert by["node_count"].value == 2 and by["node_depth_mm"].value > 50
+    assert by["node_count"].value == 2 and by["node_depth_mm"].value > 50 and by["nodes_in_body_wall"].value == 0
     # spleen centre 90 mm left of the aorta's; pancreas centre (y = 10 mm) 50 mm in front of the aorta (y = 60 mm)
     assert by["spleen_left_of_aorta_mm"].value == pytest.approx(90.0, abs=2.0)
     assert by["pancreas_anterior_to_aorta_mm"].value == pytest.approx(50.0, abs=2.0)
@@ -274,11 +274,18 @@ def test_thin_aorta_makes_its_attenuation_unverifiable(phantom, settings):
 
 
 def test_nodes_in_the_body_wall_or_too_many(phantom, settings):
+    """One node in the body wall is a false detection: a warning naming it, the study stays
+    assessable; two or more mean the node model misreads the scan: not assessable."""
     wall = _node(3, (0.0, -105.0, 0.0))  # 5 mm under the anterior skin
     report = assess_quality(dataclasses.replace(phantom, nodes=[*phantom.nodes, wall]), settings)
     assert _failed(report) == {"node_depth_mm"} and "lymph node 3" in report.check("node_depth_mm").reason
+    assert report.assessable and [c.name for c in report.warnings] == ["node_depth_mm"]
+    assert report.check("nodes_in_body_wall").value == 1 and "node 3" in report.check("nodes_in_body_wall").reason
     outside = _node(4, (0.0, -170.0, 0.0))
-    assert assess_quality(dataclasses.replace(phantom, nodes=[outside]), settings).check("node_depth_mm").value == 0
+    report = assess_quality(dataclasses.replace(phantom, nodes=[*phantom.nodes, wall, outside]), settings)
+    assert _failed(report) == {"node_depth_mm", "nodes_in_body_wall"} and not report.assessable
+    assert report.check("node_depth_mm").value == 0 and report.check("nodes_in_body_wall").value == 2
+    assert "nodes 3, 4" in report.check("nodes_in_body_wall").reason
     many = [_node(i, (30.0, 20.0, 0.0)) for i in range(1, 32)]
     assert "node_count" in _failed(assess_quality(dataclasses.replace(phantom, nodes=many), settings))
 
