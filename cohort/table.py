@@ -8,7 +8,8 @@ the cohort run (status, error, timings in the worker). Columns (:data:`SCHEMA`, 
   error), ``from_earlier_run`` (``--resume`` found complete, valid outputs and did not run it again),
   ``output_folder`` (relative to the cohort's output folder);
 - patient: ``patient_probability``, ``patient_threshold``, ``patient_decision`` (positive / negative /
-  undetermined), ``patient_method``;
+  undetermined), ``patient_method``, ``patient_borderline`` (within app.yaml's borderline margin of
+  the threshold; empty for results written before schema 1.5.0);
 - nodes: ``ln_count``, ``ln_positive_count``, ``ln_total_volume_mm3``, ``ln_largest_volume_mm3``,
   ``ln_largest_positive_volume_mm3``;
 - tumour: ``tumour_found``, ``tumour_max_axial_diameter_mm``, ``tumour_volume_mm3``;
@@ -44,7 +45,7 @@ SCHEMA = pa.schema([
     ("study_uid", pa.string()), ("sources", pa.string()), ("status", pa.string()), ("error", pa.string()),
     ("from_earlier_run", pa.bool_()), ("output_folder", pa.string()),
     ("patient_probability", pa.float64()), ("patient_threshold", pa.float64()), ("patient_decision", pa.string()),
-    ("patient_method", pa.string()),
+    ("patient_method", pa.string()), ("patient_borderline", pa.bool_()),
     ("ln_count", pa.int64()), ("ln_positive_count", pa.int64()), ("ln_total_volume_mm3", pa.float64()),
     ("ln_largest_volume_mm3", pa.float64()), ("ln_largest_positive_volume_mm3", pa.float64()),
     ("tumour_found", pa.bool_()), ("tumour_max_axial_diameter_mm", pa.float64()), ("tumour_volume_mm3", pa.float64()),
@@ -76,6 +77,7 @@ def figures_from_results(doc: dict[str, Any]) -> dict[str, Any]:
     return {
         "patient_probability": patient["probability"], "patient_threshold": patient["threshold"],
         "patient_decision": patient["decision"], "patient_method": patient["method"],
+        "patient_borderline": patient.get("borderline"),
         "ln_count": len(nodes), "ln_positive_count": len(positive), "ln_total_volume_mm3": round(sum(volumes), 3),
         "ln_largest_volume_mm3": max(volumes, default=0.0), "ln_largest_positive_volume_mm3": max(positive, default=0.0),
         "tumour_found": tumour["found"], "tumour_max_axial_diameter_mm": tumour["max_axial_diameter_mm"],

@@ -118,6 +118,8 @@ class Settings:
     quality_gate: QualityGateSettings | None = None
     organ_source: str = "model"  # one of ORGAN_SOURCES
     organ_nifti_path: str | None = None  # TotalSegmentator output ($PDAC_LN_ORGAN_NIFTI overrides app.yaml)
+    # A patient probability closer to the threshold than this is "borderline" in every output.
+    patient_borderline_margin: float = 0.0
 
 
 def _get(d: Any, path: str, key: str) -> Any:
@@ -373,6 +375,8 @@ def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
     pc = _get(raw, "", "patient_classifier")
     patient_threshold = _number(pc.get("threshold"), "patient_classifier.threshold", lo=0.0, hi=1.0,
                                 allow_none=True)
+    borderline_margin = _number(pc.get("borderline_margin", 0.0), "patient_classifier.borderline_margin",
+                                lo=0.0, hi=0.5)
 
     outputs_raw = _get(raw, "", "outputs")
     outputs: dict[str, bool] = {}
@@ -391,6 +395,7 @@ def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
         ln_detection=ln_detection, patient_threshold=patient_threshold, outputs=outputs, source=source,
         resources=resources, phase_content_check=content_check, phase_content_margin_hu=content_margin,
         quality_gate=quality_gate, organ_source=organ_source, organ_nifti_path=organ_nifti_path,
+        patient_borderline_margin=float(borderline_margin),
     )
 
 

@@ -125,6 +125,13 @@ class PatientPrediction:
     method: str  # "combined" | "tumour_only" | "nodes_only"
     largest_positive_ln_volume_mm3: float
     statement: str = ""
+    borderline_margin: float = 0.0  # app.yaml patient_classifier.borderline_margin
+
+    @property
+    def borderline(self) -> bool:
+        """The probability lies closer to the threshold than the margin: the decision could go either way."""
+        return (self.probability is not None and self.borderline_margin > 0
+                and abs(float(self.probability) - float(self.threshold)) < self.borderline_margin)
 
 
 @dataclass

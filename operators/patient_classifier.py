@@ -16,13 +16,15 @@ The 9 tumour patches of the PDAC mask go through the patient model (``patient_cl
 ``model_path`` argument, else ``<app context models>/patient_cls/model.ts``) with the volume of the
 largest positive LN; the 9 probabilities are averaged and compared with the model's threshold (best
 balanced accuracy on validation data) unless app.yaml ``patient_classifier.threshold`` overrides it.
-When the PDAC model found no tumour there is no silent guess: the prediction falls back to the
+A probability closer to the threshold than app.yaml ``patient_classifier.borderline_margin`` is
+marked borderline (:func:`mark_borderline`). When the PDAC model found no tumour there is no silent guess: the prediction falls back to the
 nodes-only rule (largest positive LN volume against the volume threshold stored in the model) and
 both the tumour finding and the prediction carry :data:`NO_TUMOUR_STATEMENT`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -59,9 +61,32 @@ def nodes_only_prediction(volume_mm3: float, model: PatientModel, statement: str
                              largest_positive_ln_volume_mm3=float(volume_mm3), statement=statement)
 
 
+def mark_borderline(prediction: PatientPrediction, margin: float) -> PatientPrediction:
+    """The prediction with app.yaml's borderline margin; a borderline one says so in its statement
+    (which every output carries): its decision could go either way. The margin measures how far the
+    registration moves an image-reading classifier's probability, so the nodes-only rule (a node
+    volume against a stored threshold) gets none."""
+    if prediction.method == "nodes_only":
+        margin = 0.0
+    marked = dataclasses.replace(prediction, borderline_margin=float(margin))
+    if not marked.borderline:
+        return marked
+    note = (f"Borderline: the probability lies within {margin:.2f} of the decision threshold (app.yaml "
+            "borderline_margin: how far a different registration setting moved it on validation studies); the "
+            "decision could go either way.")
+    log.info("patient probability within the borderline margin %.2f of the threshold", margin)
+    return dataclasses.replace(marked, statement=" ".join(s for s in (prediction.statement, note) if s))
+
+
 def classify_patient(registered: RegisteredPhases, pdac: sitk.Image, nodes: Sequence[LymphNodeFinding],
                      model: PatientModel, settings: Settings) -> tuple[TumourFinding, PatientPrediction]:
     """The tumour finding and the patient-level prediction (see the module docstring)."""
+    tumour, prediction = _classify(registered, pdac, nodes, model, settings)
+    return tumour, mark_borderline(prediction, settings.patient_borderline_margin)
+
+
+def _classify(registered: RegisteredPhases, pdac: sitk.Image, nodes: Sequence[LymphNodeFinding],
+              model: PatientModel, settings: Settings) -> tuple[TumourFinding, PatientPrediction]:
     reference = registered.reference
     volume = largest_positive_volume(nodes)
     measured = measure_tumour(pdac, reference)

@@ -326,9 +326,10 @@ def decision_text(results: AnalysisResults) -> tuple[str, colors.Color]:
         return "Not assessable: no patient-level prediction", colors.HexColor("#555555")
     if p.positive is None or p.probability is None:
         return "Undetermined: no patient-level prediction", colors.HexColor("#555555")
+    edge = ", borderline" if p.borderline else ""
     if p.positive:
-        return "Lymph node metastasis PREDICTED (positive)", colors.HexColor("#b00020")
-    return "No lymph node metastasis predicted (negative)", colors.HexColor("#1b5e20")
+        return f"Lymph node metastasis PREDICTED (positive{edge})", colors.HexColor("#b00020")
+    return f"No lymph node metastasis predicted (negative{edge})", colors.HexColor("#1b5e20")
 
 
 def _node_threshold_text(results: AnalysisResults) -> str:

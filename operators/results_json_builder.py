@@ -40,7 +40,7 @@ from operators.sr_builder import ln_tracking_id
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1.4.0"
+SCHEMA_VERSION = "1.5.0"
 
 
 class ResultsDocumentError(ValueError):
@@ -151,7 +151,9 @@ def build_results_document(results: AnalysisResults, seg: Dataset | None, sr: Da
                                  {True: "positive", False: "negative", None: "undetermined"}[p.positive]),
                     "method": p.method,
                     "largest_positive_ln_volume_mm3": float(p.largest_positive_ln_volume_mm3),
-                    "statement": p.statement},
+                    "statement": p.statement,
+                    "borderline": bool(p.borderline and results.status != "not_assessable"),
+                    "borderline_margin": float(p.borderline_margin)},
         "outputs": {
             "seg": None if seg is None else {
                 **_dicom_output(seg, SEG_PATH),

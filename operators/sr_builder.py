@@ -162,6 +162,7 @@ def patient_statement(results: AnalysisResults) -> str:
     prob = "no probability (no prediction could be made)" if p.probability is None else \
         f"probability {p.probability:.3f}"
     decision = {True: "metastasis predicted", False: "no metastasis predicted", None: "undetermined"}[p.positive]
+    decision += " (borderline)" if p.borderline else ""
     text = (f"Patient-level lymph node metastasis: {decision}; {prob}, decision threshold {p.threshold:.3f} "
             f"(positive when probability >= threshold); method: {p.method}; volume of the largest metastatic "
             f"lymph node {p.largest_positive_ln_volume_mm3:.1f} mm3")

@@ -181,3 +181,23 @@ def test_results_json_single_phase_and_disabled_outputs(results):
     assert doc["single_phase"] is True and doc["phases"]["arterial"] is None
     assert doc["outputs"]["seg"] is None and doc["outputs"]["sr"] is None and doc["outputs"]["pdf"] is None
     assert all(n["seg_segment_number"] is None for n in doc["lymph_nodes"])
+
+
+def test_borderline_decision_in_every_output(results):
+    """A probability within app.yaml's borderline margin of the threshold is marked in results.json,
+    in the PDF's verdict and in the SR's statement; the same result farther away is not."""
+    from operators.pdf_report_builder import decision_text
+    from operators.sr_builder import patient_statement
+
+    p = results.patient
+    near = dataclasses.replace(p, probability=min(1.0, p.threshold + 0.01), positive=True, borderline_margin=0.05)
+    variant = dataclasses.replace(results, patient=near)
+    doc = build_results_document(variant, None, None, None)
+    validate_results_document(json.loads(json.dumps(doc)))
+    assert doc["patient"]["borderline"] is True and doc["patient"]["borderline_margin"] == 0.05
+    assert "(positive, borderline)" in decision_text(variant)[0]
+    assert "metastasis predicted (borderline)" in patient_statement(variant)
+    far = dataclasses.replace(near, probability=min(1.0, p.threshold + 0.2))
+    variant = dataclasses.replace(results, patient=far)
+    assert build_results_document(variant, None, None, None)["patient"]["borderline"] is False
+    assert "borderline" not in decision_text(variant)[0] and "borderline" not in patient_statement(variant)

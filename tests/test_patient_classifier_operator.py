@@ -17,7 +17,7 @@ from lnmet.model_io import save_model
 from lnmet.networks.patient_classifier import (NodesOnlyRule, PatientClassifier, PatientModel, nodes_only_score,
                                                normalize_patches)
 from lnmet.types import LNFindings, LymphNodeFinding
-from operators.patient_classifier import NO_TUMOUR_STATEMENT, assemble_results, classify_patient
+from operators.patient_classifier import NO_TUMOUR_STATEMENT, assemble_results, classify_patient, mark_borderline
 
 NORM = [{"channel": "CT_venous", "clip_hu": [-200.0, 300.0], "mean": 60.0, "std": 80.0}]
 
@@ -101,8 +101,38 @@ def test_nodes_only_model_and_rule(tmp_path, tiny_study):
                (torch.zeros(1, 1, 32, 32), torch.zeros(1, 1, 32, 32), torch.zeros(1, 1)))
     model = PatientModel.load(tmp_path / "n.ts", "cpu")
     registered = registered_from_study(tiny_study, (3.0, 3.0, 3.0))
-    tumour, pred = classify_patient(registered, tiny_study.pdac, [_node(1, 260.0, True)], model, load_settings())
+    settings = dataclasses.replace(load_settings(), patient_borderline_margin=0.05)
+    tumour, pred = classify_patient(registered, tiny_study.pdac, [_node(1, 400.0, True)], model, settings)
     assert tumour.found and pred.method == "nodes_only" and pred.positive and pred.statement == ""
+    assert pred.probability == pytest.approx(400 / 650) and not pred.borderline
+
+
+def test_borderline_probability_is_marked(tmp_path, tiny_study):
+    """A combined-model probability closer to the threshold than app.yaml's margin is borderline,
+    and says so; one at the margin or farther, or with no margin, is not; the nodes-only rule (it
+    reads no image through the registration) never is."""
+    write_patient_model(tmp_path / "p.ts")
+    model = PatientModel.load(tmp_path / "p.ts", "cpu")
+    registered = registered_from_study(tiny_study, (3.0, 3.0, 3.0))
+    settings = load_settings()
+    _, plain = classify_patient(registered, tiny_study.pdac, [_node(1, 400.0, True)], model, settings)
+    assert plain.method == "combined"
+    distance = abs(plain.probability - plain.threshold)
+    for margin, borderline in ((distance + 0.01, True), (max(distance - 0.01, 0.0), False), (0.0, False)):
+        _, pred = classify_patient(registered, tiny_study.pdac, [_node(1, 400.0, True)], model,
+                                   dataclasses.replace(settings, patient_borderline_margin=margin))
+        assert pred.probability == plain.probability and pred.positive == plain.positive
+        assert pred.borderline == borderline and pred.borderline_margin == margin
+        assert ("Borderline" in pred.statement) == borderline
+        assert not borderline or f"within {margin:.2f} of the decision threshold" in pred.statement
+    assert not mark_borderline(dataclasses.replace(plain, probability=None), 0.5).borderline
+    save_model(NodesOnlyRule(250.0), tmp_path / "n.ts",
+               patient_metadata("nodes_only", {"type": "NodesOnlyRule"}, 0.5, 250.0),
+               (torch.zeros(1, 1, 32, 32), torch.zeros(1, 1, 32, 32), torch.zeros(1, 1)))
+    rule = PatientModel.load(tmp_path / "n.ts", "cpu")
+    _, pred = classify_patient(registered, tiny_study.pdac, [_node(1, 260.0, True)], rule,
+                               dataclasses.replace(settings, patient_borderline_margin=0.4))
+    assert pred.probability == pytest.approx(260 / 510) and not pred.borderline and pred.borderline_margin == 0.0
 
 
 def test_analysis_results_for_the_builders(tiny_study, tiny_study_dir, tmp_path):
