@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from evaluation.quality_gate import _big_stack  # noqa: E402 - Holoscan's 32 MB stack for the app's process
 from lnmet.config import CONFIG_ENV, DEFAULT_CONFIG_PATH  # noqa: E402
 from lnmet.seeds import FIRST_VALIDATION_SEED, refuse_test_seeds  # noqa: E402
 
@@ -86,15 +87,6 @@ def run_app(dicom: Path, out: Path, config: Path | None, models: Path, log_path:
     if rc != 0 or not results.is_file():
         raise RuntimeError(f"the app failed on {dicom} (exit {rc}); see {log_path}")
     return json.loads(results.read_text())
-
-
-def _big_stack() -> None:  # Holoscan wants a 32 MB stack
-    import resource
-
-    soft, hard = resource.getrlimit(resource.RLIMIT_STACK)
-    want = 32 * 1024 * 1024
-    if hard == resource.RLIM_INFINITY or hard >= want:
-        resource.setrlimit(resource.RLIMIT_STACK, (want, hard))
 
 
 def summarize(rows: list[dict[str, Any]], variants: list[str]) -> dict[str, Any]:
