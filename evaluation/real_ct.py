@@ -8,7 +8,9 @@ models' working grid by the app's own code, and segmented by the operators' own 
 (venous image in both channels). The script prints
 
 - organ Dice per class against TotalSegmentator (goals: spleen >= 0.70, stomach >= 0.50, aorta >=
-  0.60, pancreas and duodenum >= 0.30) with predicted and reference volumes;
+  0.60, pancreas and duodenum >= 0.30) with predicted and reference volumes, and the share of each
+  mask in its largest connected piece (the quality gate's ``organ_connectivity`` measure) for the
+  model's mask and for the reference;
 - lymph-node detections after the app's filters (goal <= 5: the patient has no known nodes);
 - PDAC components of the raw tumour segmentation and their volumes (goal: none > 1 ml).
 
@@ -40,6 +42,7 @@ from lnmet.inference import SegmentationModel, resolve_model_path, segment_regis
 from lnmet.instances import instance_ids, ln_instances  # noqa: E402
 from lnmet.labels import ORGAN_BY_KEY  # noqa: E402
 from lnmet.metrics import dice  # noqa: E402
+from lnmet.quality import EDGE_MARGIN_MM, largest_piece_fraction  # noqa: E402
 from lnmet.types import PhaseVolume, SeriesRef  # noqa: E402
 from operators.ln_segmentation import segment_lymph_nodes  # noqa: E402
 from operators.organ_segmentation import segment_organs  # noqa: E402
@@ -81,8 +84,12 @@ def evaluate(models: Path, data: Path) -> dict[str, Any]:
     rows = {}
     for key, ts_label in TOTALSEG_LABELS.items():
         p, t = pred == ORGAN_BY_KEY[key].label, ref == ts_label
+        zyx = tuple(reversed(ct.GetSpacing()))
         rows[key] = {"dice": dice(p, t) if t.any() else None, "predicted_ml": round(float(p.sum()) * voxel_ml, 1),
-                     "reference_ml": round(float(t.sum()) * voxel_ml, 1), "goal": GOALS.get(key)}
+                     "reference_ml": round(float(t.sum()) * voxel_ml, 1), "goal": GOALS.get(key),
+                     # the quality gate's organ_connectivity measure, on the model's mask and on the reference
+                     "one_piece": round(largest_piece_fraction(p, zyx, EDGE_MARGIN_MM), 3) if p.any() else None,
+                     "reference_one_piece": round(largest_piece_fraction(t, zyx, EDGE_MARGIN_MM), 3) if t.any() else None}
 
     ln_model = SegmentationModel.load(resolve_model_path("ln_seg", models / "ln_seg" / "model.ts"))
     att = attention_map(organs_working, settings.attention) if ln_model.uses_attention else None
@@ -111,12 +118,14 @@ def evaluate(models: Path, data: Path) -> dict[str, Any]:
 
 def format_report(r: dict[str, Any]) -> str:
     lines = [f"real CT {r['data']} (non-contrast, 3 mm; reference: TotalSegmentator), models {r['models']}",
-             f"{'class':<10} {'Dice':>6} {'goal':>6} {'pred ml':>9} {'ref ml':>8}"]
+             f"{'class':<10} {'Dice':>6} {'goal':>6} {'pred ml':>9} {'ref ml':>8} {'one piece':>10} {'ref':>6}"]
     for key, row in r["organs"].items():
         d = "n/a" if row["dice"] is None else f"{row['dice']:.3f}"
         g = "" if row["goal"] is None else (f">={row['goal']:.2f}" + (" met" if row["dice"] is not None and
                                                                     row["dice"] >= row["goal"] else " MISSED"))
-        lines.append(f"{key:<10} {d:>6} {g:>6} {row['predicted_ml']:>9} {row['reference_ml']:>8}")
+        one = "" if row.get("one_piece") is None else f"{row['one_piece']:.3f}"
+        ref = "" if row.get("reference_one_piece") is None else f"{row['reference_one_piece']:.3f}"
+        lines.append(f"{key:<10} {d:>6} {g:>6} {row['predicted_ml']:>9} {row['reference_ml']:>8} {one:>10} {ref:>6}")
     ln = r["lymph_nodes"]
     lines.append(f"lymph-node detections after the app's filters: {ln['detections']} (goal <= {ln['goal_max']}; "
                  f"{ln['inside_liver']} inside the liver), largest ml {ln['volumes_ml'][:8]}")
