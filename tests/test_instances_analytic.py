@@ -131,3 +131,69 @@ def test_density_check_needs_the_venous_grid():
     with pytest.raises(ValueError, match="venous image"):
         drop_fat_density(labels, sitk.Image([9, 10, 10], sitk.sitkFloat32), 0.0)
     assert drop_fat_density(labels, sitk.Image([10, 10, 10], sitk.sitkFloat32) + 50.0, 0.0)[5, 5, 5] == 1
+
+
+def _soft_blobs(grid: sitk.Image, spheres: list[tuple[tuple[float, float, float], float]], width_mm: float = 1.0,
+                peak: float = 0.95) -> sitk.Image:
+    """A network-like probability: ``peak`` inside each sphere, falling to half of it at its surface
+    over about ``width_mm`` (a logistic of the signed distance), on ``grid``."""
+    size = grid.GetSize()
+    z, y, x = np.mgrid[:size[2], :size[1], :size[0]].astype(float)
+    ox, oy, oz = grid.GetOrigin()
+    sx, sy, sz = grid.GetSpacing()
+    X, Y, Z = ox + x * sx, oy + y * sy, oz + z * sz
+    p = np.zeros(z.shape, np.float32)
+    for (cx, cy, cz), r in spheres:
+        d = np.sqrt((X - cx) ** 2 + (Y - cy) ** 2 + (Z - cz) ** 2) - r
+        p = np.maximum(p, peak / (1.0 + np.exp(d / (width_mm / 4.0))))
+    img = sitk.GetImageFromArray(np.clip(p, 0, 1).astype(np.float32))
+    img.CopyInformation(grid)
+    return img
+
+
+def test_a_node_found_at_a_low_threshold_keeps_the_extent_of_the_decision_boundary():
+    """Found at 0.3 (recall), drawn at 0.5: on a 0.75 mm reference grid the volume of a soft 1.5 mm
+    probability blob is its sphere's at 0.5 and larger at 0.3; the detections are the same."""
+    ref = _reference()
+    work = working_grid(ref, (1.5, 1.5, 1.5))
+    spheres = [((-10.0, 0.0, 25.0), 3.5), ((10.0, 10.0, 20.0), 5.0)]
+    prob = _soft_blobs(work, spheres, width_mm=2.5)
+    voxel = float(np.prod(ref.GetSpacing()))
+    low = sitk.GetArrayFromImage(ln_instances(prob, ref, 0.3, 20.0))
+    drawn = sitk.GetArrayFromImage(ln_instances(prob, ref, 0.3, 20.0, extent_threshold=0.5))
+    assert instance_ids(sitk.GetImageFromArray(low)) == instance_ids(sitk.GetImageFromArray(drawn)) == [1, 2]
+    for k, (_, r) in zip([2, 1], spheres):
+        true = 4 / 3 * np.pi * r ** 3
+        assert (drawn == k).sum() * voxel == pytest.approx(true, rel=0.15)
+        assert (low == k).sum() * voxel > 1.15 * true
+    # No trimming when the extent is not above the detection threshold.
+    same = sitk.GetArrayFromImage(ln_instances(prob, ref, 0.3, 20.0, extent_threshold=0.3))
+    assert np.array_equal(same, low)
+
+
+def test_a_faint_node_below_the_extent_threshold_is_kept_whole():
+    ref = _reference()
+    work = working_grid(ref, (1.5, 1.5, 1.5))
+    faint = _soft_blobs(work, [((0.0, 0.0, 20.0), 4.0)], width_mm=2.0, peak=0.48)
+    assert sitk.GetArrayFromImage(faint).max() < 0.5
+    low = sitk.GetArrayFromImage(ln_instances(faint, ref, 0.3, 20.0))
+    drawn = sitk.GetArrayFromImage(ln_instances(faint, ref, 0.3, 20.0, extent_threshold=0.5))
+    assert low.max() == 1 and np.array_equal(low, drawn)
+
+
+def test_trimming_renumbers_by_the_trimmed_volume():
+    """A wide faint halo around a small core makes a component large at 0.3 and small at 0.5: the
+    numbering follows the volumes that are reported."""
+    from lnmet.instances import trim_to_extent
+
+    labels = np.zeros((10, 20, 20), np.uint16)
+    prob = np.zeros(labels.shape, np.float32)
+    labels[2:8, 2:10, 2:10] = 1  # 384 voxels found, 8 of them above 0.5
+    prob[2:8, 2:10, 2:10] = 0.35
+    prob[4:6, 5:7, 5:7] = 0.9
+    labels[2:6, 12:18, 12:18] = 2  # 144 voxels, all above 0.5
+    prob[2:6, 12:18, 12:18] = 0.8
+    lab_img, prob_img = sitk.GetImageFromArray(labels), sitk.GetImageFromArray(prob)
+    out = sitk.GetArrayFromImage(trim_to_extent(lab_img, prob_img, 0.5))
+    assert (out == 1).sum() == 144 and (out == 2).sum() == 8
+    assert out[3, 14, 14] == 1 and out[4, 5, 5] == 2 and out[2, 2, 2] == 0
