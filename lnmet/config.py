@@ -121,8 +121,6 @@ class Settings:
     organ_nifti_path: str | None = None  # TotalSegmentator output ($PDAC_LN_ORGAN_NIFTI overrides app.yaml)
     # A patient probability closer to the threshold than this is "borderline" in every output.
     patient_borderline_margin: float = 0.0
-    # Smooth a finer series to the working grid's spacing before resampling (lnmet.geometry.antialiased)
-    working_grid_antialias: bool = False
 
 
 def _get(d: Any, path: str, key: str) -> Any:
@@ -394,20 +392,13 @@ def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
 
     quality_gate = _parse_quality_gate(_get(raw, "", "quality_gate"))
 
-    wg = raw.get("working_grid") or {}
-    if not isinstance(wg, dict):
-        raise SettingsError(f"app.yaml: setting 'working_grid' must be a mapping, got {wg!r}")
-    antialias = wg.get("antialias", False)
-    if not isinstance(antialias, bool):
-        raise SettingsError(f"app.yaml: setting 'working_grid.antialias' must be true or false, got {antialias!r}")
-
     return Settings(
         app_title=str(title), app_version=version, series_selection=selection,
         missing_arterial=missing_arterial, registration=registration, attention=attention,
         ln_detection=ln_detection, patient_threshold=patient_threshold, outputs=outputs, source=source,
         resources=resources, phase_content_check=content_check, phase_content_margin_hu=content_margin,
         quality_gate=quality_gate, organ_source=organ_source, organ_nifti_path=organ_nifti_path,
-        patient_borderline_margin=float(borderline_margin), working_grid_antialias=antialias,
+        patient_borderline_margin=float(borderline_margin),
     )
 
 

@@ -27,30 +27,11 @@ def working_grid(reference: sitk.Image, spacing_mm: Sequence[float]) -> sitk.Ima
 
 
 def resample_image(image: sitk.Image, grid: sitk.Image, transform: sitk.Transform | None = None,
-                   default_value: float = -1024.0, interpolator=sitk.sitkLinear,
-                   antialias: bool = False) -> sitk.Image:
+                   default_value: float = -1024.0, interpolator=sitk.sitkLinear) -> sitk.Image:
     """Resample an intensity image onto ``grid`` (float32). ``transform`` maps grid points to
-    points of ``image`` (SimpleITK convention). ``antialias``: first smooth the image to the grid's
-    coarser spacing (:func:`antialiased`)."""
+    points of ``image`` (SimpleITK convention)."""
     tx = transform if transform is not None else sitk.Transform()
-    if antialias:
-        image = antialiased(image, grid.GetSpacing())
     out = sitk.Resample(image, grid, tx, interpolator, default_value, sitk.sitkFloat32)
-    return out
-
-
-def antialiased(image: sitk.Image, target_spacing_mm: Sequence[float]) -> sitk.Image:
-    """``image`` smoothed for sampling at the coarser ``target_spacing_mm`` (x, y, z), as if its
-    voxels had been acquired that size: along each axis where the target is coarser, a Gaussian
-    whose variance is the difference of the two voxels' box variances, (t^2 - s^2) / 12. Linear
-    interpolation alone point-samples a fine series: its noise and edges then differ from a scan
-    reconstructed at the target spacing, the models' training data. Unchanged where no axis is
-    coarser."""
-    sigmas = [math.sqrt(max(0.0, t * t - s * s) / 12.0) for s, t in zip(image.GetSpacing(), target_spacing_mm)]
-    out = image
-    for axis, (sigma, size) in enumerate(zip(sigmas, image.GetSize())):
-        if sigma >= 0.05 and size >= 4:  # the recursive filter needs 4 voxels along its axis
-            out = sitk.RecursiveGaussian(sitk.Cast(out, sitk.sitkFloat32), sigma, direction=axis)
     return out
 
 

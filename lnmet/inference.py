@@ -275,10 +275,9 @@ def model_inputs(registered: Any, model: SegmentationModel) -> tuple[np.ndarray,
     arterial_w = registered.working_arterial
     if not all(abs(a - b) <= 1e-3 * b for a, b in zip(venous_w.GetSpacing(), spacing)):
         grid = working_grid(registered.reference, spacing)
-        aa = registered.antialias
-        venous_w = resample_image(registered.venous.image, grid, antialias=aa)
+        venous_w = resample_image(registered.venous.image, grid)
         if not registered.single_phase and registered.arterial is not None:
-            arterial_w = resample_image(registered.arterial.image, grid, registered.transform, antialias=aa)
+            arterial_w = resample_image(registered.arterial.image, grid, registered.transform)
     venous = sitk.GetArrayFromImage(venous_w).astype(np.float32)
     if registered.single_phase or arterial_w is None:
         arterial = venous

@@ -80,7 +80,6 @@ class RegisteredPhases:
     transform: sitk.Transform | None  # maps venous (fixed) physical points to arterial (moving) points
     single_phase: bool
     registration_metrics: dict[str, float] = field(default_factory=dict)
-    antialias: bool = False  # the working images were smoothed to the working spacing (lnmet.geometry.antialiased)
 
     @property
     def reference(self) -> sitk.Image:

@@ -33,7 +33,6 @@ import SimpleITK as sitk
 from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 
 from lnmet.config import Settings, load_settings
-from lnmet.geometry import antialiased
 from lnmet.inference import resolve_model_path
 from lnmet.measurements import measure_tumour
 from lnmet.model_io import sha256_file
@@ -86,23 +85,6 @@ def classify_patient(registered: RegisteredPhases, pdac: sitk.Image, nodes: Sequ
     return tumour, mark_borderline(prediction, settings.patient_borderline_margin)
 
 
-def tumour_patch_sources(registered: RegisteredPhases, patch_spacing_mm: float
-                         ) -> tuple[sitk.Image, sitk.Image | None, sitk.Transform | None]:
-    """The venous and arterial images the tumour patches are sampled from, and the arterial one's
-    transform. With ``working_grid.antialias`` the working images (smoothed to the working spacing,
-    the arterial one already registered), smoothed further if the patches are coarser still, as
-    the training patches come from studies at that spacing; else the phases as loaded."""
-    single = registered.single_phase or registered.arterial is None
-    if not registered.antialias:
-        return (registered.reference, None if single else registered.arterial.image,
-                None if single else registered.transform)
-    spacing = [float(patch_spacing_mm)] * 3
-    venous = antialiased(registered.working_venous, spacing)
-    arterial = None if single or registered.working_arterial is None else antialiased(registered.working_arterial,
-                                                                                       spacing)
-    return venous, arterial, None
-
-
 def _classify(registered: RegisteredPhases, pdac: sitk.Image, nodes: Sequence[LymphNodeFinding],
               model: PatientModel, settings: Settings) -> tuple[TumourFinding, PatientPrediction]:
     reference = registered.reference
@@ -117,8 +99,9 @@ def _classify(registered: RegisteredPhases, pdac: sitk.Image, nodes: Sequence[Ly
                            mean_hu_venous=measured.mean_hu_venous)
     if model.mode == "nodes_only":
         return tumour, nodes_only_prediction(volume, model)
-    venous, arterial, transform = tumour_patch_sources(registered, model.spacing_mm)
-    prob, per_patch = model.predict(venous, arterial, pdac, volume, arterial_transform=transform)
+    arterial = None if (registered.single_phase or registered.arterial is None) else registered.arterial.image
+    prob, per_patch = model.predict(reference, arterial, pdac, volume,
+                                    arterial_transform=None if arterial is None else registered.transform)
     threshold = float(model.threshold if settings.patient_threshold is None else settings.patient_threshold)
     statement = ("Single-phase study: the venous phase stands in for the arterial phase." if
                  registered.single_phase and any("arterial" in c.lower() for c in model.channel_names) else "")

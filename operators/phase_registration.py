@@ -43,24 +43,23 @@ def register_and_resample(venous: PhaseVolume, arterial: PhaseVolume | None, set
                           target_spacing_mm: float | Sequence[float] = DEFAULT_TARGET_SPACING_MM) -> RegisteredPhases:
     """Register arterial to venous (unless single-phase) and put both on the working grid."""
     grid = working_grid(venous.image, _spacing3(target_spacing_mm))
-    antialias = settings.working_grid_antialias
-    working_venous = resample_image(venous.image, grid, antialias=antialias)
+    working_venous = resample_image(venous.image, grid)
     if arterial is None:
         log.info("single-phase: no registration; working grid %s at %s mm", grid.GetSize(), grid.GetSpacing())
         return RegisteredPhases(venous=venous, arterial=None, working_venous=working_venous, working_arterial=None,
-                                transform=None, single_phase=True, antialias=antialias)
+                                transform=None, single_phase=True)
     same_for = bool(venous.frame_of_reference_uid) and venous.frame_of_reference_uid == arterial.frame_of_reference_uid
     result = register_phases(venous.image, arterial.image, settings.registration, same_frame_of_reference=same_for)
     result.metrics["same_frame_of_reference"] = float(same_for)
     # Through the transform sampled every registration voxel: the same image, far fewer B-spline evaluations.
     dense = displacement_field(result.transform, grid, settings.registration.working_spacing_mm)
-    working_arterial = resample_image(arterial.image, grid, dense, antialias=antialias)
+    working_arterial = resample_image(arterial.image, grid, dense)
     log.info("registered arterial to venous in %.1f s (MI %.4f -> %.4f); working grid %s at %s mm",
              result.metrics["seconds"], result.metrics["metric_initial"], result.metrics["metric_final"],
              grid.GetSize(), grid.GetSpacing())
     return RegisteredPhases(venous=venous, arterial=arterial, working_venous=working_venous,
                             working_arterial=working_arterial, transform=result.transform, single_phase=False,
-                            registration_metrics=result.metrics, antialias=antialias)
+                            registration_metrics=result.metrics)
 
 
 class PhaseRegistrationOperator(Operator):

@@ -79,7 +79,6 @@ def test_attention_table7_values():
     ("ln_detection.probability_threshold", 1.5, "ln_detection.probability_threshold"),
     ("ln_detection.min_density_hu", "fat", "ln_detection.min_density_hu"),
     ("ln_detection.extent_threshold", 1.0, "ln_detection.extent_threshold"),
-    ("working_grid.antialias", "yes", "working_grid.antialias"),
     ("patient_classifier.threshold", "high", "patient_classifier.threshold"),
     ("outputs.pdf", "yes", "outputs.pdf"),
 ])

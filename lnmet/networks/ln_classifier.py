@@ -435,8 +435,7 @@ class LNPipeline:
 
     def __init__(self, segmentation: Any, identifier: LNIdentifier, probability_threshold: float,
                  min_volume_mm3: float, attention_settings: Any, positive_threshold: float | None = None,
-                 min_density_hu: float | None = None, antialias: bool = False,
-                 extent_threshold: float | None = None):
+                 min_density_hu: float | None = None, extent_threshold: float | None = None):
         self.segmentation = segmentation  # lnmet.inference.SegmentationModel
         self.identifier = identifier
         self.probability_threshold = float(probability_threshold)
@@ -444,7 +443,6 @@ class LNPipeline:
         self.min_density_hu = None if min_density_hu is None else float(min_density_hu)
         self.extent_threshold = None if extent_threshold is None else float(extent_threshold)
         self.attention_settings = attention_settings
-        self.antialias = bool(antialias)  # images finer than the model's grid smoothed first (app.yaml working_grid)
         self.threshold = float(identifier.threshold if positive_threshold is None else positive_threshold)
 
     @classmethod
@@ -456,8 +454,7 @@ class LNPipeline:
         det = settings.ln_detection
         return cls(SegmentationModel.load(ln_seg_path, device), LNIdentifier.load(ln_cls_path, device),
                    det.probability_threshold, det.min_volume_mm3, settings.attention, det.positive_threshold,
-                   det.min_density_hu, getattr(settings, "working_grid_antialias", False),
-                   det.extent_threshold)
+                   det.min_density_hu, det.extent_threshold)
 
     def run(self, venous: sitk.Image, arterial: sitk.Image | None, organs: sitk.Image,
             batch_size: int = 8, probability: sitk.Image | None = None) -> LNPipelineResult:
@@ -473,9 +470,8 @@ class LNPipeline:
         t = time.perf_counter()
         grid = working_grid(venous, self.segmentation.spacing_mm)
         same = _on_grid(venous, grid)
-        ven_w = venous if same else resample_image(venous, grid, antialias=self.antialias)
-        art_w = None if arterial is None else (arterial if same else resample_image(arterial, grid,
-                                                                                     antialias=self.antialias))
+        ven_w = venous if same else resample_image(venous, grid)
+        art_w = None if arterial is None else (arterial if same else resample_image(arterial, grid))
         org_w = organs if same else resample_labels(organs, grid, smooth=False)
         attention = attention_map(org_w, self.attention_settings)
         att = sitk.GetArrayFromImage(attention)
