@@ -196,15 +196,13 @@ def evaluate_case(cache: Path, case: str, data: Path, models: dict[str, Any], se
         if model is None:
             continue
         prob, secs = ln_probability(cache, case, model, models[key + "_sha"], models["organ_tag"], grid, ven, art, att)
-        inst = ln_instances(prob, c["venous"], det.probability_threshold, det.min_volume_mm3, det.min_density_hu,
-                            det.extent_threshold)
+        inst = ln_instances(prob, c["venous"], det.probability_threshold, det.min_volume_mm3, det.min_density_hu)
         arr = sitk.GetArrayFromImage(inst).astype(np.int64)
         counts = detection_counts(arr, gt)
         m = counts.pop("match")
         out[key] = {**counts, "seconds": secs}
         if det.min_density_hu is not None:  # the same without the density check, to show what it does
-            plain = ln_instances(prob, c["venous"], det.probability_threshold, det.min_volume_mm3,
-                                 extent_threshold=det.extent_threshold)
+            plain = ln_instances(prob, c["venous"], det.probability_threshold, det.min_volume_mm3)
             counts_plain = detection_counts(sitk.GetArrayFromImage(plain).astype(np.int64), gt)
             counts_plain.pop("match")
             out[key + "_no_density_check"] = counts_plain

@@ -66,7 +66,6 @@ class LNDetectionSettings:
     min_volume_mm3: float
     positive_threshold: float | None
     min_density_hu: float | None = None  # components of fat density (upper-quartile venous HU below) dropped
-    extent_threshold: float | None = None  # a found node keeps its voxels above this (lnmet.instances)
 
 
 @dataclass(frozen=True)
@@ -371,8 +370,6 @@ def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
                                    lo=0.0, hi=1.0, allow_none=True),
         min_density_hu=_number(det.get("min_density_hu"), "ln_detection.min_density_hu", lo=-1024.0, hi=3071.0,
                                allow_none=True),
-        extent_threshold=_number(det.get("extent_threshold"), "ln_detection.extent_threshold", lo=0.0, hi=0.99,
-                                 allow_none=True),
     )
 
     pc = _get(raw, "", "patient_classifier")

@@ -69,7 +69,7 @@ def identify_lymph_nodes(registered: RegisteredPhases, ln_probability: sitk.Imag
                          f"(size {organs.GetSize()} vs {reference.GetSize()})")
     det = settings.ln_detection
     instances = ln_instances(ln_probability, reference, det.probability_threshold, det.min_volume_mm3,
-                             det.min_density_hu, det.extent_threshold)
+                             det.min_density_hu)
     channels, grid = model_inputs(registered, identifier)
     att_arr = None
     if identifier.uses_attention:

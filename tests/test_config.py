@@ -45,11 +45,6 @@ def test_density_check_is_optional():
     assert parse_settings(_with("ln_detection.min_density_hu!", None)).ln_detection.min_density_hu is None
 
 
-def test_node_extent_is_drawn_at_the_decision_boundary_and_optional():
-    assert parse_settings(RAW).ln_detection.extent_threshold == 0.5
-    assert parse_settings(_with("ln_detection.extent_threshold!", None)).ln_detection.extent_threshold is None
-
-
 def test_attention_table7_values():
     """Table 7 of the paper, as shipped."""
     table7 = {"spleen": (0, 16), "esophagus": (0, 25), "stomach": (-2, 18), "aorta": (0, 28),
@@ -78,7 +73,6 @@ def test_attention_table7_values():
     ("attention.classes.aorta.label", 7, "attention.classes.aorta.label"),
     ("ln_detection.probability_threshold", 1.5, "ln_detection.probability_threshold"),
     ("ln_detection.min_density_hu", "fat", "ln_detection.min_density_hu"),
-    ("ln_detection.extent_threshold", 1.0, "ln_detection.extent_threshold"),
     ("patient_classifier.threshold", "high", "patient_classifier.threshold"),
     ("outputs.pdf", "yes", "outputs.pdf"),
 ])
