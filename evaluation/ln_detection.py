@@ -196,7 +196,8 @@ def evaluate_case(cache: Path, case: str, data: Path, models: dict[str, Any], se
         if model is None:
             continue
         prob, secs = ln_probability(cache, case, model, models[key + "_sha"], models["organ_tag"], grid, ven, art, att)
-        inst = ln_instances(prob, c["venous"], det.probability_threshold, det.min_volume_mm3, det.min_density_hu)
+        inst = ln_instances(prob, c["venous"], det.probability_threshold, det.min_volume_mm3, det.min_density_hu,
+                         det.rim_fat_hu)
         arr = sitk.GetArrayFromImage(inst).astype(np.int64)
         counts = detection_counts(arr, gt)
         m = counts.pop("match")

@@ -155,7 +155,8 @@ def _cache_key(paths: list[str | None], settings: Any) -> str:
 
     det = settings.ln_detection
     parts = [sha256_file(p) if p else "-" for p in paths] + [str(det.probability_threshold), str(det.min_volume_mm3),
-                                                              str(det.min_density_hu), str(det.positive_threshold)]
+                                                              str(det.min_density_hu), str(det.positive_threshold),
+                                                              str(det.rim_fat_hu)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 

@@ -271,7 +271,8 @@ def evaluate_test_case(cache: Path, data: Path, case: str, m: dict[str, Any], se
     for key in VARIANTS:
         model = m["seg"][key]
         prob, _ = ln_probability(cache, case, model, m["seg_sha"][key], m["organ_tag"], grid, ven, art, att)
-        inst_img = ln_instances(prob, c["venous"], det.probability_threshold, det.min_volume_mm3, det.min_density_hu)
+        inst_img = ln_instances(prob, c["venous"], det.probability_threshold, det.min_volume_mm3, det.min_density_hu,
+                                det.rim_fat_hu)
         inst = sitk.GetArrayFromImage(inst_img).astype(np.int64)
         ids, probs = identify_instances(ident, inst_img, grid, image, att, batch_size=8)
         positive = [bool(p >= m["ln_threshold"]) for p in probs]

@@ -95,7 +95,8 @@ def evaluate(models: Path, data: Path) -> dict[str, Any]:
     att = attention_map(organs_working, settings.attention) if ln_model.uses_attention else None
     prob, _ = segment_lymph_nodes(registered, att, ln_model)
     det = settings.ln_detection
-    inst = ln_instances(prob, ct, det.probability_threshold, det.min_volume_mm3, det.min_density_hu)
+    inst = ln_instances(prob, ct, det.probability_threshold, det.min_volume_mm3, det.min_density_hu,
+                        det.rim_fat_hu)
     ids = instance_ids(inst)
     inst_arr = sitk.GetArrayFromImage(inst)
     node_ml = [round(float((inst_arr == i).sum()) * voxel_ml, 2) for i in ids]

@@ -66,6 +66,7 @@ class LNDetectionSettings:
     min_volume_mm3: float
     positive_threshold: float | None
     min_density_hu: float | None = None  # components of fat density (upper-quartile venous HU below) dropped
+    rim_fat_hu: float | None = None  # node voxels below this HU within one working voxel of the edge trimmed
 
 
 @dataclass(frozen=True)
@@ -370,6 +371,8 @@ def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
                                    lo=0.0, hi=1.0, allow_none=True),
         min_density_hu=_number(det.get("min_density_hu"), "ln_detection.min_density_hu", lo=-1024.0, hi=3071.0,
                                allow_none=True),
+        rim_fat_hu=_number(det.get("rim_fat_hu"), "ln_detection.rim_fat_hu", lo=-1024.0, hi=3071.0,
+                           allow_none=True),
     )
 
     pc = _get(raw, "", "patient_classifier")

@@ -45,6 +45,13 @@ def test_density_check_is_optional():
     assert parse_settings(_with("ln_detection.min_density_hu!", None)).ln_detection.min_density_hu is None
 
 
+def test_fat_rim_trim_is_optional():
+    """The shipped file trims each node's partial-volume fat rim; null or a missing key keeps it."""
+    assert parse_settings(RAW).ln_detection.rim_fat_hu == RAW["ln_detection"]["rim_fat_hu"] is not None
+    assert parse_settings(_with("ln_detection.rim_fat_hu", None)).ln_detection.rim_fat_hu is None
+    assert parse_settings(_with("ln_detection.rim_fat_hu!", None)).ln_detection.rim_fat_hu is None
+
+
 def test_attention_table7_values():
     """Table 7 of the paper, as shipped."""
     table7 = {"spleen": (0, 16), "esophagus": (0, 25), "stomach": (-2, 18), "aorta": (0, 28),
@@ -73,6 +80,7 @@ def test_attention_table7_values():
     ("attention.classes.aorta.label", 7, "attention.classes.aorta.label"),
     ("ln_detection.probability_threshold", 1.5, "ln_detection.probability_threshold"),
     ("ln_detection.min_density_hu", "fat", "ln_detection.min_density_hu"),
+    ("ln_detection.rim_fat_hu", "fat", "ln_detection.rim_fat_hu"),
     ("patient_classifier.threshold", "high", "patient_classifier.threshold"),
     ("outputs.pdf", "yes", "outputs.pdf"),
 ])

@@ -131,3 +131,47 @@ def test_density_check_needs_the_venous_grid():
     with pytest.raises(ValueError, match="venous image"):
         drop_fat_density(labels, sitk.Image([9, 10, 10], sitk.sitkFloat32), 0.0)
     assert drop_fat_density(labels, sitk.Image([10, 10, 10], sitk.sitkFloat32) + 50.0, 0.0)[5, 5, 5] == 1
+
+
+def test_fat_rim_trim_keeps_the_node_and_its_deep_hilum():
+    """A node segmented 1.5 mm (one working voxel) too wide: the fat rim goes, the node's soft tissue
+    and its fatty hilum (deep inside) stay; a segmentation 3 mm too wide loses only its outer 1.5 mm;
+    ids and order are unchanged."""
+    node, wide, fat_blob = ((-10.0, 0.0, 20.0), 5.0), ((12.0, 10.0, 20.0), 4.0), ((10.0, -12.0, 22.0), 2.5)
+    hilum = ((-10.0, 0.0, 20.0), 1.5)
+    venous = _hu_reference([(node[0], node[1], 60.0), (hilum[0], hilum[1], -100.0), (wide[0], wide[1], 60.0)])
+    work = working_grid(venous, (1.5, 1.5, 1.5))
+    prob = _blobs(work, [(node[0], node[1] + 1.5), (wide[0], wide[1] + 3.0), fat_blob])
+    plain = sitk.GetArrayFromImage(ln_instances(prob, venous, 0.5, min_volume_mm3=10.0))
+    trimmed = sitk.GetArrayFromImage(ln_instances(prob, venous, 0.5, min_volume_mm3=10.0, rim_fat_hu=-50.0))
+    assert instance_ids(plain) == instance_ids(trimmed) == [1, 2, 3]
+    hu = sitk.GetArrayFromImage(venous)
+    vox = float(np.prod(venous.GetSpacing()))
+    sphere = 4 / 3 * np.pi * node[1] ** 3
+
+    def at(arr, centre):
+        idx = venous.TransformPhysicalPointToIndex(centre)
+        return int(arr[idx[2], idx[1], idx[0]])
+
+    first, second = at(plain, node[0]), at(plain, wide[0])
+    assert (at(trimmed, node[0]), at(trimmed, wide[0])) == (first, second)  # the hilum voxel itself stays
+    assert np.sum(plain == first) * vox > 1.4 * sphere
+    assert np.sum(trimmed == first) * vox == pytest.approx(sphere, rel=0.12)
+    assert np.all(hu[trimmed == first] > -50.0) is np.False_  # hilum fat kept
+    assert np.all((trimmed == first) >= ((plain == first) & (hu > -50.0)))  # soft tissue all kept
+    # 3 mm too wide: 1.5 mm of fat shell stays around the soft tissue
+    kept_fat = (trimmed == second) & (hu < -50.0)
+    assert 0 < kept_fat.sum() < ((plain == second) & (hu < -50.0)).sum()
+    fat_id = at(plain, fat_blob[0])
+    assert 0 < np.sum(trimmed == fat_id) < np.sum(plain == fat_id)  # no density check here: only its rim goes
+
+
+def test_fat_rim_trim_leaves_an_all_fat_node_whole():
+    from lnmet.instances import trim_fat_rim
+
+    lab = np.zeros((7, 7, 7), np.uint16)
+    lab[2:4, 2:5, 2:5] = 1  # two voxels thick: every voxel within 1.5 mm of the edge (1 mm voxels)
+    labels = sitk.GetImageFromArray(lab)
+    venous = sitk.GetImageFromArray(np.full(lab.shape, -100.0, np.float32))
+    out = sitk.GetArrayFromImage(trim_fat_rim(labels, venous, -50.0, 1.5))
+    np.testing.assert_array_equal(out, lab)

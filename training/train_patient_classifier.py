@@ -177,7 +177,8 @@ def _cache_key(args: argparse.Namespace, settings: Any) -> str:
     det = settings.ln_detection
     parts = [sha256_file(args.ln_seg_model), sha256_file(args.ln_cls_model),
              sha256_file(args.organ_model) if args.organ_model else "gt-organs",
-             f"{det.probability_threshold}", f"{det.min_volume_mm3}", f"{det.min_density_hu}", f"{det.positive_threshold}"]
+             f"{det.probability_threshold}", f"{det.min_volume_mm3}", f"{det.min_density_hu}", f"{det.positive_threshold}",
+             f"{det.rim_fat_hu}"]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
