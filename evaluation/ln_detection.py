@@ -60,7 +60,7 @@ from lnmet.instances import ln_instances  # noqa: E402
 from lnmet.metrics import bootstrap_ci, detection_scores, dice, match_instances, roc_auc  # noqa: E402
 from lnmet.model_io import sha256_file  # noqa: E402
 from lnmet.networks.ln_classifier import LNIdentifier, channel_stack, identify_instances  # noqa: E402
-from lnmet.seeds import FIRST_TEST_SEED, TestSeedError, refuse_test_seeds  # noqa: E402
+from lnmet.seeds import FIRST_TEST_SEED, TestSeedError, refuse_test_seeds, seed_set_name  # noqa: E402
 from evaluation.app_mode import add_app_arguments  # noqa: E402
 
 log = logging.getLogger("evaluation.ln_detection")
@@ -303,7 +303,7 @@ def report_app(cases: Sequence[dict[str, Any]], args: argparse.Namespace, settin
     the segmented nodes and, through the same registered images, on the ground-truth nodes."""
     threshold = float(cases[0]["ln_threshold"]) if "ln_threshold" in cases[0] else float("nan")
     det, ident, goals = report(cases, settings, threshold,
-                               f"{len(cases)} held-out studies as the app runs (seeds {cases[0]['seed']}-"
+                               f"{len(cases)} {seed_set_name(c['seed'] for c in cases)} studies as the app runs (seeds {cases[0]['seed']}-"
                                f"{cases[-1]['seed']}, preset {args.preset}, DICOM intake, the app's registration, "
                                "resampling and filter; scored on the venous series' grid)")
     return {"detection": det, "identification": ident, "goals": goals}
@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line + f" [{time.perf_counter() - t:.1f} s]", flush=True)
 
     det, ident, goals = report(rows, settings, threshold,
-                               f"{len(rows)} held-out studies (seeds {seeds[0]}-{seeds[-1]}, preset {args.preset}, "
+                               f"{len(rows)} {seed_set_name(seeds)} studies (seeds {seeds[0]}-{seeds[-1]}, preset {args.preset}, "
                                f"organs {'predicted' if args.organs == 'model' else 'ground truth'}, arterial phase "
                                "perfectly aligned, on the models' grid)")
     sweeps = {}

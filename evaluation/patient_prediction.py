@@ -50,6 +50,7 @@ from lnmet.model_io import sha256_file  # noqa: E402
 from lnmet.networks.ln_classifier import LNPipeline  # noqa: E402
 from lnmet.networks.patient_classifier import PatientModel, nodes_only_score  # noqa: E402
 from lnmet.config import load_settings  # noqa: E402
+from lnmet.seeds import seed_set_name  # noqa: E402
 from evaluation.app_mode import add_app_arguments  # noqa: E402
 
 log = logging.getLogger("evaluation.patient_prediction")
@@ -145,7 +146,7 @@ def report_app(cases: list[dict[str, Any]], args: argparse.Namespace, settings: 
     rows = [c["patient"] for c in cases]
     thresholds = {"combined": rows[0]["combined_threshold"], "nodes_only": 0.5,
                   "tumour_only": rows[0].get("tumour_only_threshold")}
-    return report(rows, thresholds, f"held-out patients as the app runs, seeds {cases[0]['seed']}-{cases[-1]['seed']}, "
+    return report(rows, thresholds, f"{seed_set_name(c['seed'] for c in cases)} patients as the app runs, seeds {cases[0]['seed']}-{cases[-1]['seed']}, "
                                     f"preset {args.preset} (DICOM intake, the app's registration, PDAC and patient "
                                     "operators)")
 
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                   "tumour_only": m["tumour_only"].threshold if m["tumour_only"] else None}
     if settings.patient_threshold is not None:
         thresholds["combined"] = settings.patient_threshold
-    summary = report(rows, thresholds, f"held-out patients, seeds {seeds[0]}-{seeds[-1]}, preset {args.preset} "
+    summary = report(rows, thresholds, f"{seed_set_name(seeds)} patients, seeds {seeds[0]}-{seeds[-1]}, preset {args.preset} "
                                        "(arterial phase perfectly aligned, on the models' grid)")
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": summary, "patients": rows}, indent=1, default=float))

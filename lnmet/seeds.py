@@ -29,6 +29,14 @@ def is_test_seed(seed: int) -> bool:
     return FIRST_TEST_SEED <= int(seed) < FIRST_VALIDATION_SEED
 
 
+def seed_set_name(seeds: Iterable[int]) -> str:
+    """What a set of seeds is, for a report's heading: "held-out", "validation", "training" or
+    "mixed-seed" (the latter when they span more than one range)."""
+    kinds = {"held-out" if is_test_seed(s) else "validation" if int(s) >= FIRST_VALIDATION_SEED else "training"
+             for s in seeds}
+    return kinds.pop() if len(kinds) == 1 else "mixed-seed"
+
+
 def refuse_test_seeds(seeds: Iterable[int], what: str) -> None:
     """Raise :class:`TestSeedError` naming ``what`` when any of ``seeds`` is a held-out test seed."""
     bad = sorted({int(s) for s in seeds if is_test_seed(s)})

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from lnmet.seeds import TestSeedError, cohort_seeds, is_test_seed, refuse_test_seeds
+from lnmet.seeds import TestSeedError, cohort_seeds, is_test_seed, refuse_test_seeds, seed_set_name
 
 
 def test_ranges_and_the_error_names_what_and_which():
@@ -18,6 +18,13 @@ def test_ranges_and_the_error_names_what_and_which():
     many = list(range(100000, 100008))
     with pytest.raises(TestSeedError, match=r"100004 \.\.\. \(8 in all\)"):
         refuse_test_seeds(many, "x")
+
+
+def test_reports_name_the_seed_set_they_measure():
+    assert seed_set_name([100000, 149999]) == "held-out"
+    assert seed_set_name(iter([150000, 150015])) == "validation"
+    assert seed_set_name([0, 99999]) == "training"
+    assert seed_set_name([99999, 100000]) == "mixed-seed"
 
 
 def test_cohort_seeds_skips_rows_without_a_seed():
