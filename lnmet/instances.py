@@ -122,8 +122,8 @@ def drop_fat_density(labels: sitk.Image, venous: sitk.Image, min_density_hu: flo
 
 def trim_fat_rim(labels: sitk.Image, venous: sitk.Image, rim_fat_hu: float, depth_mm: float) -> sitk.Image:
     """``labels`` without the voxels whose ``venous`` HU (same grid) is below ``rim_fat_hu`` and which
-    lie within ``depth_mm`` of their node's outside (Euclidean, in mm). Ids are unchanged; a node
-    that would lose every voxel is left whole."""
+    lie within ``depth_mm`` of their node's outside (Euclidean, in mm), renumbered 1..N by decreasing
+    trimmed volume (ties: the earlier id first). A node that would lose every voxel is left whole."""
     lab = sitk.GetArrayFromImage(labels)
     hu = sitk.GetArrayViewFromImage(venous)
     if hu.shape != lab.shape:
@@ -143,7 +143,11 @@ def trim_fat_rim(labels: sitk.Image, venous: sitk.Image, rim_fat_hu: float, dept
         lab[box][rim] = 0
         removed += int(rim.sum())
     log.debug("LN instances: %d rim voxels below %.0f HU trimmed", removed, rim_fat_hu)
-    out = sitk.GetImageFromArray(lab)
+    sizes = np.bincount(lab.ravel())
+    ids = np.flatnonzero(sizes[1:]) + 1
+    lut = np.zeros(sizes.size, np.uint16)
+    lut[ids[np.lexsort((ids, -sizes[ids]))]] = np.arange(1, len(ids) + 1, dtype=np.uint16)
+    out = sitk.GetImageFromArray(lut[lab])
     out.CopyInformation(labels)
     return out
 

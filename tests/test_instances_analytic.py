@@ -175,3 +175,17 @@ def test_fat_rim_trim_leaves_an_all_fat_node_whole():
     venous = sitk.GetImageFromArray(np.full(lab.shape, -100.0, np.float32))
     out = sitk.GetArrayFromImage(trim_fat_rim(labels, venous, -50.0, 1.5))
     np.testing.assert_array_equal(out, lab)
+
+
+def test_fat_rim_trim_renumbers_by_trimmed_volume():
+    from lnmet.instances import trim_fat_rim
+
+    lab = np.zeros((10, 20, 10), np.uint16)
+    hu = np.full(lab.shape, 40.0, np.float32)
+    lab[2:8, 2:8, 2:8] = 1  # 216 voxels of fat: its outer layer (64 left inside) is rim
+    hu[2:8, 2:8, 2:8] = -100.0
+    lab[2:7, 11:16, 2:7] = 2  # 125 voxels of soft tissue: untouched
+    labels, venous = sitk.GetImageFromArray(lab), sitk.GetImageFromArray(hu)
+    out = sitk.GetArrayFromImage(trim_fat_rim(labels, venous, -30.0, 1.5))
+    assert np.bincount(out.ravel()).tolist() == [out.size - 189, 125, 64]
+    assert out[4, 13, 4] == 1 and out[4, 4, 4] == 2
