@@ -75,10 +75,12 @@ if want patient && [ ! -f build/train/patient_cls.done ]; then
   $PY -m training.train_patient_classifier $COMMON --out build/unused.ts --volumes-only --shard 0/2 &
   $PY -m training.train_patient_classifier $COMMON --out build/unused.ts --volumes-only --shard 1/2 &
   wait
-  $PY -m training.train_patient_classifier $COMMON --mode combined --out models/patient_cls/model.ts \
-      --iterations 600 --lr 0.01 --max-minutes 15 --model-version 0.5.0
-  $PY -m training.train_patient_classifier $COMMON --mode tumour_only --name patient_cls_tumour_only \
-      --out build/patient_cls_tumour_only/model.ts --iterations 600 --lr 0.01 --max-minutes 15
+  # patches from the PDAC model's masks, as at inference (the masks are cached for the second command)
+  $PY -m training.train_patient_classifier $COMMON --mode combined --pdac-model models/pdac_seg/model.ts \
+      --out models/patient_cls/model.ts --iterations 600 --lr 0.01 --max-minutes 15 --model-version 0.6.0
+  $PY -m training.train_patient_classifier $COMMON --mode tumour_only --pdac-model models/pdac_seg/model.ts \
+      --name patient_cls_tumour_only --out build/patient_cls_tumour_only/model.ts --iterations 600 --lr 0.01 \
+      --max-minutes 15
   mkdir -p build/train && touch build/train/patient_cls.done
 fi
 if want manifest; then

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from lnmet.config import load_settings
 from lnmet.model_io import read_metadata, save_model
 from lnmet.networks.ln_classifier import LNClassifier, LNIdentifier
 from lnmet.networks.patient_classifier import PatientModel
@@ -64,6 +65,7 @@ def test_training_caches_ln_volumes_and_reduces_the_loss(cohort, tmp_path, monke
     assert meta["patch_size"] == [32, 32] and meta["spacing_mm"] == [3.0, 3.0]
     assert 0.0 <= meta["decision_threshold"] <= 1.0 and meta["nodes_only_threshold_mm3"] > 0
     assert meta["ln_volume_source"]["ln_cls_sha256"] and meta["synthetic_training_data"] is True
+    assert meta["ln_volume_source"]["instance_filter"]["rim_fat_hu"] == load_settings().ln_detection.rim_fat_hu
     assert meta["validation"]["patients"] == 2
     model = PatientModel.load(tmp_path / "combined" / "model.ts", "cpu")
     assert model.mode == "combined" and model.patch_size == 32
@@ -121,3 +123,42 @@ def test_ln_probability_is_cached_for_a_new_identification_model(cohort, tmp_pat
     tpc.main(args(tmp_path / "cache"))
     again = {f.stem: json.loads(f.read_text()) for f in next((tmp_path / "cache").glob("ln_volumes_*")).glob("*.json")}
     assert again == first
+
+
+def test_patches_from_the_pdac_models_masks_are_cached(cohort, tmp_path, monkeypatch):
+    """``--pdac-model``: the patches come from the PDAC model's masks (as at inference), each mask is
+    computed once and cached, and a second training on the cohort does not load the model again."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from lnmet.inference import SegmentationModel
+
+    calls = []
+
+    def central_box(model, venous, arterial):  # stands in for the model's mask: a box in the middle
+        calls.append(model)
+        arr = np.zeros(sitk.GetArrayViewFromImage(venous).shape, np.uint8)
+        z, y, x = (s // 2 for s in arr.shape)
+        arr[z - 2:z + 2, y - 3:y + 3, x - 3:x + 3] = 1
+        img = sitk.GetImageFromArray(arr)
+        img.CopyInformation(venous)
+        return img
+
+    monkeypatch.setattr(SegmentationModel, "load", classmethod(lambda cls, *a, **k: "pdac model"))
+    monkeypatch.setattr(tpc, "predicted_labels", central_box)
+    pdac = ("--pdac-model", str(cohort / "ln_seg.ts"))
+    tpc.main(_args(cohort, tmp_path, extra=pdac))
+    assert calls == ["pdac model"] * 4
+    meta = read_metadata(tmp_path / "combined" / "model.ts")
+    assert meta["patches"]["training_masks"] == "PDAC model"
+    cached = sorted((cohort / "cache").glob("pdac_masks_*/*.nii.gz"))
+    assert [f.name for f in cached] == [f"SYN00000{i}.nii.gz" for i in range(4)]
+    assert int(sitk.GetArrayFromImage(sitk.ReadImage(str(cached[0]))).sum()) == 4 * 6 * 6
+
+    def no_model(*a, **k):
+        raise AssertionError("the PDAC model ran although its masks are cached")
+
+    monkeypatch.setattr(SegmentationModel, "load", no_model)
+    monkeypatch.setattr(tpc, "predicted_labels", no_model)
+    again = tpc.main(_args(cohort, tmp_path, "tumour_only", extra=pdac))
+    assert again["mode"] == "tumour_only"

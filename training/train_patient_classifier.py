@@ -18,8 +18,9 @@ same layout): ``Dataset502_PancreasLymphNodes`` (images, ``organsTr``), ``Datase
   largest positive LN (0 when none). Cached per case in ``--cache`` (keyed by the model files'
   checksums and the thresholds), so re-training does not re-run the chain.
 - **Tumour patches**: the 9 patches (:mod:`lnmet.patches`) are taken from the **ground-truth** PDAC
-  masks for training and validation (``--pdac-model`` uses the PDAC model's predicted masks instead);
-  at inference the predicted mask is used.
+  masks for training and validation (``--pdac-model`` uses the PDAC model's predicted masks instead,
+  cached in ``--cache`` like the LN volumes; the bundled model is trained so); at inference the
+  predicted mask is used.
 - **Modes** (paper Table 4): ``combined`` (tumour patches + LN volume), ``tumour_only``
   (ClsfromPDAC) and ``nodes_only`` (ClsbyLNSeg: no network, the largest positive LN volume with a
   threshold). The nodes-only volume threshold is chosen on all cases of the cohort (nothing is
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -255,10 +257,37 @@ def predicted_labels(model: Any, venous: sitk.Image, arterial: sitk.Image | None
     return resample_labels(img, venous, smooth=False)
 
 
-def load_patches(args: argparse.Namespace, data: Path, case: str, pdac_model: Any | None) -> tuple[np.ndarray, np.ndarray]:
+class PredictedMasks:
+    """The PDAC model's mask of each case (``--pdac-model``), cached under
+    ``--cache/pdac_masks_<model sha>/`` like the LN chain, so that several trainings on the same
+    cohort (combined, tumour-only) run the model once; the model is loaded only for a missing mask."""
+
+    def __init__(self, args: argparse.Namespace):
+        self._args = args
+        self._folder = Path(args.cache) / f"pdac_masks_{sha256_file(args.pdac_model)[:12]}"
+        self._model: Any = None
+
+    def __call__(self, case: str, venous: sitk.Image, arterial: sitk.Image | None) -> sitk.Image:
+        path = self._folder / f"{case}{ENDING}"
+        if path.is_file():
+            return sitk.ReadImage(str(path))
+        if self._model is None:
+            from lnmet.inference import SegmentationModel
+
+            self._model = SegmentationModel.load(self._args.pdac_model, self._args.device)
+        mask = sitk.Cast(predicted_labels(self._model, venous, arterial), sitk.sitkUInt8)
+        self._folder.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp_{case}{ENDING}")
+        sitk.WriteImage(mask, str(tmp), True)
+        os.replace(tmp, path)
+        return mask
+
+
+def load_patches(args: argparse.Namespace, data: Path, case: str,
+                 pdac_masks: PredictedMasks | None) -> tuple[np.ndarray, np.ndarray]:
     venous, arterial = case_images(data, case)
-    pdac = (_read(data / PDAC_DATASET / "labelsTr" / f"{case}{ENDING}") if pdac_model is None
-            else predicted_labels(pdac_model, venous, arterial))
+    pdac = (_read(data / PDAC_DATASET / "labelsTr" / f"{case}{ENDING}") if pdac_masks is None
+            else pdac_masks(case, venous, arterial))
     chans = [arterial if "arterial" in c.lower() else venous for c in args.channels]
     p = extract_tumour_patches(chans, pdac, patch_size=args.patch_size, spacing_mm=args.patch_spacing)
     return p.images, p.masks
@@ -380,7 +409,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     command = "python -m training.train_patient_classifier " + shlex.join(
         sys.argv[1:] if getattr(args, "_argv", None) is None else list(args._argv))
     ln_models = {"ln_seg_sha256": sha256_file(args.ln_seg_model), "ln_cls_sha256": sha256_file(args.ln_cls_model),
-                 "organs": "organ model " + sha256_file(args.organ_model) if args.organ_model else "ground truth organsTr"}
+                 "organs": "organ model " + sha256_file(args.organ_model) if args.organ_model else "ground truth organsTr",
+                 "instance_filter": dataclasses.asdict(settings.ln_detection)}  # app.yaml ln_detection (fat-rim trim)
     base_meta: dict[str, Any] = {
         "name": name, "version": args.model_version, "task": "patient_ln_metastasis", "mode": args.mode,
         "classes": {"negative": 0, "positive": 1}, "num_classes": 2,
@@ -407,15 +437,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         return {"model": str(out), "sha256": sha, "mode": args.mode, "threshold": 0.5,
                 "nodes_only_threshold_mm3": nodes_t, "validation": nodes_eval}
 
-    pdac_model = None
-    if args.pdac_model:
-        from lnmet.inference import SegmentationModel
-
-        pdac_model = SegmentationModel.load(args.pdac_model, args.device)
+    pdac_masks = PredictedMasks(args) if args.pdac_model else None
     data_cases: list[PatientCase] = []
     for c in cases:
         try:
-            imgs, msks = load_patches(args, data, c, pdac_model)
+            imgs, msks = load_patches(args, data, c, pdac_masks)
         except NoTumourError:
             log.warning("a case has an empty PDAC mask: left out of training")
             continue
