@@ -220,6 +220,7 @@ def _flows() -> list[Flow]:
         Flow("organ_segmentation", "ln_identification", {("organs", "organs")}),
         Flow("attention_map", "ln_identification", {("attention", "attention")}),
         Flow("phase_registration", "pdac_segmentation", reg),
+        Flow("organ_segmentation", "pdac_segmentation", {("organs_working", "organs_working")}),
         Flow("phase_registration", "patient_classifier", reg),
         Flow("pdac_segmentation", "patient_classifier", {("pdac", "pdac"), ("pdac_working", "pdac_working")}),
         Flow("ln_identification", "patient_classifier", {("ln_findings", "ln_findings")}),

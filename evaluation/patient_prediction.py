@@ -76,15 +76,14 @@ def evaluate_patient(cache: Path, data: Path, case: str, m: dict[str, Any], sett
     volume = ln.largest_positive_volume_mm3
 
     def pdac() -> sitk.Image:
-        from operators.pdac_segmentation import largest_component
+        from operators.pdac_segmentation import keep_primary_tumour
         from training.train_patient_classifier import predicted_labels
 
         labels = predicted_labels(m["pdac"], c["venous"], c["arterial"])
-        kept = sitk.GetImageFromArray(largest_component(sitk.GetArrayViewFromImage(labels) > 0))
-        kept.CopyInformation(labels)
-        return kept  # as the app: one primary tumour, the largest component
+        kept, _ = keep_primary_tumour(labels, organs, settings.tumour_pancreas_reach_mm)
+        return kept  # as the app: the primary tumour, anchored to the (predicted) pancreas
 
-    mask = _cached_image(cache / "pred" / f"pdac_lcc_{m['pdac_sha'][:12]}" / f"{case}.nii.gz", pdac)
+    mask = _cached_image(cache / "pred" / f"pdac_primary_{m['pdac_sha'][:12]}_{organ_tag}" / f"{case}.nii.gz", pdac)
     pd, gt = sitk.GetArrayViewFromImage(mask) > 0, sitk.GetArrayViewFromImage(c["pdac_gt"]) > 0
     row: dict[str, Any] = {"case": case, "largest_positive_volume_mm3": volume, "pdac_dice": dice(pd, gt),
                            "tumour_found": bool(pd.any()), "ln_instances": len(ln.ids),

@@ -285,7 +285,7 @@ def evaluate_test_case(cache: Path, data: Path, case: str, m: dict[str, Any], se
             volume = max((counts[i] * vox for i, p in zip(ids, positive) if p), default=0.0)
     gt_ids, gt_probs = identify_instances(ident, c["instances_gt"], grid, image, att, batch_size=8)
     row["gt_nodes"] = {"labels": [table[i] for i in gt_ids], "probabilities": [float(p) for p in gt_probs]}
-    mask = c["pdac_gt"] if m["pdac"] is None else _predicted_pdac(cache, case, m, c)
+    mask = c["pdac_gt"] if m["pdac"] is None else _predicted_pdac(cache, case, m, c, organs, settings)
     combined, tumour_only = m["patient_combined"], m["patient_tumour_only"]
     found = bool(sitk.GetArrayViewFromImage(mask).any())
     row["patient"] = {"largest_positive_volume_mm3": float(volume), "tumour_found": found,
@@ -296,19 +296,20 @@ def evaluate_test_case(cache: Path, data: Path, case: str, m: dict[str, Any], se
     return row
 
 
-def _predicted_pdac(cache: Path, case: str, m: dict[str, Any], c: dict[str, Any]) -> sitk.Image:
+def _predicted_pdac(cache: Path, case: str, m: dict[str, Any], c: dict[str, Any], organs: sitk.Image,
+                    settings: Any) -> sitk.Image:
+    """The PDAC model's primary tumour (as the app keeps it, against the round's organ map), cached."""
     from evaluation.ln_detection import _cached_image
 
     def compute() -> sitk.Image:
-        from operators.pdac_segmentation import largest_component
+        from operators.pdac_segmentation import keep_primary_tumour
         from training.train_patient_classifier import predicted_labels
 
         labels = predicted_labels(m["pdac"], c["venous"], c["arterial"])
-        kept = sitk.GetImageFromArray(largest_component(sitk.GetArrayViewFromImage(labels) > 0))
-        kept.CopyInformation(labels)
+        kept, _ = keep_primary_tumour(labels, organs, settings.tumour_pancreas_reach_mm)
         return kept
 
-    return _cached_image(cache / "pred" / f"pdac_lcc_{m['pdac_sha'][:12]}" / f"{case}.nii.gz", compute)
+    return _cached_image(cache / "pred" / f"pdac_primary_{m['pdac_sha'][:12]}_{m['organ_tag']}" / f"{case}.nii.gz", compute)
 
 
 def load_fold_models(paths: dict[str, Path], organ_model: Path | None, pdac_model: Path | None,

@@ -12,7 +12,8 @@ models' working grid by the app's own code, and segmented by the operators' own 
   mask in its largest connected piece (the quality gate's ``organ_connectivity`` measure) for the
   model's mask and for the reference;
 - lymph-node detections after the app's filters (goal <= 5: the patient has no known nodes);
-- PDAC components of the raw tumour segmentation and their volumes (goal: none > 1 ml).
+- PDAC components of the raw tumour segmentation and their volumes (goal: none > 1 ml), and the
+  one the app keeps as the tumour (anchored to the segmented pancreas, lnmet/tumour.py).
 
 It measures the models themselves; the app's quality gate may (rightly) call this scan not
 assessable. Rerun it after retraining any model:
@@ -46,6 +47,7 @@ from lnmet.quality import EDGE_MARGIN_MM, largest_piece_fraction  # noqa: E402
 from lnmet.types import PhaseVolume, SeriesRef  # noqa: E402
 from operators.ln_segmentation import segment_lymph_nodes  # noqa: E402
 from operators.organ_segmentation import segment_organs  # noqa: E402
+from operators.pdac_segmentation import keep_primary_tumour  # noqa: E402
 from operators.phase_registration import register_and_resample  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "real-ct-validation"
@@ -102,7 +104,8 @@ def evaluate(models: Path, data: Path) -> dict[str, Any]:
     node_ml = [round(float((inst_arr == i).sum()) * voxel_ml, 2) for i in ids]
 
     pdac_model = SegmentationModel.load(resolve_model_path("pdac_seg", models / "pdac_seg" / "model.ts"))
-    raw, _, _ = segment_registered(registered, pdac_model)
+    raw, raw_img, _ = segment_registered(registered, pdac_model)
+    kept, choice = keep_primary_tumour(raw_img, organs_working, settings.tumour_pancreas_reach_mm)
     comps, n = ndimage.label(raw > 0, structure=np.ones((3, 3, 3), bool))
     w_ml = float(np.prod(registered.working_venous.GetSpacing())) / 1000.0
     pdac_ml = sorted((round(float(v) * w_ml, 2) for v in np.bincount(comps.ravel())[1:]), reverse=True) if n else []
@@ -113,7 +116,10 @@ def evaluate(models: Path, data: Path) -> dict[str, Any]:
         "lymph_nodes": {"detections": len(ids), "volumes_ml": node_ml, "goal_max": LN_GOAL,
                         "inside_liver": int(sum(bool(liver[inst_arr == i].mean() > 0.5) for i in ids))},
         "pdac": {"components_ml": pdac_ml[:10], "components_over_1ml": sum(v > PDAC_GOAL_ML for v in pdac_ml),
-                 "goal": "no component > 1 ml"},
+                 "goal": "no component > 1 ml",
+                 # what the app would report as the tumour (lnmet/tumour.py: anchored to the pancreas)
+                 "kept_ml": round(float(sitk.GetArrayViewFromImage(kept).sum()) * w_ml, 2),
+                 "kept_rule": choice.describe(settings.tumour_pancreas_reach_mm)},
     }
 
 
@@ -132,7 +138,7 @@ def format_report(r: dict[str, Any]) -> str:
                  f"{ln['inside_liver']} inside the liver), largest ml {ln['volumes_ml'][:8]}")
     pd = r["pdac"]
     lines.append(f"PDAC components (raw tumour segmentation): {pd['components_over_1ml']} over 1 ml (goal: none); "
-                 f"largest ml {pd['components_ml'][:5]}")
+                 f"largest ml {pd['components_ml'][:5]}; the app keeps {pd['kept_ml']} ml ({pd['kept_rule']})")
     return "\n".join(lines)
 
 

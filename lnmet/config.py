@@ -121,6 +121,9 @@ class Settings:
     organ_nifti_path: str | None = None  # TotalSegmentator output ($PDAC_LN_ORGAN_NIFTI overrides app.yaml)
     # A patient probability closer to the threshold than this is "borderline" in every output.
     patient_borderline_margin: float = 0.0
+    # How far (mm) from the segmented pancreas a tumour component may lie when none overlaps it
+    # (lnmet.tumour.primary_tumour).
+    tumour_pancreas_reach_mm: float = 10.0
 
 
 def _get(d: Any, path: str, key: str) -> Any:
@@ -381,6 +384,11 @@ def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
     borderline_margin = _number(pc.get("borderline_margin", 0.0), "patient_classifier.borderline_margin",
                                 lo=0.0, hi=0.5)
 
+    pdac = raw.get("pdac_segmentation") or {}
+    if not isinstance(pdac, dict):
+        raise SettingsError(f"app.yaml: 'pdac_segmentation' must be a mapping, got {pdac!r}")
+    reach = _number(pdac.get("pancreas_reach_mm", 10.0), "pdac_segmentation.pancreas_reach_mm", lo=0.0, hi=100.0)
+
     outputs_raw = _get(raw, "", "outputs")
     outputs: dict[str, bool] = {}
     for key in ("seg", "sr", "pdf", "json"):
@@ -398,7 +406,7 @@ def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
         ln_detection=ln_detection, patient_threshold=patient_threshold, outputs=outputs, source=source,
         resources=resources, phase_content_check=content_check, phase_content_margin_hu=content_margin,
         quality_gate=quality_gate, organ_source=organ_source, organ_nifti_path=organ_nifti_path,
-        patient_borderline_margin=float(borderline_margin),
+        patient_borderline_margin=float(borderline_margin), tumour_pancreas_reach_mm=float(reach),
     )
 
 

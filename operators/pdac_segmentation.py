@@ -1,9 +1,11 @@
 """PDACSegmentationOperator: the tumour (PDAC) segmentation.
 
-Ports: input ``registered_phases`` (:class:`lnmet.types.RegisteredPhases`); outputs ``pdac_working``
-(``sitk.Image`` uint8 0/1 on the working grid) and ``pdac`` (uint8 0/1 on the reference grid).
-Same inference as the organ model (:mod:`lnmet.inference`); the model is ``pdac_seg``: the
-``model_path`` argument, else ``<app context models>/pdac_seg/model.ts``.
+Ports: inputs ``registered_phases`` (:class:`lnmet.types.RegisteredPhases`) and ``organs_working``
+(the organ map on the working grid); outputs ``pdac_working`` (``sitk.Image`` uint8 0/1 on the
+working grid) and ``pdac`` (uint8 0/1 on the reference grid). Same inference as the organ model
+(:mod:`lnmet.inference`); the model is ``pdac_seg``: the ``model_path`` argument, else
+``<app context models>/pdac_seg/model.ts``. Of the model's components one is kept as the primary
+tumour, anchored to the segmented pancreas (:func:`lnmet.tumour.primary_tumour`).
 """
 
 from __future__ import annotations
@@ -14,51 +16,76 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 from monai.deploy.core import ConditionType, Fragment, Operator, OperatorSpec
 
-from lnmet.inference import SegmentationModel, resolve_model_path, segment_registered
+from lnmet.config import Settings
+from lnmet.geometry import resample_labels
+from lnmet.inference import SegmentationModel, labels_to_grid, model_inputs, resolve_model_path
+from lnmet.labels import ORGAN_BY_KEY
+from lnmet.tumour import TumourChoice, primary_tumour
 from lnmet.types import RegisteredPhases
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "pdac_seg"
+PANCREAS_LABEL = ORGAN_BY_KEY["pancreas"].label
 
 
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """Keep the largest connected component (26-connectivity): a patient has one primary tumour,
-    smaller islands are false positives (nnU-Net's usual post-processing for single objects)."""
-    labelled, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    if n <= 1:
-        return mask.astype(np.uint8)
-    sizes = np.bincount(labelled.ravel())[1:]
-    return (labelled == int(np.argmax(sizes)) + 1).astype(np.uint8)
+def pancreas_on(organs: sitk.Image | None, grid: sitk.Image) -> np.ndarray | None:
+    """The pancreas of the organ map ``organs`` as a [Z, Y, X] bool array on ``grid`` (None without a map)."""
+    if organs is None:
+        return None
+    if organs.GetSize() != grid.GetSize() or organs.GetSpacing() != grid.GetSpacing() \
+            or organs.GetOrigin() != grid.GetOrigin():
+        organs = resample_labels(organs, grid, smooth=False)
+    return sitk.GetArrayFromImage(organs) == PANCREAS_LABEL
 
 
-def segment_pdac(registered: RegisteredPhases, model: SegmentationModel) -> tuple[sitk.Image, sitk.Image]:
-    """Tumour mask (uint8 0/1, largest component) on the working grid and on the reference grid."""
-    labels, working, reference = segment_registered(registered, model, lambda a: largest_component(a > 0))
-    log.info("PDAC segmentation: %d working voxels (%d before keeping the largest component)",
-             int(sitk.GetArrayViewFromImage(working).sum()), int((labels > 0).sum()))
-    return working, reference
+def keep_primary_tumour(labels: sitk.Image, organs: sitk.Image | None,
+                        reach_mm: float = 10.0) -> tuple[sitk.Image, TumourChoice]:
+    """The primary tumour (uint8 0/1, on the grid of the model's label map ``labels``) given an organ
+    map on any grid (:func:`lnmet.tumour.primary_tumour`), and how it was chosen."""
+    arr = sitk.GetArrayViewFromImage(labels) > 0
+    choice = primary_tumour(arr, pancreas_on(organs, labels), labels.GetSpacing()[::-1], reach_mm)
+    kept = sitk.GetImageFromArray(choice.mask)
+    kept.CopyInformation(labels)
+    log.info("PDAC segmentation: %s; %d of %d voxels kept", choice.describe(reach_mm), int(choice.mask.sum()),
+             int(arr.sum()))
+    return kept, choice
+
+
+def segment_pdac(registered: RegisteredPhases, model: SegmentationModel, organs_working: sitk.Image | None,
+                 reach_mm: float = 10.0) -> tuple[sitk.Image, sitk.Image, TumourChoice]:
+    """Tumour mask (uint8 0/1, the primary tumour) on the working grid and on the reference grid,
+    and how the component was chosen."""
+    channels, grid = model_inputs(registered, model)
+    labels, _ = model.segment(channels, spacing_zyx=grid.GetSpacing()[::-1])
+    raw = sitk.GetImageFromArray(labels)
+    raw.CopyInformation(grid)
+    working, choice = keep_primary_tumour(raw, organs_working, reach_mm)
+    return working, labels_to_grid(working, registered.reference), choice
 
 
 class PDACSegmentationOperator(Operator):
-    """Input ``registered_phases``; outputs ``pdac_working`` and ``pdac``."""
+    """Inputs ``registered_phases``, ``organs_working``; outputs ``pdac_working`` and ``pdac``."""
 
     def __init__(self, fragment: Fragment, *args: Any, model_path: str | Path | None = None,
-                 app_context: Any = None, device: str | None = None, **kwargs: Any):
+                 app_context: Any = None, device: str | None = None, settings: Settings | None = None,
+                 **kwargs: Any):
         path = resolve_model_path(MODEL_NAME, model_path, app_context)
         self._model = SegmentationModel.load(path, device)
+        self._reach_mm = settings.tumour_pancreas_reach_mm if settings is not None else 10.0
         super().__init__(fragment, *args, **kwargs)
 
     def setup(self, spec: OperatorSpec) -> None:
         spec.input("registered_phases")
+        spec.input("organs_working")
         spec.output("pdac_working").condition(ConditionType.NONE)
         spec.output("pdac").condition(ConditionType.NONE)
 
     def compute(self, op_input, op_output, context) -> None:
         registered = op_input.receive("registered_phases")
-        working, reference = segment_pdac(registered, self._model)
+        organs = op_input.receive("organs_working")
+        working, reference, _ = segment_pdac(registered, self._model, organs, self._reach_mm)
         op_output.emit(working, "pdac_working")
         op_output.emit(reference, "pdac")

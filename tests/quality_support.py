@@ -76,7 +76,7 @@ class ModelChain:
         registered = register_and_resample(venous, arterial, settings, self.organ.spacing_mm)
         organs_working, organs = segment_organs(registered, self.organ)
         attention = attention_map(organs_working, settings.attention)
-        pdac_working = segment_pdac(registered, self.pdac)[0] if tumour else None
+        pdac_working = segment_pdac(registered, self.pdac, organs_working)[0] if tumour else None
         found = []
         if nodes:
             probability, _ = segment_lymph_nodes(registered, attention, self.ln_seg)

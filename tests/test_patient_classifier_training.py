@@ -126,8 +126,9 @@ def test_ln_probability_is_cached_for_a_new_identification_model(cohort, tmp_pat
 
 
 def test_patches_from_the_pdac_models_masks_are_cached(cohort, tmp_path, monkeypatch):
-    """``--pdac-model``: the patches come from the PDAC model's masks (as at inference), each mask is
-    computed once and cached, and a second training on the cohort does not load the model again."""
+    """``--pdac-model``: the patches come from the PDAC model's masks (as at inference, the primary
+    tumour against the pancreas), each mask is computed once and cached, and a second training on the
+    cohort does not load the model again."""
     import numpy as np
     import SimpleITK as sitk
 
@@ -136,10 +137,11 @@ def test_patches_from_the_pdac_models_masks_are_cached(cohort, tmp_path, monkeyp
     calls = []
 
     def central_box(model, venous, arterial):  # stands in for the model's mask: a box in the middle
-        calls.append(model)
+        calls.append(model)  # (where the tiny studies' pancreas is) and a larger false one in a corner
         arr = np.zeros(sitk.GetArrayViewFromImage(venous).shape, np.uint8)
         z, y, x = (s // 2 for s in arr.shape)
         arr[z - 2:z + 2, y - 3:y + 3, x - 3:x + 3] = 1
+        arr[0:5, 0:8, 0:8] = 1
         img = sitk.GetImageFromArray(arr)
         img.CopyInformation(venous)
         return img
@@ -150,10 +152,12 @@ def test_patches_from_the_pdac_models_masks_are_cached(cohort, tmp_path, monkeyp
     tpc.main(_args(cohort, tmp_path, extra=pdac))
     assert calls == ["pdac model"] * 4
     meta = read_metadata(tmp_path / "combined" / "model.ts")
-    assert meta["patches"]["training_masks"] == "PDAC model"
+    masks = meta["patches"]["training_masks"]
+    assert masks["source"].startswith("PDAC model") and masks["pancreas"] == "ground truth organsTr"
+    assert masks["rules"] == {"pancreas_overlap": 4}  # the central box, not the larger corner one
     cached = sorted((cohort / "cache").glob("pdac_masks_*/*.nii.gz"))
     assert [f.name for f in cached] == [f"SYN00000{i}.nii.gz" for i in range(4)]
-    assert int(sitk.GetArrayFromImage(sitk.ReadImage(str(cached[0]))).sum()) == 4 * 6 * 6
+    assert int(sitk.GetArrayFromImage(sitk.ReadImage(str(cached[0]))).sum()) == 4 * 6 * 6 + 5 * 8 * 8  # raw map
 
     def no_model(*a, **k):
         raise AssertionError("the PDAC model ran although its masks are cached")

@@ -1,26 +1,100 @@
-"""Post-processing of the tumour mask: one primary tumour per patient."""
+"""Post-processing of the tumour mask: one primary tumour per patient, anchored to the pancreas
+(lnmet/tumour.py, operators/pdac_segmentation.py)."""
 
 import numpy as np
+import pytest
+import SimpleITK as sitk
 
-from operators.pdac_segmentation import largest_component
+from lnmet.tumour import primary_tumour
+from operators.pdac_segmentation import PANCREAS_LABEL, keep_primary_tumour
+
+SPACING = (2.0, 2.0, 2.0)
 
 
-def test_largest_component_keeps_only_the_biggest_island():
-    mask = np.zeros((20, 20, 20), bool)
-    mask[2:8, 2:8, 2:8] = True  # 216 voxels
-    mask[12:14, 12:14, 12:14] = True  # 8 voxels, separate
-    mask[9, 9, 9] = True  # diagonal neighbour of nothing: separate single voxel
-    out = largest_component(mask)
-    assert out.dtype == np.uint8
-    assert out.sum() == 216 and out[2:8, 2:8, 2:8].all() and not out[12:14, 12:14, 12:14].any()
+def _blob(mask: np.ndarray, z: slice, y: slice, x: slice) -> None:
+    mask[z, y, x] = True
+
+
+def _scene():
+    """A pancreas bar, a small tumour overlapping it and a larger false component far away."""
+    shape = (30, 40, 60)
+    pancreas = np.zeros(shape, bool)
+    pancreas[10:16, 15:22, 5:35] = True
+    tumour = np.zeros(shape, bool)
+    _blob(tumour, slice(11, 17), slice(18, 25), slice(10, 16))  # 6*7*6 = 252 voxels, partly in the pancreas
+    _blob(tumour, slice(2, 10), slice(2, 10), slice(45, 55))  # 640 voxels, far from the pancreas
+    return tumour, pancreas
+
+
+def test_the_component_in_the_pancreas_wins_over_a_larger_one_elsewhere():
+    tumour, pancreas = _scene()
+    choice = primary_tumour(tumour, pancreas, SPACING, reach_mm=10.0)
+    assert choice.rule == "pancreas_overlap" and choice.components == 2
+    assert choice.mask.dtype == np.uint8 and choice.mask.sum() == 252 and choice.mask[12, 20, 12] == 1
+    assert choice.mask[5, 5, 50] == 0
+
+
+def test_most_voxels_inside_the_pancreas_decides_not_size():
+    shape = (20, 20, 60)
+    pancreas = np.zeros(shape, bool)
+    pancreas[5:15, 5:15, 0:60] = True
+    tumour = np.zeros(shape, bool)
+    _blob(tumour, slice(0, 20), slice(0, 20), slice(0, 6))  # 2400 voxels, 600 inside
+    _blob(tumour, slice(6, 14), slice(6, 14), slice(20, 30))  # 640 voxels, all inside
+    choice = primary_tumour(tumour, pancreas, SPACING)
+    assert choice.mask.sum() == 640 and choice.mask[10, 10, 25] == 1
+
+
+def test_without_pancreas_the_largest_component_is_kept():
+    tumour, _ = _scene()
+    for pancreas in (None, np.zeros(tumour.shape, bool)):
+        choice = primary_tumour(tumour, pancreas, SPACING)
+        assert choice.rule == "largest_no_pancreas" and choice.mask.sum() == 640
+
+
+def test_a_component_near_the_pancreas_is_kept_within_reach_and_dropped_beyond():
+    shape = (30, 40, 60)
+    pancreas = np.zeros(shape, bool)
+    pancreas[10:16, 15:22, 5:35] = True
+    tumour = np.zeros(shape, bool)
+    _blob(tumour, slice(10, 16), slice(25, 30), slice(10, 16))  # starts 4 voxels (8 mm) below the pancreas
+    _blob(tumour, slice(2, 6), slice(2, 6), slice(50, 58))  # far away, smaller
+    near = primary_tumour(tumour, pancreas, SPACING, reach_mm=10.0)
+    assert near.rule == "near_pancreas" and near.mask[12, 27, 12] == 1 and near.mask.sum() == 6 * 5 * 6
+    beyond = primary_tumour(tumour, pancreas, SPACING, reach_mm=6.0)
+    assert beyond.rule == "none_near_pancreas" and beyond.mask.sum() == 0 and beyond.components == 2
+    assert "6 mm" in beyond.describe(6.0)
 
 
 def test_diagonal_voxels_belong_to_the_same_component():
     mask = np.zeros((6, 6, 6), bool)
     mask[1, 1, 1] = mask[2, 2, 2] = mask[3, 3, 3] = True
     mask[5, 5, 0] = True
-    assert largest_component(mask).sum() == 3
+    choice = primary_tumour(mask, None, SPACING)
+    assert choice.components == 2 and choice.mask.sum() == 3
 
 
 def test_empty_mask_stays_empty():
-    assert largest_component(np.zeros((4, 4, 4), bool)).sum() == 0
+    choice = primary_tumour(np.zeros((4, 4, 4), bool), np.ones((4, 4, 4), bool), SPACING)
+    assert choice.rule == "none" and choice.mask.sum() == 0
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="shape"):
+        primary_tumour(np.ones((4, 4, 4), bool), np.ones((4, 4, 5), bool), SPACING)
+
+
+def test_organ_map_on_another_grid_is_resampled():
+    """The image-level helper takes the organ map on any grid (e.g. the 0.7 mm reference grid)."""
+    tumour, pancreas = _scene()
+    labels = sitk.GetImageFromArray(tumour.astype(np.uint8))
+    labels.SetSpacing(SPACING)
+    labels.SetOrigin((-30.0, 10.0, 5.0))
+    fine = np.repeat(np.repeat(np.repeat(pancreas, 2, 0), 2, 1), 2, 2).astype(np.uint8) * PANCREAS_LABEL
+    organs = sitk.GetImageFromArray(fine)
+    organs.SetSpacing((1.0, 1.0, 1.0))
+    organs.SetOrigin((-30.5, 9.5, 4.5))  # same physical extent: voxel centres half a coarse voxel apart
+    kept, choice = keep_primary_tumour(labels, organs, 10.0)
+    arr = sitk.GetArrayFromImage(kept)
+    assert choice.rule == "pancreas_overlap" and arr.sum() == 252
+    assert kept.GetSpacing() == labels.GetSpacing() and kept.GetOrigin() == labels.GetOrigin()

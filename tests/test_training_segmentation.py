@@ -163,6 +163,7 @@ def test_exported_models_run_in_the_operators(trained, tiny_study):
             self.add_flow(src, organs, {("registered_phases", "registered_phases")})
             self.add_flow(src, ln, {("registered_phases", "registered_phases")})
             self.add_flow(src, pdac, {("registered_phases", "registered_phases")})
+            self.add_flow(organs, pdac, {("organs_working", "organs_working")})
             self.add_flow(organs, att, {("organs_working", "organs_working")})
             self.add_flow(att, ln, {("attention", "attention")})
             self.add_flow(organs, sink, {("organs", "organs"), ("organs_working", "organs_working")})

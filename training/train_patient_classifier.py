@@ -18,9 +18,9 @@ same layout): ``Dataset502_PancreasLymphNodes`` (images, ``organsTr``), ``Datase
   largest positive LN (0 when none). Cached per case in ``--cache`` (keyed by the model files'
   checksums and the thresholds), so re-training does not re-run the chain.
 - **Tumour patches**: the 9 patches (:mod:`lnmet.patches`) are taken from the **ground-truth** PDAC
-  masks for training and validation (``--pdac-model`` uses the PDAC model's predicted masks instead,
-  cached in ``--cache`` like the LN volumes; the bundled model is trained so); at inference the
-  predicted mask is used.
+  masks for training and validation (``--pdac-model`` uses the PDAC model's tumour instead, as the app
+  keeps it: the primary tumour against the organ map's pancreas; cached in ``--cache`` like the LN
+  volumes; the bundled model is trained so); at inference the predicted tumour is used.
 - **Modes** (paper Table 4): ``combined`` (tumour patches + LN volume), ``tumour_only``
   (ClsfromPDAC) and ``nodes_only`` (ClsbyLNSeg: no network, the largest positive LN volume with a
   threshold). The nodes-only volume threshold is chosen on all cases of the cohort (nothing is
@@ -258,16 +258,22 @@ def predicted_labels(model: Any, venous: sitk.Image, arterial: sitk.Image | None
 
 
 class PredictedMasks:
-    """The PDAC model's mask of each case (``--pdac-model``), cached under
-    ``--cache/pdac_masks_<model sha>/`` like the LN chain, so that several trainings on the same
-    cohort (combined, tumour-only) run the model once; the model is loaded only for a missing mask."""
+    """The PDAC model's tumour of each case (``--pdac-model``), as the app keeps it: of the model's
+    components the primary tumour against the pancreas of the organ map the LN chain uses
+    (``organsTr``, or ``--organ-model``'s prediction; :func:`operators.pdac_segmentation.keep_primary_tumour`,
+    app.yaml ``pdac_segmentation.pancreas_reach_mm``). The model's raw label maps are cached under
+    ``--cache/pdac_masks_<model sha>/``, so that several trainings on the same cohort (combined,
+    tumour-only) run the model once; the model is loaded only for a missing map."""
 
-    def __init__(self, args: argparse.Namespace):
+    def __init__(self, args: argparse.Namespace, reach_mm: float):
         self._args = args
         self._folder = Path(args.cache) / f"pdac_masks_{sha256_file(args.pdac_model)[:12]}"
         self._model: Any = None
+        self._organ_model: Any = None
+        self.reach_mm = float(reach_mm)
+        self.rules: dict[str, str] = {}
 
-    def __call__(self, case: str, venous: sitk.Image, arterial: sitk.Image | None) -> sitk.Image:
+    def _raw(self, case: str, venous: sitk.Image, arterial: sitk.Image | None) -> sitk.Image:
         path = self._folder / f"{case}{ENDING}"
         if path.is_file():
             return sitk.ReadImage(str(path))
@@ -281,6 +287,34 @@ class PredictedMasks:
         sitk.WriteImage(mask, str(tmp), True)
         os.replace(tmp, path)
         return mask
+
+    def _organs(self, case: str, venous: sitk.Image, arterial: sitk.Image | None) -> sitk.Image:
+        if not self._args.organ_model:
+            return _read(Path(self._args.data) / LN_DATASET / "organsTr" / f"{case}{ENDING}")
+        if self._organ_model is None:
+            from lnmet.inference import SegmentationModel
+
+            self._organ_model = SegmentationModel.load(self._args.organ_model, self._args.device)
+        return predicted_labels(self._organ_model, venous, arterial)
+
+    def __call__(self, case: str, venous: sitk.Image, arterial: sitk.Image | None) -> sitk.Image:
+        from operators.pdac_segmentation import keep_primary_tumour
+
+        kept, choice = keep_primary_tumour(self._raw(case, venous, arterial), self._organs(case, venous, arterial),
+                                           self.reach_mm)
+        self.rules[case] = choice.rule
+        return kept
+
+
+def _masks_record(args: argparse.Namespace, pdac_masks: PredictedMasks | None) -> Any:
+    """How the training tumour masks were made (model metadata)."""
+    if pdac_masks is None:
+        return "ground truth"
+    rules = sorted(set(pdac_masks.rules.values()))
+    return {"source": f"PDAC model {sha256_file(args.pdac_model)[:12]}, primary tumour as the app keeps it",
+            "pancreas": "organ model " + sha256_file(args.organ_model)[:12] if args.organ_model else "ground truth organsTr",
+            "pancreas_reach_mm": pdac_masks.reach_mm,
+            "rules": {r: sum(v == r for v in pdac_masks.rules.values()) for r in rules}}
 
 
 def load_patches(args: argparse.Namespace, data: Path, case: str,
@@ -437,7 +471,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         return {"model": str(out), "sha256": sha, "mode": args.mode, "threshold": 0.5,
                 "nodes_only_threshold_mm3": nodes_t, "validation": nodes_eval}
 
-    pdac_masks = PredictedMasks(args) if args.pdac_model else None
+    pdac_masks = PredictedMasks(args, settings.tumour_pancreas_reach_mm) if args.pdac_model else None
     data_cases: list[PatientCase] = []
     for c in cases:
         try:
@@ -539,7 +573,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     threshold_rule="best balanced accuracy on the validation patients (mean of 9 patch probabilities)",
                     validation=val, patches={"per_patient": 9, "size_px": args.patch_size,
                                              "spacing_mm": args.patch_spacing, "planes": "axial, sagittal, coronal",
-                                             "training_masks": "PDAC model" if args.pdac_model else "ground truth"},
+                                             "training_masks": _masks_record(args, pdac_masks)},
                     training={"iterations": iteration, "batch_size": args.batch_size, "optimizer": "sgd nesterov",
                               "momentum": args.momentum, "initial_lr": args.lr, "weight_decay": args.weight_decay,
                               "train_patients": len(train_c), "best_iteration": best[1] if best else iteration,

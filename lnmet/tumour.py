@@ -1,0 +1,79 @@
+"""The primary tumour in the PDAC model's mask: one connected component, anchored to the pancreas.
+
+A patient has one primary pancreatic tumour, but the PDAC model's mask has several components: on
+the 16 validation studies at 0.7 mm (seeds 150000-150015, the app's registration) 4 to 10, the
+false ones up to several mL each and up to 10 cm from the pancreas. Keeping the
+largest component (nnU-Net's usual post-processing) kept a false one in 7 of the 16 studies, and
+which one won could change with a registration setting (issue 19). A PDAC arises in the pancreas,
+so the component kept is the one with the most voxels inside the segmented pancreas; that kept
+the true tumour in 15 of the 16 (the 16th: the model missed the tumour).
+
+Rules, in order:
+
+1. no component: nothing kept;
+2. no pancreas in the organ map (e.g. a site segmentation without one): the largest component;
+3. components overlapping the pancreas: the one with the most voxels in it (ties: the larger);
+4. else components within ``reach_mm`` of the pancreas (a tumour growing out of the gland): the
+   largest of them;
+5. else nothing: every component lies farther than ``reach_mm`` from the pancreas and none is
+   taken for a pancreatic tumour.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+CONNECTIVITY = np.ones((3, 3, 3), bool)  # 26-connected
+
+
+@dataclass(frozen=True)
+class TumourChoice:
+    """The kept component (uint8 0/1) and how it was chosen."""
+
+    mask: np.ndarray
+    components: int  # connected components in the model's mask
+    rule: str  # "none", "largest_no_pancreas", "pancreas_overlap", "near_pancreas", "none_near_pancreas"
+
+    def describe(self, reach_mm: float) -> str:
+        return {
+            "none": "the PDAC model found no tumour",
+            "largest_no_pancreas": f"no pancreas segmented: kept the largest of {self.components} components",
+            "pancreas_overlap": f"kept the component with the most voxels in the pancreas ({self.components} found)",
+            "near_pancreas": f"no component in the pancreas: kept the largest within {reach_mm:g} mm of it "
+                             f"({self.components} found)",
+            "none_near_pancreas": f"all {self.components} components lie more than {reach_mm:g} mm from the "
+                                  "pancreas: no tumour kept",
+        }[self.rule]
+
+
+def primary_tumour(mask: np.ndarray, pancreas: np.ndarray | None, spacing_zyx: Sequence[float],
+                   reach_mm: float = 10.0) -> TumourChoice:
+    """The primary tumour of the PDAC model's ``mask`` [Z, Y, X] given the ``pancreas`` mask on the
+    same grid (None or empty: no pancreas); see the module docstring for the rules."""
+    mask = np.asarray(mask) != 0
+    labelled, n = ndimage.label(mask, structure=CONNECTIVITY)
+    if n == 0:
+        return TumourChoice(np.zeros(mask.shape, np.uint8), 0, "none")
+    sizes = np.bincount(labelled.ravel(), minlength=n + 1)[1:]
+    pancreas = None if pancreas is None else (np.asarray(pancreas) != 0)
+    if pancreas is not None and pancreas.shape != mask.shape:
+        raise ValueError(f"pancreas mask shape {pancreas.shape} differs from the tumour mask's {mask.shape}")
+
+    def keep(index: int, rule: str) -> TumourChoice:
+        return TumourChoice((labelled == index + 1).astype(np.uint8), int(n), rule)
+
+    if pancreas is None or not pancreas.any():
+        return keep(int(np.argmax(sizes)), "largest_no_pancreas")
+    inside = np.bincount(labelled[pancreas].ravel(), minlength=n + 1)[1:]
+    if inside.max() > 0:
+        return keep(int(np.lexsort((-sizes, -inside))[0]), "pancreas_overlap")
+    distance = ndimage.distance_transform_edt(~pancreas, sampling=[float(s) for s in spacing_zyx])
+    nearest = ndimage.minimum(distance, labelled, index=np.arange(1, n + 1))
+    near = np.flatnonzero(np.asarray(nearest) <= reach_mm)
+    if near.size:
+        return keep(int(near[np.argmax(sizes[near])]), "near_pancreas")
+    return TumourChoice(np.zeros(mask.shape, np.uint8), int(n), "none_near_pancreas")
