@@ -12,7 +12,9 @@ the cohort run (status, error, timings in the worker). Columns (:data:`SCHEMA`, 
   the threshold; empty for results written before schema 1.5.0);
 - nodes: ``ln_count``, ``ln_positive_count``, ``ln_total_volume_mm3``, ``ln_largest_volume_mm3``,
   ``ln_largest_positive_volume_mm3``;
-- tumour: ``tumour_found``, ``tumour_max_axial_diameter_mm``, ``tumour_volume_mm3``;
+- tumour: ``tumour_found``, ``tumour_max_axial_diameter_mm``, ``tumour_volume_mm3``,
+  ``tumour_model_components`` and ``tumour_selection_rule`` (how many regions the PDAC model found and
+  how the reported one was chosen; empty for results.json before schema 1.6.0);
 - phases: ``phases_used`` (``arterial+venous`` or ``venous``), ``venous_series_uid``,
   ``arterial_series_uid``;
 - ``models`` (``name version`` of every model, ``;``-separated), ``app_version``, ``device``;
@@ -49,6 +51,7 @@ SCHEMA = pa.schema([
     ("ln_count", pa.int64()), ("ln_positive_count", pa.int64()), ("ln_total_volume_mm3", pa.float64()),
     ("ln_largest_volume_mm3", pa.float64()), ("ln_largest_positive_volume_mm3", pa.float64()),
     ("tumour_found", pa.bool_()), ("tumour_max_axial_diameter_mm", pa.float64()), ("tumour_volume_mm3", pa.float64()),
+    ("tumour_model_components", pa.int64()), ("tumour_selection_rule", pa.string()),
     ("phases_used", pa.string()), ("venous_series_uid", pa.string()), ("arterial_series_uid", pa.string()),
     ("models", pa.string()), ("app_version", pa.string()), ("device", pa.string()),
     ("time_study_s", pa.float64()), ("time_registration_s", pa.float64()), ("time_segmentation_s", pa.float64()),
@@ -81,7 +84,8 @@ def figures_from_results(doc: dict[str, Any]) -> dict[str, Any]:
         "ln_count": len(nodes), "ln_positive_count": len(positive), "ln_total_volume_mm3": round(sum(volumes), 3),
         "ln_largest_volume_mm3": max(volumes, default=0.0), "ln_largest_positive_volume_mm3": max(positive, default=0.0),
         "tumour_found": tumour["found"], "tumour_max_axial_diameter_mm": tumour["max_axial_diameter_mm"],
-        "tumour_volume_mm3": tumour["volume_mm3"],
+        "tumour_volume_mm3": tumour["volume_mm3"], "tumour_model_components": tumour.get("model_components"),
+        "tumour_selection_rule": tumour.get("selection_rule"),
         "phases_used": "venous" if doc["single_phase"] else "arterial+venous",
         "venous_series_uid": doc["phases"]["venous"]["series_instance_uid"],
         "arterial_series_uid": (doc["phases"]["arterial"] or {}).get("series_instance_uid"),

@@ -27,7 +27,10 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from lnmet.types import TumourSelection
+
 CONNECTIVITY = np.ones((3, 3, 3), bool)  # 26-connected
+RULES = ("none", "largest_no_pancreas", "pancreas_overlap", "near_pancreas", "none_near_pancreas")
 
 
 @dataclass(frozen=True)
@@ -36,7 +39,11 @@ class TumourChoice:
 
     mask: np.ndarray
     components: int  # connected components in the model's mask
-    rule: str  # "none", "largest_no_pancreas", "pancreas_overlap", "near_pancreas", "none_near_pancreas"
+    rule: str  # one of RULES
+
+    def selection(self, reach_mm: float) -> TumourSelection:
+        """What the outputs report about the choice (no mask)."""
+        return TumourSelection(components=self.components, rule=self.rule, reach_mm=float(reach_mm))
 
     def describe(self, reach_mm: float) -> str:
         return {
@@ -77,3 +84,20 @@ def primary_tumour(mask: np.ndarray, pancreas: np.ndarray | None, spacing_zyx: S
     if near.size:
         return keep(int(near[np.argmax(sizes[near])]), "near_pancreas")
     return TumourChoice(np.zeros(mask.shape, np.uint8), int(n), "none_near_pancreas")
+
+
+def selection_statement(selection: TumourSelection | None) -> str:
+    """What a reader must be told about the choice, for the outputs' tumour statement: the two
+    rules that change what the tumour means (none near the pancreas: the patient prediction uses the
+    nodes only; no pancreas: the tumour is not checked against the gland); "" otherwise."""
+    if selection is None:
+        return ""
+    n = selection.components
+    regions = f"{n} region{'s' if n != 1 else ''}"
+    if selection.rule == "none_near_pancreas":
+        return (f"The PDAC segmentation model found {regions}, all more than {selection.reach_mm:g} mm from the "
+                "segmented pancreas; none is reported as the tumour, and the prediction uses the lymph nodes only")
+    if selection.rule == "largest_no_pancreas":
+        return (f"No pancreas was segmented: the largest of the PDAC segmentation model's {regions} is reported as "
+                "the tumour, unchecked against the pancreas")
+    return ""

@@ -113,6 +113,19 @@ class TumourFinding:
     centroid_mm: tuple[float, float, float] | None = None
     mean_hu_venous: float | None = None
     statement: str = ""
+    # How it was chosen among the PDAC model's connected components (None: not known, e.g. a mask from elsewhere)
+    model_components: int | None = None
+    selection_rule: str | None = None  # a TumourSelection.rule
+
+
+@dataclass(frozen=True)
+class TumourSelection:
+    """How the primary tumour was chosen among the connected components of the PDAC model's mask
+    (:func:`lnmet.tumour.primary_tumour`); ``rule`` is one of :data:`lnmet.tumour.RULES`."""
+
+    components: int
+    rule: str
+    reach_mm: float
 
 
 @dataclass

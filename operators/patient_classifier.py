@@ -5,7 +5,8 @@ Ports:
 - inputs ``registered_phases`` (:class:`lnmet.types.RegisteredPhases`), ``pdac`` (``sitk.Image``
   uint8 0/1 on the reference grid) and ``ln_findings`` (:class:`lnmet.types.LNFindings`: the nodes
   with the LN instance and organ maps, from the LN identification operator); ``pdac_working`` is
-  accepted (optional) and not needed;
+  accepted (optional) and not needed; ``tumour_selection`` (optional,
+  :class:`lnmet.types.TumourSelection`) says how the PDAC operator chose the tumour, for the outputs;
 - outputs ``tumour`` (:class:`lnmet.types.TumourFinding`), ``patient_prediction``
   (:class:`lnmet.types.PatientPrediction`) and ``analysis_results``
   (:class:`lnmet.results.AnalysisResults`, validated) for the output builders. The models listed in
@@ -19,7 +20,9 @@ balanced accuracy on validation data) unless app.yaml ``patient_classifier.thres
 A probability closer to the threshold than app.yaml ``patient_classifier.borderline_margin`` is
 marked borderline (:func:`mark_borderline`). When the PDAC model found no tumour there is no silent guess: the prediction falls back to the
 nodes-only rule (largest positive LN volume against the volume threshold stored in the model) and
-both the tumour finding and the prediction carry :data:`NO_TUMOUR_STATEMENT`.
+both the tumour finding and the prediction carry :data:`NO_TUMOUR_STATEMENT`, or, when the model's
+regions all lay away from the pancreas, a statement that says so
+(:func:`lnmet.tumour.selection_statement`).
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ from lnmet.inference import resolve_model_path
 from lnmet.measurements import measure_tumour
 from lnmet.model_io import sha256_file
 from lnmet.networks.patient_classifier import PatientModel, nodes_only_score
+from lnmet.tumour import selection_statement
 from lnmet.types import (LNFindings, LymphNodeFinding, ModelInfo, OrganSources, PatientPrediction,
-                         RegisteredPhases, TumourFinding)
+                         RegisteredPhases, TumourFinding, TumourSelection)
 
 log = logging.getLogger(__name__)
 
@@ -79,24 +83,31 @@ def mark_borderline(prediction: PatientPrediction, margin: float) -> PatientPred
 
 
 def classify_patient(registered: RegisteredPhases, pdac: sitk.Image, nodes: Sequence[LymphNodeFinding],
-                     model: PatientModel, settings: Settings) -> tuple[TumourFinding, PatientPrediction]:
-    """The tumour finding and the patient-level prediction (see the module docstring)."""
-    tumour, prediction = _classify(registered, pdac, nodes, model, settings)
+                     model: PatientModel, settings: Settings,
+                     selection: TumourSelection | None = None) -> tuple[TumourFinding, PatientPrediction]:
+    """The tumour finding and the patient-level prediction (see the module docstring); ``selection``
+    (how the PDAC operator chose the tumour) goes into the tumour finding."""
+    tumour, prediction = _classify(registered, pdac, nodes, model, settings, selection)
     return tumour, mark_borderline(prediction, settings.patient_borderline_margin)
 
 
 def _classify(registered: RegisteredPhases, pdac: sitk.Image, nodes: Sequence[LymphNodeFinding],
-              model: PatientModel, settings: Settings) -> tuple[TumourFinding, PatientPrediction]:
+              model: PatientModel, settings: Settings,
+              selection: TumourSelection | None) -> tuple[TumourFinding, PatientPrediction]:
     reference = registered.reference
     volume = largest_positive_volume(nodes)
     measured = measure_tumour(pdac, reference)
+    chosen = {"model_components": None if selection is None else selection.components,
+              "selection_rule": None if selection is None else selection.rule}
     if measured is None:
-        log.warning("no tumour in the PDAC mask: nodes-only prediction")
-        tumour = TumourFinding(found=False, statement=NO_TUMOUR_STATEMENT)
-        return tumour, nodes_only_prediction(volume, model, NO_TUMOUR_STATEMENT)
+        statement = selection_statement(selection) or NO_TUMOUR_STATEMENT
+        log.warning("no tumour kept from the PDAC mask: nodes-only prediction")
+        tumour = TumourFinding(found=False, statement=statement, **chosen)
+        return tumour, nodes_only_prediction(volume, model, statement)
     tumour = TumourFinding(found=True, volume_mm3=measured.volume_mm3,
                            max_axial_diameter_mm=measured.max_axial_diameter_mm, centroid_mm=measured.centroid_mm,
-                           mean_hu_venous=measured.mean_hu_venous)
+                           mean_hu_venous=measured.mean_hu_venous, statement=selection_statement(selection),
+                           **chosen)
     if model.mode == "nodes_only":
         return tumour, nodes_only_prediction(volume, model)
     arterial = None if (registered.single_phase or registered.arterial is None) else registered.arterial.image
@@ -159,6 +170,7 @@ class PatientClassifierOperator(Operator):
         spec.input("ln_findings")
         spec.input("pdac_working").condition(ConditionType.NONE)
         spec.input("organ_sources").condition(ConditionType.NONE)
+        spec.input("tumour_selection").condition(ConditionType.NONE)
         spec.output("tumour").condition(ConditionType.NONE)
         spec.output("patient_prediction").condition(ConditionType.NONE)
         spec.output("analysis_results").condition(ConditionType.NONE)
@@ -169,7 +181,9 @@ class PatientClassifierOperator(Operator):
         findings = op_input.receive("ln_findings")
         op_input.receive("pdac_working")
         sources = op_input.receive("organ_sources")
-        tumour, prediction = classify_patient(registered, pdac, findings.lymph_nodes, self._model, self._settings)
+        selection = op_input.receive("tumour_selection")
+        tumour, prediction = classify_patient(registered, pdac, findings.lymph_nodes, self._model, self._settings,
+                                              selection)
         op_output.emit(tumour, "tumour")
         op_output.emit(prediction, "patient_prediction")
         models = self._models if self._models is not None else (

@@ -2,7 +2,9 @@
 
 Ports: inputs ``registered_phases`` (:class:`lnmet.types.RegisteredPhases`) and ``organs_working``
 (the organ map on the working grid); outputs ``pdac_working`` (``sitk.Image`` uint8 0/1 on the
-working grid) and ``pdac`` (uint8 0/1 on the reference grid). Same inference as the organ model
+working grid), ``pdac`` (uint8 0/1 on the reference grid) and ``tumour_selection``
+(:class:`lnmet.types.TumourSelection`: how many components the model found and which rule chose the
+kept one, for the outputs). Same inference as the organ model
 (:mod:`lnmet.inference`); the model is ``pdac_seg``: the ``model_path`` argument, else
 ``<app context models>/pdac_seg/model.ts``. Of the model's components one is kept as the primary
 tumour, anchored to the segmented pancreas (:func:`lnmet.tumour.primary_tumour`).
@@ -67,7 +69,7 @@ def segment_pdac(registered: RegisteredPhases, model: SegmentationModel, organs_
 
 
 class PDACSegmentationOperator(Operator):
-    """Inputs ``registered_phases``, ``organs_working``; outputs ``pdac_working`` and ``pdac``."""
+    """Inputs ``registered_phases``, ``organs_working``; outputs ``pdac_working``, ``pdac``, ``tumour_selection``."""
 
     def __init__(self, fragment: Fragment, *args: Any, model_path: str | Path | None = None,
                  app_context: Any = None, device: str | None = None, settings: Settings | None = None,
@@ -82,10 +84,12 @@ class PDACSegmentationOperator(Operator):
         spec.input("organs_working")
         spec.output("pdac_working").condition(ConditionType.NONE)
         spec.output("pdac").condition(ConditionType.NONE)
+        spec.output("tumour_selection").condition(ConditionType.NONE)
 
     def compute(self, op_input, op_output, context) -> None:
         registered = op_input.receive("registered_phases")
         organs = op_input.receive("organs_working")
-        working, reference, _ = segment_pdac(registered, self._model, organs, self._reach_mm)
+        working, reference, choice = segment_pdac(registered, self._model, organs, self._reach_mm)
         op_output.emit(working, "pdac_working")
         op_output.emit(reference, "pdac")
+        op_output.emit(choice.selection(self._reach_mm), "tumour_selection")

@@ -65,7 +65,7 @@ from lnmet.reporting import RESEARCH_NOTICE, SYNTHETIC_NOTICE, dicom_common
 from lnmet.reporting.keyimages import KeyImage, render_key_images
 from lnmet.reporting.pdf_text import markup
 from lnmet.results import AnalysisResults, PdfDocument
-from lnmet.types import LymphNodeFinding
+from lnmet.types import LymphNodeFinding, TumourFinding
 
 logger = logging.getLogger(__name__)
 
@@ -337,6 +337,22 @@ def _node_threshold_text(results: AnalysisResults) -> str:
     return f"a node is called metastatic when its probability is \u2265 {value} (node threshold)"
 
 
+def tumour_text(t: TumourFinding) -> str:
+    """The tumour in the findings line, with how it was chosen when the PDAC model found more than
+    one region (:mod:`lnmet.tumour`): a reader should know the others were set aside."""
+    n = t.model_components
+    if not t.found:
+        if t.selection_rule == "none_near_pancreas":
+            return f"no tumour kept ({n} region{'s' if n != 1 else ''} found, all away from the pancreas)"
+        return "no tumour found"
+    text = f"tumour (PDAC) {t.volume_mm3 / 1000:.1f} mL, maximum axial diameter {t.max_axial_diameter_mm:.0f} mm"
+    chosen = {"pancreas_overlap": "the one in the pancreas", "near_pancreas": "the largest next to the pancreas",
+              "largest_no_pancreas": "the largest"}.get(t.selection_rule or "")
+    if chosen and n is not None and n > 1:
+        text += f" ({chosen} of {n} regions found)"
+    return text
+
+
 def verdict_flowables(results: AnalysisResults, st: dict[str, ParagraphStyle]) -> list:
     """The verdict box at the top of page 1: the patient-level decision, its probability and
     threshold, the findings in one line, the method. (A status line about the input, such as "not
@@ -344,9 +360,7 @@ def verdict_flowables(results: AnalysisResults, st: dict[str, ParagraphStyle]) -
     p = results.patient
     decision, colour = decision_text(results)
     prob = "n/a" if p.probability is None else f"{p.probability:.2f} ({100 * p.probability:.0f}%)"
-    t = results.tumour
-    tumour = (f"tumour (PDAC) {t.volume_mm3 / 1000:.1f} mL, maximum axial diameter {t.max_axial_diameter_mm:.0f} mm"
-              if t.found else "no tumour found")
+    tumour = tumour_text(results.tumour)
     npos = len(results.positive_nodes)
     rows = [
         [Paragraph(decision, ParagraphStyle("res", parent=st["result"], textColor=colour))],

@@ -40,7 +40,7 @@ from operators.sr_builder import ln_tracking_id
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1.5.0"
+SCHEMA_VERSION = "1.6.0"
 
 
 class ResultsDocumentError(ValueError):
@@ -133,7 +133,8 @@ def build_results_document(results: AnalysisResults, seg: Dataset | None, sr: Da
                    "max_axial_diameter_mm": float(t.max_axial_diameter_mm),
                    "centroid_mm": [float(v) for v in t.centroid_mm] if t.centroid_mm is not None else None,
                    "mean_hu_venous": float(t.mean_hu_venous) if t.mean_hu_venous is not None else None,
-                   "statement": t.statement, "seg_segment_number": numbers.get(PDAC_KEY) if t.found else None},
+                   "statement": t.statement, "seg_segment_number": numbers.get(PDAC_KEY) if t.found else None,
+                   "model_components": t.model_components, "selection_rule": t.selection_rule},
         "lymph_nodes": [
             {"index": n.index, "tracking_uid": n.tracking_uid, "class": "positive" if n.positive else "negative",
              "positive": n.positive, "probability_positive": float(n.probability_positive),

@@ -225,6 +225,8 @@ def test_table_figures_equal_each_results_json(studies, cohort_run):
         assert row["ln_largest_positive_volume_mm3"] == doc["patient"]["largest_positive_ln_volume_mm3"]
         assert row["tumour_found"] == doc["tumour"]["found"]
         assert row["tumour_max_axial_diameter_mm"] == doc["tumour"]["max_axial_diameter_mm"]
+        assert row["tumour_model_components"] == doc["tumour"]["model_components"] is not None
+        assert row["tumour_selection_rule"] == doc["tumour"]["selection_rule"] is not None
         assert row["phases_used"] == "arterial+venous"
         assert row["venous_series_uid"] == studies["gt"][seed]["series"]["venous"]["SeriesInstanceUID"]
         assert row["arterial_series_uid"] == studies["gt"][seed]["series"]["arterial"]["SeriesInstanceUID"]

@@ -201,3 +201,38 @@ def test_borderline_decision_in_every_output(results):
     variant = dataclasses.replace(results, patient=far)
     assert build_results_document(variant, None, None, None)["patient"]["borderline"] is False
     assert "borderline" not in decision_text(variant)[0] and "borderline" not in patient_statement(variant)
+
+
+def test_results_json_says_how_the_tumour_was_chosen(results):
+    """tumour.model_components and selection_rule: null when not known (a mask from elsewhere), else
+    what the PDAC operator did; a rule outside lnmet.tumour.RULES is refused by the schema."""
+    from lnmet.tumour import RULES
+
+    doc = build_results_document(results, None, None, None)
+    assert doc["tumour"]["model_components"] is None and doc["tumour"]["selection_rule"] is None
+    for rule in RULES:
+        variant = dataclasses.replace(results, tumour=dataclasses.replace(results.tumour, model_components=5,
+                                                                          selection_rule=rule))
+        doc = build_results_document(variant, None, None, None)
+        validate_results_document(json.loads(json.dumps(doc)))
+        assert doc["tumour"]["model_components"] == 5 and doc["tumour"]["selection_rule"] == rule
+    doc["tumour"]["selection_rule"] = "largest"
+    with pytest.raises(ResultsDocumentError, match="tumour/selection_rule"):
+        validate_results_document(doc)
+
+
+def test_pdf_findings_say_which_tumour_region_is_reported(results):
+    """The findings line names how the reported tumour was chosen when the model found several
+    regions, and why none is reported when all lay away from the pancreas."""
+    from operators.pdf_report_builder import tumour_text
+
+    t = dataclasses.replace(results.tumour, found=True, volume_mm3=5000.0, max_axial_diameter_mm=24.0)
+    assert tumour_text(t) == "tumour (PDAC) 5.0 mL, maximum axial diameter 24 mm"
+    several = dataclasses.replace(t, model_components=6, selection_rule="pancreas_overlap")
+    assert tumour_text(several).endswith("(the one in the pancreas of 6 regions found)")
+    single = dataclasses.replace(t, model_components=1, selection_rule="pancreas_overlap")
+    assert "regions found" not in tumour_text(single)
+    dropped = dataclasses.replace(t, found=False, model_components=3, selection_rule="none_near_pancreas")
+    assert tumour_text(dropped) == "no tumour kept (3 regions found, all away from the pancreas)"
+    assert tumour_text(dataclasses.replace(t, found=False, selection_rule="none", model_components=0)) == \
+        "no tumour found"

@@ -16,7 +16,7 @@ from lnmet.config import load_settings
 from lnmet.model_io import save_model
 from lnmet.networks.patient_classifier import (NodesOnlyRule, PatientClassifier, PatientModel, nodes_only_score,
                                                normalize_patches)
-from lnmet.types import LNFindings, LymphNodeFinding
+from lnmet.types import LNFindings, LymphNodeFinding, TumourSelection
 from operators.patient_classifier import NO_TUMOUR_STATEMENT, assemble_results, classify_patient, mark_borderline
 
 NORM = [{"channel": "CT_venous", "clip_hu": [-200.0, 300.0], "mean": 60.0, "std": 80.0}]
@@ -89,6 +89,26 @@ def test_no_tumour_falls_back_to_the_nodes_only_rule(tiny_study, tmp_path):
         assert pred.positive is expect  # threshold 300 mm^3 stored in the model
         assert pred.probability == pytest.approx(volume / (volume + 300.0))
         assert pred.positive == (pred.probability >= pred.threshold)
+
+
+def test_the_tumour_choice_reaches_the_finding(tiny_study, tmp_path):
+    """How the PDAC operator chose the tumour is carried into the finding; when it kept nothing
+    because every region lay away from the pancreas, the statement says that, not "no tumour found"."""
+    write_patient_model(tmp_path / "p.ts")
+    model = PatientModel.load(tmp_path / "p.ts", "cpu")
+    registered = registered_from_study(tiny_study, (3.0, 3.0, 3.0))
+    nodes = [_node(1, 450.0, True)]
+    kept = TumourSelection(components=4, rule="pancreas_overlap", reach_mm=10.0)
+    tumour, pred = classify_patient(registered, tiny_study.pdac, nodes, model, load_settings(), kept)
+    assert tumour.found and (tumour.model_components, tumour.selection_rule) == (4, "pancreas_overlap")
+    assert tumour.statement == "" and pred.method == "combined"
+    empty = sitk.Image(tiny_study.pdac.GetSize(), sitk.sitkUInt8)
+    empty.CopyInformation(tiny_study.pdac)
+    far = TumourSelection(components=3, rule="none_near_pancreas", reach_mm=10.0)
+    tumour, pred = classify_patient(registered, empty, nodes, model, load_settings(), far)
+    assert not tumour.found and (tumour.model_components, tumour.selection_rule) == (3, "none_near_pancreas")
+    assert "3 regions, all more than 10 mm from the segmented pancreas" in tumour.statement
+    assert pred.method == "nodes_only" and pred.statement == tumour.statement and pred.positive
 
 
 def test_nodes_only_model_and_rule(tmp_path, tiny_study):

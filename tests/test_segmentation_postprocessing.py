@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from lnmet.tumour import primary_tumour
+from lnmet.tumour import RULES, primary_tumour, selection_statement
 from operators.pdac_segmentation import PANCREAS_LABEL, keep_primary_tumour
 
 SPACING = (2.0, 2.0, 2.0)
@@ -98,3 +98,19 @@ def test_organ_map_on_another_grid_is_resampled():
     arr = sitk.GetArrayFromImage(kept)
     assert choice.rule == "pancreas_overlap" and arr.sum() == 252
     assert kept.GetSpacing() == labels.GetSpacing() and kept.GetOrigin() == labels.GetOrigin()
+
+
+def test_what_the_outputs_are_told_about_the_choice():
+    tumour, pancreas = _scene()
+    kept = primary_tumour(tumour, pancreas, SPACING).selection(10.0)
+    assert (kept.components, kept.rule, kept.reach_mm) == (2, "pancreas_overlap", 10.0)
+    assert selection_statement(kept) == "" and selection_statement(None) == ""
+    far = np.zeros_like(tumour)
+    _blob(far, slice(2, 10), slice(2, 10), slice(45, 55))
+    dropped = primary_tumour(far, pancreas, SPACING, reach_mm=10.0).selection(10.0)
+    text = selection_statement(dropped)
+    assert dropped.rule == "none_near_pancreas" and "1 region, all more than 10 mm" in text
+    assert "lymph nodes only" in text
+    unanchored = selection_statement(primary_tumour(tumour, None, SPACING).selection(10.0))
+    assert unanchored.startswith("No pancreas was segmented") and "2 regions" in unanchored
+    assert {primary_tumour(np.zeros((2, 2, 2)), None, SPACING).rule, kept.rule, dropped.rule} <= set(RULES)
