@@ -308,8 +308,9 @@ def build_sr(results: AnalysisResults, seg: Dataset | None) -> hd.sr.Comprehensi
     items = [hd.sr.CodeContentItem(name=codes.METASTASIS, value=decision, relationship_type="CONTAINS"),
              _text(codes.PATIENT_LEVEL_STATEMENT, patient_statement(results)),
              _text(codes.RESEARCH_USE_NOTICE, research_notice(results.synthetic_training_data))]
-    if not tumour.found:
-        items.insert(1, hd.sr.CodeContentItem(name=codes.NEOPLASM, value=codes.ABSENT, relationship_type="CONTAINS"))
+    if not tumour.found:  # regions set aside as not pancreatic (lnmet.tumour) may still be neoplasm elsewhere
+        neoplasm = codes.PRESENCE_UNDETERMINED if tumour.selection_rule == "none_near_pancreas" else codes.ABSENT
+        items.insert(1, hd.sr.CodeContentItem(name=codes.NEOPLASM, value=neoplasm, relationship_type="CONTAINS"))
     items += quality_gate_items(results)
     items.append(_text(codes.SERIES_USED, _series_text(results.venous.series)))
     if results.arterial is not None:

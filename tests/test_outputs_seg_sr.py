@@ -369,6 +369,16 @@ def test_sr_without_tumour_single_phase_and_undetermined_patient(results, seg_fi
     texts = [i.TextValue for i in notes if i.ValueType == "TEXT"]
     assert any("no probability" in t for t in texts)
     assert any(t.startswith("Single-phase analysis") for t in texts)
+    # regions found but all away from the pancreas: not "absent", and the statement says why
+    set_aside = dataclasses.replace(variant, tumour=TumourFinding(
+        found=False, statement="The PDAC segmentation model found 3 regions, all more than 10 mm from the pancreas",
+        model_components=3, selection_rule="none_near_pancreas"))
+    notes = build_sr(set_aside, seg).ContentSequence[-1].ContentSequence
+    codes_found = {i.ConceptNameCodeSequence[0].CodeValue: i.ConceptCodeSequence[0].CodeValue
+                   for i in notes if i.ValueType == "CODE"}
+    assert codes_found[codes.NEOPLASM.value] == dcm_codes.DCM.PresenceUndetermined.value
+    assert any(i.TextValue.startswith("The PDAC segmentation model found 3 regions") for i in notes
+               if i.ValueType == "TEXT")
 
 
 def test_sr_with_nothing_found_carries_the_patient_result_alone(results, tmp_path):
