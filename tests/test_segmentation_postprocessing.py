@@ -114,3 +114,19 @@ def test_what_the_outputs_are_told_about_the_choice():
     unanchored = selection_statement(primary_tumour(tumour, None, SPACING).selection(10.0))
     assert unanchored.startswith("No pancreas was segmented") and "2 regions" in unanchored
     assert {primary_tumour(np.zeros((2, 2, 2)), None, SPACING).rule, kept.rule, dropped.rule} <= set(RULES)
+
+
+def test_a_large_region_touching_the_pancreas_loses_to_one_mostly_inside():
+    """The validation case that switched with the registration setting: a 12 mL false region with
+    more voxels in the segmented pancreas than the tumour in the tail, of which only a
+    share lies in the (under-segmented) gland. Weighted by the share inside, the tumour wins."""
+    shape = (30, 60, 80)
+    pancreas = np.zeros(shape, bool)
+    pancreas[10:20, 20:30, 0:80] = True
+    tumour = np.zeros(shape, bool)
+    _blob(tumour, slice(12, 18), slice(24, 34), slice(60, 70))  # 600 voxels, 6*6*10 = 360 inside
+    _blob(tumour, slice(5, 25), slice(26, 48), slice(5, 15))  # 4400 voxels, 10*4*10 = 400 inside: more
+    tumour[15, 22, 40] = True  # one stray voxel entirely inside: too small to win
+    choice = primary_tumour(tumour, pancreas, SPACING)
+    assert choice.rule == "pancreas_overlap" and choice.components == 3
+    assert choice.mask.sum() == 600 and choice.mask[15, 30, 65] == 1
