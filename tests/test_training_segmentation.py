@@ -11,7 +11,7 @@ import torch
 from monai.losses import DiceLoss
 
 from lnmet.labels import ORGAN_BY_LABEL
-from lnmet.model_io import load_model
+from lnmet.model_io import load_model, sha256_file
 from training.datasets import TASKS, CaseData, list_cases, load_cases, read_dataset_json, split_cases
 from training.losses import CETverskyLoss, deep_supervision_weights, paper_tversky_to_monai
 from training.sampling import PatchSampler, build_augmentation
@@ -105,6 +105,39 @@ def test_resume_continues_from_the_checkpoint(tiny_nnunet, tmp_path):
     second = train_main(args + ["--iterations", "5", "--resume"])
     assert second["iterations"] == 5
     assert [h["iteration"] for h in second["history"]] == [1, 2, 3, 4, 5]
+
+
+def test_init_from_starts_from_a_models_weights(trained, tiny_nnunet, tmp_path):
+    """Fine-tuning: the weights and normalisation of the given model, a fresh schedule, provenance kept;
+    a model of another task or architecture is refused by name."""
+    root, _ = trained
+    source = root / "models" / "ln_seg" / "model.ts"
+    src_module, src_meta = load_model(source)
+    args = ["--dataset", str(tiny_nnunet / "Dataset502_PancreasLymphNodes"), "--task", "lymph_nodes",
+            "--per-node-sampling", "--val-fraction", "0", "--tversky-alpha", "1", "--tversky-beta", "1"] + SMALL
+    zero_lr = train_main(args + ["--iterations", "1", "--lr", "0", "--init-from", str(source),
+                                 "--out", str(tmp_path / "a" / "model.ts"), "--checkpoint", str(tmp_path / "a.pt")])
+    module, meta = load_model(zero_lr["model"])
+    for key, value in src_module.state_dict().items():  # learning rate 0: the weights are the source's
+        assert torch.equal(module.state_dict()[key], value), key
+    assert meta["normalization"] == src_meta["normalization"]
+    assert meta["training"]["initialised_from"] == {"model": "ln_seg", "version": src_meta["version"],
+                                                    "sha256": sha256_file(source)}
+    assert meta["training"]["tversky_alpha_beta_paper_eq4"] == [1.0, 1.0]
+    assert "--init-from" in meta["training_command"]
+    tuned = train_main(args + ["--iterations", "2", "--init-from", str(source),
+                               "--out", str(tmp_path / "b" / "model.ts"), "--checkpoint", str(tmp_path / "b.pt")])
+    assert [h["iteration"] for h in tuned["history"]] == [2]  # a new schedule, not the source's iterations
+    changed = load_model(tuned["model"])[0].state_dict()
+    assert any(not torch.equal(changed[k], v) for k, v in src_module.state_dict().items())
+    with pytest.raises(ValueError, match="pdac model"):
+        train_main(args + ["--iterations", "1", "--init-from", str(root / "models" / "pdac_seg" / "model.ts"),
+                           "--out", str(tmp_path / "c" / "model.ts"), "--checkpoint", str(tmp_path / "c.pt")])
+    with pytest.raises(ValueError, match="architecture"):
+        f = SMALL.index("--filters")
+        narrower = SMALL[:f] + ["--filters", "4", "8", "8"] + SMALL[f + 4:]
+        train_main(args[:-len(SMALL)] + narrower + ["--iterations", "1", "--init-from", str(source),
+                      "--out", str(tmp_path / "d" / "model.ts"), "--checkpoint", str(tmp_path / "d.pt")])
 
 
 def _source_operator(registered):

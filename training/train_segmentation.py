@@ -35,7 +35,7 @@ from scipy import ndimage
 from lnmet.config import load_settings
 from lnmet.inference import SegmentationModel
 from lnmet.metrics import dice, match_instances
-from lnmet.model_io import save_model
+from lnmet.model_io import load_model, save_model, sha256_file
 from lnmet.networks import SegmentationUNet
 from lnmet.normalization import compute_ct_normalization
 from lnmet.seeds import cohort_seeds, refuse_test_seeds
@@ -88,6 +88,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint", help="checkpoint file (default: build/checkpoints/<name>.pt)")
     p.add_argument("--checkpoint-every", type=int, default=100)
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    p.add_argument("--init-from", metavar="MODEL",
+                   help="start from this model file's weights and intensity normalisation (fine-tuning: a "
+                        "new optimiser and schedule); its task and architecture must match")
     p.add_argument("--val-every", type=int, default=0, help="validate every N iterations (0: only at the end)")
     p.add_argument("--val-overlap", type=float, default=0.25, help="sliding-window overlap during validation")
     p.add_argument("--val-max-cases", type=int, default=10,
@@ -102,6 +105,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error("--no-attention, --no-ins and --per-node-sampling only apply to --task lymph_nodes")
     if not 0 <= args.val_fraction < 1:
         p.error("--val-fraction must be in [0, 1)")
+    if args.init_from and args.resume:
+        p.error("--init-from starts a new run; --resume continues one: use one of them")
     return args
 
 
@@ -223,6 +228,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"{checkpoint}: checkpoint is for task {state['task']} (attention {state['attention']}), "
                              f"not {task.name} (attention {attention})")
         normalization = state["normalization"]
+    elif args.init_from:
+        initial_module, initial_meta = load_model(args.init_from)
+        if initial_meta.get("task") != task.name or bool(initial_meta["architecture"].get("attention")) != attention:
+            raise ValueError(f"--init-from {args.init_from}: a {initial_meta.get('task')} model (attention "
+                             f"{initial_meta['architecture'].get('attention')}), not {task.name} (attention {attention})")
+        normalization = initial_meta["normalization"]  # the weights were learnt on inputs scaled this way
     else:
         normalization = compute_ct_normalization(
             foreground_samples(train_cases, seed=args.seed, margin_mm=task.normalization_margin_mm), chans)
@@ -233,6 +244,15 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     num_classes = max(classes.values()) + 1
     net = SegmentationUNet(len(chans), num_classes, preset.filters, preset.strides, attention=attention,
                            deep_supervision=True).to(device)
+    initialised_from = None
+    if args.init_from:
+        if json.loads(json.dumps(net.architecture())) != initial_meta["architecture"]:
+            raise ValueError(f"--init-from {args.init_from}: architecture {initial_meta['architecture']} differs "
+                             f"from this run's {net.architecture()} (same --preset and --filters needed)")
+        net.load_state_dict(initial_module.state_dict())
+        initialised_from = {"model": initial_meta["name"], "version": initial_meta["version"],
+                            "sha256": sha256_file(args.init_from)}
+        log.info("starting from the weights of %s %s", initial_meta["name"], initial_meta["version"])
     optimizer = _make_optimizer(net, preset)
     loss_fn = build_loss(task.loss, net.num_outputs, args.tversky_alpha, args.tversky_beta)
     lowered = [c.lower() for c in chans]
@@ -353,6 +373,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "acquisition": acquisition_mix(read_patients_json(dataset.parent), train_ids),
             "single_phase_fraction": single_phase_fraction,
             "tversky_alpha_beta_paper_eq4": [args.tversky_alpha, args.tversky_beta] if task.loss == "ce_tversky" else None,
+            "initialised_from": initialised_from,
             "seed": args.seed, "train_cases": len(train_cases), "held_back_cases": len(val_ids),
             "validation_cases": len(val_cases),
             "seconds": round(train_seconds, 1), "final_loss": history[-1]["loss"] if history else None,
