@@ -128,6 +128,10 @@ def test_init_from_starts_from_a_models_weights(trained, tiny_nnunet, tmp_path):
     tuned = train_main(args + ["--iterations", "2", "--init-from", str(source),
                                "--out", str(tmp_path / "b" / "model.ts"), "--checkpoint", str(tmp_path / "b.pt")])
     assert [h["iteration"] for h in tuned["history"]] == [2]  # a new schedule, not the source's iterations
+    resumed = train_main(args + ["--iterations", "3", "--resume", "--out", str(tmp_path / "b2" / "model.ts"),
+                                 "--checkpoint", str(tmp_path / "b.pt")])
+    assert resumed["iterations"] == 3  # a second leg of the fine-tuning still names its source
+    assert load_model(resumed["model"])[1]["training"]["initialised_from"] == meta["training"]["initialised_from"]
     changed = load_model(tuned["model"])[0].state_dict()
     assert any(not torch.equal(changed[k], v) for k, v in src_module.state_dict().items())
     with pytest.raises(ValueError, match="pdac model"):

@@ -220,6 +220,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                            att_settings, seed=args.seed + 7919)
 
     state: dict[str, Any] | None = None
+    initialised_from: dict[str, Any] | None = None
     if args.resume:
         if not checkpoint.is_file():
             raise FileNotFoundError(f"--resume: checkpoint {checkpoint} not found")
@@ -228,6 +229,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"{checkpoint}: checkpoint is for task {state['task']} (attention {state['attention']}), "
                              f"not {task.name} (attention {attention})")
         normalization = state["normalization"]
+        initialised_from = state.get("initialised_from")  # a resumed fine-tuning keeps its source
     elif args.init_from:
         initial_module, initial_meta = load_model(args.init_from)
         if initial_meta.get("task") != task.name or bool(initial_meta["architecture"].get("attention")) != attention:
@@ -244,7 +246,6 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     num_classes = max(classes.values()) + 1
     net = SegmentationUNet(len(chans), num_classes, preset.filters, preset.strides, attention=attention,
                            deep_supervision=True).to(device)
-    initialised_from = None
     if args.init_from:
         if json.loads(json.dumps(net.architecture())) != initial_meta["architecture"]:
             raise ValueError(f"--init-from {args.init_from}: architecture {initial_meta['architecture']} differs "
@@ -299,6 +300,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
                     "planned": planned, "history": history, "normalization": normalization, "task": task.name,
                     "attention": attention, "sampler_rng": sampler.rng.bit_generator.state,
+                    "initialised_from": initialised_from,
                     "torch_rng": torch.get_rng_state(), "preset": preset.name}, tmp)
         os.replace(tmp, checkpoint)
 
