@@ -203,7 +203,8 @@ def evaluate_case(cache: Path, case: str, data: Path, models: dict[str, Any], se
         m = counts.pop("match")
         out[key] = {**counts, "seconds": secs}
         if det.min_density_hu is not None:  # the same without the density check, to show what it does
-            plain = ln_instances(prob, c["venous"], det.probability_threshold, det.min_volume_mm3)
+            plain = ln_instances(prob, c["venous"], det.probability_threshold, det.min_volume_mm3, None,
+                                 det.rim_fat_hu)
             counts_plain = detection_counts(sitk.GetArrayFromImage(plain).astype(np.int64), gt)
             counts_plain.pop("match")
             out[key + "_no_density_check"] = counts_plain
@@ -329,10 +330,13 @@ def choose_filter(sweep: Sequence[dict[str, Any]], min_recall: float = SELECTION
 
 
 def postprocessing_sweep(cache: Path, data: Path, cases: Sequence[str], models: dict[str, Any], key: str,
-                         densities: Sequence[float | None] = (None,)) -> list[dict[str, Any]]:
+                         densities: Sequence[float | None] = (None,),
+                         rim_fat_hu: float | None = None) -> list[dict[str, Any]]:
     """Detection figures of model ``key`` for every combination of app.yaml ``ln_detection`` settings
     (probability threshold x minimum volume x density check, ``None`` = off) on its cached probability
-    maps: how the instance filter is chosen, on a validation cohort (never on the held-out test seeds)."""
+    maps: how the instance filter is chosen, on a validation cohort (never on the held-out test seeds).
+    ``rim_fat_hu``: the fat-rim trim the app applies after the filter (app.yaml), so that the IoU
+    matching scores the node extents the app reports."""
     gts, probs = [], []
     for case in cases:
         c = read_case(data, case)
@@ -345,7 +349,7 @@ def postprocessing_sweep(cache: Path, data: Path, cases: Sequence[str], models: 
             for vol in SWEEP_MIN_VOLUMES_MM3:
                 tot = np.zeros(4, int)
                 for (prob, ref), gt in zip(probs, gts):
-                    inst = ln_instances(prob, ref, thr, vol, density)
+                    inst = ln_instances(prob, ref, thr, vol, density, rim_fat_hu)
                     m = match_instances(sitk.GetArrayFromImage(inst).astype(np.int64), gt)
                     tot += [m.n_gt, m.n_detected, m.n_pred, m.n_true_positive_pred]
                 out.append({"probability_threshold": thr, "min_volume_mm3": vol, "min_density_hu": density,
@@ -465,13 +469,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.sweep:
         det_now = settings.ln_detection
         print(f"\nInstance filter sweep (app.yaml now: probability_threshold {det_now.probability_threshold}, "
-              f"min_volume_mm3 {det_now.min_volume_mm3}, min_density_hu {det_now.min_density_hu}):")
+              f"min_volume_mm3 {det_now.min_volume_mm3}, min_density_hu {det_now.min_density_hu}; every row "
+              f"with app.yaml's fat-rim trim, rim_fat_hu {det_now.rim_fat_hu}):")
         print(f"  {'model':<10s}{'threshold':>10s}{'min mm^3':>10s}{'min HU':>8s}{'recall':>8s}{'precision':>10s}{'F1':>7s}")
         densities = (None,) if det_now.min_density_hu is None else (None, det_now.min_density_hu)
         for key in ("ln_seg", "baseline"):
             if models.get(key) is None:
                 continue
-            sweeps[key] = postprocessing_sweep(cache, data, cases, models, key, densities)
+            sweeps[key] = postprocessing_sweep(cache, data, cases, models, key, densities, det_now.rim_fat_hu)
             for r in sweeps[key]:
                 hu = "off" if r["min_density_hu"] is None else f"{r['min_density_hu']:.0f}"
                 print(f"  {key:<10s}{r['probability_threshold']:>10.2f}{r['min_volume_mm3']:>10.0f}{hu:>8s}"

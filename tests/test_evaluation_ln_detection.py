@@ -12,10 +12,20 @@ import pytest
 from app_support import make_standin_models
 from evaluation.ln_detection import SWEEP_MIN_VOLUMES_MM3, SWEEP_THRESHOLDS, main
 from lnmet.config import load_settings
+from lnmet.instances import ln_instances
 from synthetic import GENERATOR_VERSION
 
 
-def test_ln_detection_script_on_a_tiny_study(tmp_path):
+def test_ln_detection_script_on_a_tiny_study(tmp_path, monkeypatch):
+    import evaluation.ln_detection as ln_detection
+
+    rims = []  # every instance map of the script (main figures and sweep) takes app.yaml's fat-rim trim
+
+    def recording_ln_instances(*args):
+        rims.append(args[5] if len(args) > 5 else "not given")
+        return ln_instances(*args)
+
+    monkeypatch.setattr(ln_detection, "ln_instances", recording_ln_instances)
     models, _ = make_standin_models(tmp_path, ["ln_seg", "ln_cls"])
     out = tmp_path / "eval.json"
     assert main(["--count", "1", "--seed-start", "150000", "--preset", "tiny", "--models", str(models), "--cache",
@@ -25,6 +35,8 @@ def test_ln_detection_script_on_a_tiny_study(tmp_path):
     assert [r["generator_version"] for r in patients.values()] == [GENERATOR_VERSION]
     assert list((version_cache / "pred").glob("ln_*_gtorgans/*.nii.gz"))
     res = json.loads(out.read_text())
+    assert len(rims) > 2 * len(SWEEP_THRESHOLDS) * len(SWEEP_MIN_VOLUMES_MM3)
+    assert set(rims) == {load_settings().ln_detection.rim_fat_hu}
     det = res["detection"]["ln_seg"]
     assert det["studies"] == 1 and det["gt"] == sum(1 for _ in res["studies"][0]["gt_nodes"]["labels"])
     sweep = res["sweeps"]["ln_seg"]
