@@ -25,7 +25,9 @@ both are cached under ``--cache``/generator_<version>/: ``studies_<preset>/<case
 ground truth, about 230 MB per standard study; ``--drop-dicom`` deletes the DICOM once the chain has
 run, and it is generated again when needed) and ``app_<preset>_<key>/<case>/`` (the chain's
 outputs; the key is the checksums of the model files and of app.yaml). Changing code of the
-pipeline does not change the key: delete the ``app_*`` folders after such a change.
+pipeline does not change the key: delete the ``app_*`` folders after such a change. A tumour-only
+model (the ablation) asked for after the chain ran is scored from the cached outputs (the venous
+intake and the cached PDAC mask) instead of running the chain again.
 
     python -m evaluation.app_mode --count 20 [--models models] [--baseline-model FILE]
         [--tumour-only-model FILE] [--json out.json]
@@ -286,9 +288,7 @@ def run_chain(case: Path, out: Path, models: AppModels, settings: Settings) -> d
                                                                patient_model.nodes_only_threshold_mm3))},
     }
     if "tumour_only" in models.paths:
-        _, tumour_only = classify_patient(registered, pdac, nodes, models.get("tumour_only"), settings)
-        result["tumour_only"] = {"sha": models.sha("tumour_only")[:12], "probability": float(tumour_only.probability),
-                                 "threshold": float(models.get("tumour_only").threshold)}
+        result["tumour_only"] = _tumour_only_entry(registered, pdac, nodes, models, settings)
     if "baseline" in models.paths:  # the plain model in the same chain: same registration, organs, filter
         prob_b, _ = segment_lymph_nodes(registered, attention, models.get("baseline"))
         inst_b, nodes_b = identify_lymph_nodes(registered, prob_b, organs, identifier, settings, attention)
@@ -312,16 +312,53 @@ def _ln_threshold(identifier: Any, settings: Settings) -> float:
     return float(positive_threshold(identifier, settings))
 
 
-def _complete(out: Path, models: AppModels) -> dict[str, Any] | None:
-    """The cached result of a case when it holds every output asked for now."""
+def _cached(out: Path) -> dict[str, Any] | None:
+    """The cached result of a case, None when the chain has not finished it."""
     path = out / RESULT
-    if not path.is_file():
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _missing(result: dict[str, Any], models: AppModels) -> set[str]:
+    """The optional models asked for now whose outputs the cached ``result`` lacks (or has from
+    another model file)."""
+    return {name for name in ("baseline", "tumour_only")
+            if name in models.paths and result.get(name, {}).get("sha") != models.sha(name)[:12]}
+
+
+def _tumour_only_entry(registered: Any, pdac: sitk.Image, nodes: Sequence[Any], models: AppModels,
+                       settings: Settings) -> dict[str, Any]:
+    from operators.patient_classifier import classify_patient
+
+    model = models.get("tumour_only")
+    _, prediction = classify_patient(registered, pdac, nodes, model, settings)
+    return {"sha": models.sha("tumour_only")[:12], "probability": float(prediction.probability),
+            "threshold": float(model.threshold)}
+
+
+def add_tumour_only(case: Path, out: Path, result: dict[str, Any], models: AppModels,
+                    settings: Settings) -> dict[str, Any] | None:
+    """The tumour-only prediction added to a case whose chain already ran, without running it again:
+    a model that reads the venous phase only needs the app's intake of that phase and the cached
+    PDAC mask, not the registration. None (the chain must run) for a model that reads the arterial
+    phase too."""
+    from types import SimpleNamespace
+
+    from lnmet.types import RegisteredPhases
+    from operators.phase_selector import select_phases
+    from operators.series_to_volume import selection_to_volumes
+    from operators.study_loader import load_series
+
+    if any("arterial" in c.lower() for c in models.get("tumour_only").channel_names):
         return None
-    result = json.loads(path.read_text())
-    if "baseline" in models.paths and result.get("baseline", {}).get("sha") != models.sha("baseline")[:12]:
-        return None
-    if "tumour_only" in models.paths and result.get("tumour_only", {}).get("sha") != models.sha("tumour_only")[:12]:
-        return None
+    venous, _ = selection_to_volumes(select_phases(load_series(case / "dicom"), settings), settings)
+    registered = RegisteredPhases(venous=venous, arterial=None, working_venous=venous.image, working_arterial=None,
+                                  transform=None, single_phase=False)
+    pdac = sitk.ReadImage(str(out / "pdac.nii.gz"))
+    nodes = [SimpleNamespace(volume_mm3=f["volume_mm3"], positive=f["positive"]) for f in result["findings"]]
+    result = dict(result, tumour_only=_tumour_only_entry(registered, pdac, nodes, models, settings))
+    tmp = out / (".tmp_" + RESULT)
+    tmp.write_text(json.dumps(result, indent=1, default=float))
+    os.replace(tmp, out / RESULT)
     return result
 
 
@@ -337,8 +374,13 @@ def app_results(cache: str | Path, seeds: Sequence[int], models: AppModels, sett
     t_all = time.perf_counter()
     for i, seed in enumerate(seeds):
         out = runs / case_id(seed)
-        result = _complete(out, models)
-        if result is None:
+        result = _cached(out)
+        if result is not None and _missing(result, models) == {"tumour_only"}:
+            print(f"  seed {seed}: adding the tumour-only prediction to the cached outputs ...", flush=True)
+            result = add_tumour_only(ensure_study(base, seed, preset), out, result, models, settings)
+            if result is not None and drop_dicom:
+                shutil.rmtree(base / f"studies_{preset}" / case_id(seed) / "dicom", ignore_errors=True)
+        if result is None or _missing(result, models):
             case = ensure_study(base, seed, preset)
             t = time.perf_counter()
             print(f"  seed {seed}: running the app's chain ({i + 1}/{len(seeds)}) ...", flush=True)

@@ -119,3 +119,30 @@ def test_a_dropped_dicom_is_generated_again(app_cache):
     case = ensure_study(version, 100000, "tiny")
     assert sorted(p.name for p in (case / "dicom").iterdir()) == ["arterial", "venous"]
     assert json.loads((case / "ground_truth" / "study.json").read_text()) == before
+
+
+def test_a_tumour_only_model_is_added_without_running_the_chain(app_cache, tmp_path, monkeypatch):
+    """A tumour-only model asked for after the chain ran is scored from the cached outputs (the venous
+    intake and the cached PDAC mask): the same probability as inside the chain, no chain run."""
+    import evaluation.app_mode as app_mode
+    from lnmet.config import load_settings
+
+    cache = tmp_path / "cache"
+    shutil.copytree(app_cache["cache"], cache)
+    result_path = next((cache / f"generator_{GENERATOR_VERSION}").glob("app_tiny_*/SYN100000/result.json"))
+    result = json.loads(result_path.read_text())
+    in_chain = result.pop("tumour_only")
+    result_path.write_text(json.dumps(result))
+
+    def no_rerun(*a, **k):
+        raise AssertionError("the chain ran again for a tumour-only model")
+
+    monkeypatch.setattr(app_mode, "run_chain", no_rerun)
+    models = app_mode.AppModels.from_folder(app_cache["models"],
+                                            tumour_only=app_cache["models"] / "patient_cls" / "model.ts")
+    _, rows = app_mode.app_results(cache, [100000], models, load_settings(), "tiny", drop_dicom=True)
+    added = rows[0]["result"]["tumour_only"]
+    assert added["sha"] == in_chain["sha"] and added["threshold"] == in_chain["threshold"]
+    assert added["probability"] == pytest.approx(in_chain["probability"], abs=1e-5)
+    assert json.loads(result_path.read_text())["tumour_only"] == added  # stored for the next script
+    assert not (cache / f"generator_{GENERATOR_VERSION}" / "studies_tiny" / "SYN100000" / "dicom").exists()
