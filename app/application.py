@@ -428,6 +428,23 @@ def _summary(state: StartupState | None, total: float, ok: bool) -> None:
                              peak_gpu_mib=gpu)
 
 
+def _silence_logging() -> None:
+    """Before the final ERROR line of a signal stop: no log record may follow it. The graph's worker
+    thread may still be running an operator that logs; records are written under their handler's
+    lock, so holding every handler's lock (never released: the process ends with ``os._exit``) lets
+    a record being written finish and keeps any later one out."""
+    logging.disable(logging.CRITICAL)
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    for handler in {h for lg in loggers for h in lg.handlers}:
+        handler.acquire()
+        try:
+            handler.flush()
+        except Exception:  # noqa: BLE001 - a broken stream must not hide the final line
+            pass
+    sys.stderr.flush()
+
+
 def _stop_handlers() -> dict[int, Any] | None:
     """The current SIGTERM/SIGINT handlers (None outside the main thread, where none can be set)."""
     if threading.current_thread() is not threading.main_thread():
@@ -508,6 +525,8 @@ def _main(argv: list[str] | None, started: float | None) -> int:
     if status != EXIT_OK and not (status > 128 and error and "published before" in error):
         _restore_output(out_path, out_existed)
     _summary(state, time.perf_counter() - t0, status == EXIT_OK)
+    if status > 128:
+        _silence_logging()
     if error is not None:
         print(f"ERROR: {error}", file=sys.stderr, flush=True)  # the last line, for people and callers
     if status > 128:  # stopped by a signal: the graph's worker thread may still be busy in an operator
