@@ -31,6 +31,9 @@ intake and the cached PDAC mask) instead of running the chain again.
 
     python -m evaluation.app_mode --count 20 [--models models] [--baseline-model FILE]
         [--tumour-only-model FILE] [--json out.json]
+
+``--json`` also records the provenance (seeds, preset, generator, the SHA-256 of every model) that
+``python -m evaluation.record_held_out`` needs to put the figures beside the models in the manifest.
 """
 
 from __future__ import annotations
@@ -524,8 +527,25 @@ def main(argv: list[str] | None = None) -> int:
     print()
     out["patients"] = patient_prediction.report_app(cases, args, load_settings())
     if args.json:
-        Path(args.json).write_text(json.dumps({"summary": out, "studies": cases}, indent=1, default=float))
+        Path(args.json).write_text(json.dumps({"provenance": provenance(args, cases), "summary": out, "studies": cases},
+                                              indent=1, default=float))
     return 0
+
+
+def provenance(args: argparse.Namespace, cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What a summary was measured on: the seeds, preset, generator version, date and every model
+    file (name, version, SHA-256), so that ``evaluation.record_held_out`` can tie the figures to the
+    files measured."""
+    from lnmet.model_manifest import read_model_metadata, scan_models_dir
+    from synthetic import GENERATOR_VERSION
+
+    models = {name: {"version": str(read_model_metadata(path).get("version")), "sha256": sha256_file(path)}
+              for name, path in scan_models_dir(args.models).items()}
+    return {"seeds": [int(c["seed"]) for c in cases], "preset": args.preset, "generator": GENERATOR_VERSION,
+            "measured": time.strftime("%Y-%m-%d"), "models": models, "extra_models": {
+                "baseline": args.baseline_model, "tumour_only": args.tumour_only_model},
+            "command": "python -m evaluation.app_mode " + " ".join(
+                f"--count {len(cases)} --seed-start {cases[0]['seed']} --preset {args.preset}".split())}
 
 
 if __name__ == "__main__":

@@ -3,12 +3,15 @@
 ``models/`` follows MONAI Deploy's named-model layout: one sub-folder per model, named after it,
 holding exactly one file (a TorchScript file with a ``metadata.json`` extra file). The manifest,
 kept outside ``models/`` (at the project root, or beside the application when packaged), lists for
-each model its name, version, file (relative to ``models/``), SHA-256 and what it was trained on.
+each model its name, version, file (relative to ``models/``), SHA-256, what it was trained on and,
+once measured, its held-out figures (``held_out``, :mod:`lnmet.held_out`; valid only for the file
+whose SHA-256 they name).
 
 :func:`verify_models` checks a models folder against the manifest before the application does any
 work: a missing, extra, renamed or corrupted (checksum mismatch) model raises
 :class:`ModelIntegrityError` naming the model and the file. :func:`build_manifest` makes the
-manifest from a models folder (``scripts/update_model_manifest.py``).
+manifest from a models folder (``scripts/update_model_manifest.py``), keeping the held-out figures
+of every model whose file is unchanged.
 
 Pure functions, no Holoscan and no torch: the metadata is read from the TorchScript zip directly.
 """
@@ -22,6 +25,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from lnmet.held_out import HeldOutError, HeldOutEvidence
 from lnmet.types import ModelInfo
 
 MANIFEST_NAME = "model_manifest.json"
@@ -94,12 +98,14 @@ def scan_models_dir(models_dir: str | os.PathLike) -> dict[str, Path]:
     return found
 
 
-def build_manifest(models_dir: str | os.PathLike) -> dict[str, Any]:
+def build_manifest(models_dir: str | os.PathLike, previous: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The manifest document for a models folder: each model's name, version, file, sha256, trained_on.
 
     Name, version and trained_on come from each file's metadata; the metadata name must match the
-    folder name.
+    folder name. ``previous`` (:func:`load_manifest` of the manifest being replaced): a model whose
+    file has the SHA-256 its held-out figures were measured on keeps them; a changed file loses them.
     """
+    previous = previous or {}
     entries = []
     for name, path in scan_models_dir(models_dir).items():
         meta = read_model_metadata(path)
@@ -118,6 +124,9 @@ def build_manifest(models_dir: str | os.PathLike) -> dict[str, Any]:
             "trained_on": str(meta["trained_on"]),
             "synthetic_training_data": bool(meta.get("synthetic_training_data", False)),
         })
+        held_out = previous.get(name, {}).get("held_out")
+        if isinstance(held_out, dict) and held_out.get("sha256") == entries[-1]["sha256"]:
+            entries[-1]["held_out"] = held_out
     return {"format": MANIFEST_FORMAT, "models": entries}
 
 
@@ -146,6 +155,16 @@ def load_manifest(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
                 raise ModelIntegrityError(f"{p}: models[{i}] has no '{key}' (a non-empty string is expected)")
         if entry["name"] in out:
             raise ModelIntegrityError(f"{p}: model '{entry['name']}' is listed twice")
+        if "held_out" in entry:
+            try:
+                evidence = HeldOutEvidence.from_dict(entry["held_out"], f"{p}: model '{entry['name']}'")
+            except HeldOutError as exc:
+                raise ModelIntegrityError(str(exc)) from None
+            if evidence.sha256 != entry["sha256"]:
+                raise ModelIntegrityError(
+                    f"{p}: model '{entry['name']}': its held-out figures were measured on file "
+                    f"{evidence.sha256[:12]}..., the manifest lists {entry['sha256'][:12]}...; measure the model again "
+                    "(scripts/record_held_out.py) or remove 'held_out'")
         out[entry["name"]] = entry
     return out
 
@@ -195,6 +214,7 @@ def verify_models(models_dir: str | os.PathLike, manifest_path: str | os.PathLik
             raise ModelIntegrityError(
                 f"{path}: metadata version {meta.get('version')!r} differs from the manifest's {entry['version']!r}"
             )
+        held_out = HeldOutEvidence.from_dict(entry["held_out"], name) if "held_out" in entry else None
         infos[name] = ModelInfo(name=name, version=entry["version"], file=str(path), sha256=digest,
-                                trained_on=entry["trained_on"], metadata=meta)
+                                trained_on=entry["trained_on"], metadata=meta, held_out=held_out)
     return infos

@@ -22,6 +22,7 @@ import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
+from lnmet.held_out import PATIENT_MODEL, patient_evidence_statement
 from lnmet.labels import ORGAN_CLASSES
 from lnmet.types import (
     LymphNodeFinding,
@@ -89,6 +90,16 @@ class AnalysisResults:
     def synthetic_training_data(self) -> bool:
         """True when any model used was trained on synthetic data (then every output says so)."""
         return any(bool(m.metadata.get("synthetic_training_data", False)) for m in self.models)
+
+    @property
+    def patient_evidence(self) -> str | None:
+        """How far the patient-level answer can be trusted, from the patient model's held-out figures
+        (:func:`lnmet.held_out.patient_evidence_statement`); None when no answer was given or no
+        patient model is listed."""
+        model = next((m for m in self.models if m.name == PATIENT_MODEL), None)
+        if model is None or self.patient.probability is None or self.status == "not_assessable":
+            return None
+        return patient_evidence_statement(self.patient.method, model.name, model.version, model.held_out)
 
     @property
     def status(self) -> str:

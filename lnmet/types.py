@@ -17,6 +17,8 @@ from typing import Any
 
 import SimpleITK as sitk
 
+from lnmet.held_out import HeldOutEvidence
+
 
 @dataclass
 class SeriesRef:
@@ -157,6 +159,7 @@ class ModelInfo:
     sha256: str
     trained_on: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    held_out: HeldOutEvidence | None = None  # figures on unseen generated studies, from the manifest
 
 
 @dataclass

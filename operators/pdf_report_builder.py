@@ -366,6 +366,8 @@ def verdict_flowables(results: AnalysisResults, st: dict[str, ParagraphStyle]) -
         [Paragraph(decision, ParagraphStyle("res", parent=st["result"], textColor=colour))],
         [Paragraph(f"Probability of lymph node metastasis <b>{prob}</b>; decision threshold <b>{p.threshold:.2f}</b> "
                    "(positive when probability \u2265 threshold).", st["body"])],
+        *([[Paragraph(f"<b>Held-out evidence:</b> {markup(results.patient_evidence, 600)}", st["body"])]]
+          if results.patient_evidence else []),
         [Paragraph(f"Findings: {tumour}; {len(results.lymph_nodes)} lymph nodes segmented, <b>{npos} metastatic</b> "
                    f"(node threshold {'unknown' if results.ln_threshold is None else f'{results.ln_threshold:.2f}'})."
                    , st["body"])],
@@ -573,6 +575,10 @@ def _details_page(results: AnalysisResults, st: dict[str, ParagraphStyle]) -> li
                      Paragraph(markup(m.trained_on, 1000), st["cell"]),
                      "yes" if m.metadata.get("synthetic_training_data") else "no", m.sha256[:12]])
     story.append(_grid_table(rows, [34 * mm, 24 * mm, 64 * mm, 22 * mm, 36 * mm]))
+    story.append(Spacer(1, 1.5 * mm))
+    for m in results.models:  # what each model reached on unseen generated studies (lnmet.held_out)
+        text = m.held_out.summary() if m.held_out is not None else "no held-out figures recorded"
+        story.append(Paragraph(f"<b>{markup(m.name, 30)}</b> held-out: {markup(text, 700)}.", st["small"]))
     story.append(Spacer(1, 2 * mm))
     run = results.run
     run_text = f"Run: {markup(run.app_name)} {markup(run.app_version)} on {markup(run.device)}"

@@ -40,7 +40,7 @@ from operators.sr_builder import ln_tracking_id
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1.6.0"
+SCHEMA_VERSION = "1.7.0"
 
 
 class ResultsDocumentError(ValueError):
@@ -126,7 +126,8 @@ def build_results_document(results: AnalysisResults, seg: Dataset | None, sr: Da
         "phase_selection_log": list(results.run.phase_selection_log),
         "models": [{"name": m.name, "version": m.version, "file": m.file, "sha256": m.sha256,
                     "trained_on": m.trained_on,
-                    "synthetic_training_data": bool(m.metadata.get("synthetic_training_data", False))}
+                    "synthetic_training_data": bool(m.metadata.get("synthetic_training_data", False)),
+                    "held_out": m.held_out.as_dict(derived=True) if m.held_out is not None else None}
                    for m in results.models],
         "synthetic_training_data": results.synthetic_training_data,
         "tumour": {"found": t.found, "volume_mm3": float(t.volume_mm3),
@@ -154,7 +155,8 @@ def build_results_document(results: AnalysisResults, seg: Dataset | None, sr: Da
                     "largest_positive_ln_volume_mm3": float(p.largest_positive_ln_volume_mm3),
                     "statement": p.statement,
                     "borderline": bool(p.borderline and results.status != "not_assessable"),
-                    "borderline_margin": float(p.borderline_margin)},
+                    "borderline_margin": float(p.borderline_margin),
+                    "held_out_evidence": results.patient_evidence},
         "outputs": {
             "seg": None if seg is None else {
                 **_dicom_output(seg, SEG_PATH),

@@ -168,7 +168,8 @@ def patient_statement(results: AnalysisResults) -> str:
             f"lymph node {p.largest_positive_ln_volume_mm3:.1f} mm3")
     if results.ln_threshold is not None:
         text += f"; a lymph node is called metastatic when its probability >= {results.ln_threshold:.3f}"
-    return text + (f". {p.statement}" if p.statement else ".")
+    text += f". {p.statement}" if p.statement else "."
+    return text + (f" {results.patient_evidence}" if results.patient_evidence else "")
 
 
 def quality_gate_items(results: AnalysisResults) -> list:
@@ -322,7 +323,9 @@ def build_sr(results: AnalysisResults, seg: Dataset | None) -> hd.sr.Comprehensi
         synthetic = bool(m.metadata.get("synthetic_training_data", False))
         items.append(_text(codes.MODEL_USED,
                            f"{m.name} version {m.version}, sha256 {m.sha256}, trained on {m.trained_on}"
-                           + (" (synthetic training data)" if synthetic else "")))
+                           + (" (synthetic training data)" if synthetic else "")
+                           + (f"; held-out: {m.held_out.summary()}" if m.held_out is not None else
+                              "; no held-out figures recorded")))
     items += organ_source_items(results)
     if tumour.statement:
         items.append(_text(codes.TUMOUR_STATEMENT, tumour.statement))

@@ -2,7 +2,9 @@
 """Regenerate ``model_manifest.json`` from the bundled models (``models/<name>/<file>``).
 
 Reads each model file's ``metadata.json`` (name, version, trained_on) and its SHA-256, and writes
-the manifest the application checks at start. Run it after training or replacing a model:
+the manifest the application checks at start. Held-out figures already in the manifest are kept for
+a model whose file is unchanged and dropped (with a line saying so) for one that changed: measure it
+again with ``scripts/record_held_out.py``. Run it after training or replacing a model:
 
     python scripts/update_model_manifest.py                 # models/ -> model_manifest.json
     python scripts/update_model_manifest.py --check         # exit 1 if the manifest is out of date
@@ -24,6 +26,7 @@ from lnmet.model_manifest import (  # noqa: E402
     MANIFEST_NAME,
     ModelIntegrityError,
     build_manifest,
+    load_manifest,
     verify_models,
     write_manifest,
 )
@@ -41,11 +44,16 @@ def main(argv: list[str] | None = None) -> int:
             for info in infos.values():
                 print(f"ok  {info.name} {info.version} {info.sha256[:12]}")
             return 0
-        manifest = build_manifest(args.models)
+        previous = load_manifest(args.output) if args.output.is_file() else {}
+        manifest = build_manifest(args.models, previous)
     except ModelIntegrityError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     write_manifest(manifest, args.output)
+    kept = {e["name"] for e in manifest["models"] if "held_out" in e}
+    for name, entry in previous.items():
+        if "held_out" in entry and name not in kept:
+            print(f"{name}: held-out figures dropped (measured on another file); run scripts/record_held_out.py")
     for entry in manifest["models"]:
         print(f"{entry['name']:<24} {entry['version']:<10} {entry['sha256'][:12]}  {entry['trained_on']}")
     print(f"wrote {args.output} ({len(manifest['models'])} model(s))")

@@ -146,3 +146,34 @@ def test_a_tumour_only_model_is_added_without_running_the_chain(app_cache, tmp_p
     assert added["probability"] == pytest.approx(in_chain["probability"], abs=1e-5)
     assert json.loads(result_path.read_text())["tumour_only"] == added  # stored for the next script
     assert not (cache / f"generator_{GENERATOR_VERSION}" / "studies_tiny" / "SYN100000" / "dicom").exists()
+
+
+def test_held_out_figures_go_beside_the_models_measured(app_cache, tmp_path):
+    """evaluation.record_held_out puts the app mode's figures in the manifest, tied to each file's
+    SHA-256 (the app then reads them back); a summary on non-held-out seeds, or on another model file,
+    is refused."""
+    from evaluation.record_held_out import RecordError, evidence_from_summary, main
+    from lnmet.model_manifest import load_manifest, verify_models
+
+    summary = app_cache["root"] / "all.json"
+    manifest = tmp_path / "model_manifest.json"
+    shutil.copy(app_cache["root"] / "model_manifest.json", manifest)
+    assert main([str(summary), "--manifest", str(manifest)]) == 0
+    infos = verify_models(app_cache["models"], manifest)
+    recorded = infos["ln_seg"].held_out
+    det = app_cache["json"]["summary"]["ln"]["detection"]["ln_seg"]
+    assert recorded is not None and recorded.sha256 == infos["ln_seg"].sha256
+    assert recorded.figure("node_recall").value == pytest.approx(det["recall"])
+    assert recorded.setting.startswith("1 held-out generated studies (seeds 100000-100000, generator "
+                                       f"{GENERATOR_VERSION}, tiny preset)")
+    assert infos["organ_seg"].held_out.figure("organ_dice_mean") is not None
+
+    doc = json.loads(summary.read_text())
+    entries = load_manifest(manifest)
+    elsewhere = {**doc, "provenance": {**doc["provenance"], "seeds": [150000]}}
+    with pytest.raises(RecordError, match="held-out seeds"):
+        evidence_from_summary(elsewhere, entries)
+    other = {**doc, "provenance": {**doc["provenance"], "models": {
+        **doc["provenance"]["models"], "ln_seg": {"version": "x", "sha256": "a" * 64}}}}
+    with pytest.raises(RecordError, match="model 'ln_seg': the summary measured file aaaaaaaaaaaa"):
+        evidence_from_summary(other, entries)
