@@ -9,7 +9,9 @@ the cohort run (status, error, timings in the worker). Columns (:data:`SCHEMA`, 
   ``output_folder`` (relative to the cohort's output folder);
 - patient: ``patient_probability``, ``patient_threshold``, ``patient_decision`` (positive / negative /
   undetermined), ``patient_method``, ``patient_borderline`` (within app.yaml's borderline margin of
-  the threshold; empty for results written before schema 1.5.0);
+  the threshold; empty for results written before schema 1.5.0), ``patient_skill_shown`` (whether
+  the patient model's held-out figure for the method used lies above chance with its whole 95% CI,
+  :mod:`lnmet.held_out`; empty when none is recorded or the results predate schema 1.7.0);
 - nodes: ``ln_count``, ``ln_positive_count``, ``ln_total_volume_mm3``, ``ln_largest_volume_mm3``,
   ``ln_largest_positive_volume_mm3``;
 - tumour: ``tumour_found``, ``tumour_max_axial_diameter_mm``, ``tumour_volume_mm3``,
@@ -47,7 +49,7 @@ SCHEMA = pa.schema([
     ("study_uid", pa.string()), ("sources", pa.string()), ("status", pa.string()), ("error", pa.string()),
     ("from_earlier_run", pa.bool_()), ("output_folder", pa.string()),
     ("patient_probability", pa.float64()), ("patient_threshold", pa.float64()), ("patient_decision", pa.string()),
-    ("patient_method", pa.string()), ("patient_borderline", pa.bool_()),
+    ("patient_method", pa.string()), ("patient_borderline", pa.bool_()), ("patient_skill_shown", pa.bool_()),
     ("ln_count", pa.int64()), ("ln_positive_count", pa.int64()), ("ln_total_volume_mm3", pa.float64()),
     ("ln_largest_volume_mm3", pa.float64()), ("ln_largest_positive_volume_mm3", pa.float64()),
     ("tumour_found", pa.bool_()), ("tumour_max_axial_diameter_mm", pa.float64()), ("tumour_volume_mm3", pa.float64()),
@@ -70,6 +72,18 @@ def _sum(stages: dict[str, float], names: tuple[str, ...]) -> float | None:
     return round(sum(found), 3) if found else None
 
 
+def patient_skill_shown(doc: dict[str, Any]) -> bool | None:
+    """Whether the held-out figure of the patient model, for the method that gave this answer, lies
+    above chance with its whole CI (results.json ``models[].held_out``); None when none is recorded."""
+    from lnmet.held_out import PATIENT_FIGURE, PATIENT_MODEL
+
+    model = next((m for m in doc["models"] if m["name"] == PATIENT_MODEL), None)
+    held_out = (model or {}).get("held_out") or {}
+    key = PATIENT_FIGURE.get(doc["patient"]["method"])
+    figure = next((f for f in held_out.get("figures", []) if f["key"] == key), None)
+    return None if figure is None else figure.get("skill_shown")
+
+
 def figures_from_results(doc: dict[str, Any]) -> dict[str, Any]:
     """The columns a study's results.json gives."""
     nodes = doc["lymph_nodes"]
@@ -81,6 +95,7 @@ def figures_from_results(doc: dict[str, Any]) -> dict[str, Any]:
         "patient_probability": patient["probability"], "patient_threshold": patient["threshold"],
         "patient_decision": patient["decision"], "patient_method": patient["method"],
         "patient_borderline": patient.get("borderline"),
+        "patient_skill_shown": patient_skill_shown(doc),
         "ln_count": len(nodes), "ln_positive_count": len(positive), "ln_total_volume_mm3": round(sum(volumes), 3),
         "ln_largest_volume_mm3": max(volumes, default=0.0), "ln_largest_positive_volume_mm3": max(positive, default=0.0),
         "tumour_found": tumour["found"], "tumour_max_axial_diameter_mm": tumour["max_axial_diameter_mm"],

@@ -132,6 +132,12 @@ def test_every_output_says_how_far_the_answer_can_be_trusted(tiny_study, tiny_st
         "key": "patient_auc_combined", "label": "patient-level AUC", "value": 0.42, "ci95": [0.23, 0.63],
         "chance": 0.5, "skill_shown": False}
     assert all(m["held_out"] is None for m in doc["models"][1:])
+    from cohort.table import SCHEMA, build_row
+
+    row = build_row({"study_uid": "1.2.3", "status": "done"}, doc)
+    assert set(row) == set(SCHEMA.names) and row["patient_skill_shown"] is False  # the cohort table's column
+    assert build_row({"study_uid": "1.2.3", "status": "done"}, build_results_document(
+        dataclasses.replace(results, models=results.models[1:]), None, None, None))["patient_skill_shown"] is None
     assert patient_statement(results).endswith(expected)
     sr = build_sr(results, None)
     texts = [str(getattr(item, "TextValue", "")) for item in sr.ContentSequence[-1].ContentSequence]
