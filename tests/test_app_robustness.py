@@ -138,3 +138,26 @@ def test_main_in_process_restores_the_callers_signal_handlers(tmp_path, tiny_stu
     finally:
         for s, handler in before.items():
             signal.signal(s, handler)
+
+
+def test_no_log_line_follows_the_final_error_line_of_a_stop():
+    """A stop's final ERROR line stays last although another thread keeps logging (the graph's
+    worker thread may still be running an operator when the main thread reports the stop)."""
+    script = (
+        "import logging, os, sys, threading, time\n"
+        "logging.basicConfig(stream=sys.stderr, level=logging.INFO)\n"
+        "from app.application import _silence_logging\n"
+        "def chatter():\n"
+        "    while True:\n"
+        "        logging.getLogger('operators.phase_selector').info('candidate series ' + 'x' * 200)\n"
+        "threading.Thread(target=chatter, daemon=True).start()\n"
+        "time.sleep(0.3)\n"
+        "_silence_logging()\n"
+        "print('ERROR: stopped by SIGTERM', file=sys.stderr, flush=True)\n"
+        "time.sleep(0.3)\n"
+        "os._exit(143)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          preexec_fn=_big_stack)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 143 and "candidate series" in done.stderr, done.stderr[-500:]
+    assert lines[-1] == "ERROR: stopped by SIGTERM"
