@@ -13,11 +13,19 @@ The arterial phase is registered with the product's own registration (``--regist
 default) or taken perfectly aligned from the generator (``--registration perfect``, isolates the
 organ model).
 
+The real CT's acquisition on generated anatomy (issue 16): ``--no-contrast`` (every contrast-taking
+tissue at unenhanced HU, :func:`synthetic.faults.remove_contrast`), ``--voxel-mm 3`` (the study
+generated at 3 mm voxels) and ``--single-phase`` (the venous series alone, as the app reads a
+one-phase study) together reproduce how ``../shared/real-ct-validation`` was scanned, so that its
+figure beside :mod:`evaluation.real_ct`'s separates what the acquisition costs from what the
+anatomy costs.
+
 ``--mode app`` (:mod:`evaluation.app_mode`): standard 0.7 mm DICOM studies through the app's own
 intake, registration and organ segmentation; Dice on the venous series' own grid.
 
     python evaluation/organ_segmentation.py --count 10 [--models models] [--json out.json]
     python evaluation/organ_segmentation.py --count 10 --mode app
+    python evaluation/organ_segmentation.py --count 10 --no-contrast --voxel-mm 3 --single-phase
 """
 
 from __future__ import annotations
@@ -84,13 +92,34 @@ def registered_from_study(study: Any, spacing_mm: tuple[float, float, float], re
                             transform=sitk.Transform(), single_phase=False)
 
 
-def evaluate_study(study: Any, model: SegmentationModel, registration: str) -> dict[str, Any]:
+def acquired_preset(name: str, voxel_mm: float | None) -> Any:
+    """The generator preset ``name``, or its field of view scanned at isotropic ``voxel_mm`` voxels
+    (noise scaled with the voxel volume, :class:`synthetic.acquisition.Acquisition`)."""
+    if voxel_mm is None:
+        return name
+    from synthetic.acquisition import Acquisition
+    from synthetic.grid import PRESETS
+
+    kind = "thick" if voxel_mm >= 2.0 else "fine"
+    return Acquisition(kind, voxel_mm, voxel_mm, None).preset(PRESETS[name])
+
+
+def acquisition_label(args: argparse.Namespace) -> str:
+    """How the studies were scanned and registered, in words (the report's header)."""
+    parts = [f"{args.voxel_mm:g} mm voxels"] if args.voxel_mm is not None else []
+    parts += ["no contrast"] if args.no_contrast else []
+    parts += ["venous phase alone"] if args.single_phase else [f"registration {args.registration}"]
+    return ", ".join(parts)
+
+
+def evaluate_study(study: Any, model: SegmentationModel, registration: str,
+                   single_phase: bool = False) -> dict[str, Any]:
     """Dice per class (reference grid) and LN attention coverage for one study."""
     from operators.organ_segmentation import segment_organs
 
     settings = load_settings().attention
     t0 = time.perf_counter()
-    registered = registered_from_study(study, model.spacing_mm, registration)
+    registered = registered_from_study(study, model.spacing_mm, registration, single_phase)
     organs_working, organs_ref = segment_organs(registered, model)
     seconds = time.perf_counter() - t0
     pred = sitk.GetArrayFromImage(organs_ref)
@@ -153,11 +182,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=str(ROOT / "models"), help="models folder (<name>/model.ts) or a model file")
     p.add_argument("--registration", choices=["real", "perfect"], default="real",
                    help="--mode model-grid: the product's registration or the generator's perfect alignment")
+    p.add_argument("--no-contrast", action="store_true",
+                   help="--mode model-grid: contrast-taking tissues at unenhanced HU (a non-contrast scan)")
+    p.add_argument("--voxel-mm", type=float,
+                   help="--mode model-grid: generate the studies at this isotropic voxel size (e.g. 3)")
+    p.add_argument("--single-phase", action="store_true",
+                   help="--mode model-grid: the venous series alone (a one-phase study)")
     p.add_argument("--device")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", help="also write the results to this file")
     add_app_arguments(p)
     args = p.parse_args(argv)
+    acquisition = [f for f, on in (("--no-contrast", args.no_contrast), ("--voxel-mm", args.voxel_mm is not None),
+                                   ("--single-phase", args.single_phase)) if on]
+    if args.mode == "app" and acquisition:
+        p.error(f"{', '.join(acquisition)}: only with --mode model-grid (the app mode scores the studies as generated)")
+    if args.voxel_mm is not None and not 0.5 <= args.voxel_mm <= 6.0:
+        p.error(f"--voxel-mm {args.voxel_mm}: expected 0.5-6 mm")
     if args.mode == "app":
         from evaluation.app_mode import scored_app_cases
 
@@ -176,16 +217,21 @@ def main(argv: list[str] | None = None) -> int:
 
     model = SegmentationModel.load(resolve_model_path("organ_seg", args.models), args.device)
     print(f"organ model {model.name} {model.metadata['version']} ({model.metadata['trained_on']})")
+    preset = acquired_preset(args.preset, args.voxel_mm)
     results = []
     for seed in range(args.seed_start, args.seed_start + args.count):
-        study = generate_study(seed, args.preset)
-        r = evaluate_study(study, model, args.registration)
+        study = generate_study(seed, preset)
+        if args.no_contrast:
+            from synthetic.faults import remove_contrast
+
+            study = remove_contrast(study)
+        r = evaluate_study(study, model, args.registration, args.single_phase)
         results.append(r)
         print(f"seed {seed}: mean Dice {np.nanmean(list(r['dice'].values())):.3f}, LN attention coverage "
               f"GT {r['coverage_gt']:.3f} / predicted {r['coverage_pred']:.3f} ({r['seconds']:.1f} s)", flush=True)
     s = summarize(results)
     report(s, f"held-out studies (seeds {args.seed_start}-{args.seed_start + args.count - 1}, preset {args.preset}, "
-              f"registration {args.registration})")
+              f"{acquisition_label(args)})")
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": s, "studies": results}, indent=1))
     return 0
