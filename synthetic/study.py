@@ -109,12 +109,23 @@ class Patient:
     rng_scanner: np.random.Generator
 
 
+def _patient_streams(seed: int) -> list[np.random.Generator]:
+    """The nine independent random streams of patient ``seed`` (anatomy first)."""
+    seq = np.random.SeedSequence([20241, int(seed)])
+    return [np.random.default_rng(s) for s in seq.spawn(9)]
+
+
+def sample_patient_anatomy(seed: int) -> Anatomy:
+    """The anatomy of patient ``seed`` alone, as :func:`sample_patient` draws it, without the
+    lesions (which take most of a patient's sampling time)."""
+    return sample_anatomy(_patient_streams(seed)[0])
+
+
 def sample_patient(seed: int, attention: AttentionSettings | None = None) -> Patient:
     """Draw the anatomy, lesions, deformation and header of patient ``seed`` (independent random
     streams, so that rendering choices never change the patient)."""
     attention = attention or load_settings().attention
-    seq = np.random.SeedSequence([20241, int(seed)])
-    r_anat, r_les, r_def, r_hdr, r_tex, r_noise, r_lm, r_con, r_scan = (np.random.default_rng(s) for s in seq.spawn(9))
+    r_anat, r_les, r_def, r_hdr, r_tex, r_noise, r_lm, r_con, r_scan = _patient_streams(seed)
     anat = sample_anatomy(r_anat)
     lesions = sample_lesions(anat, r_les, attention)
     contrast = Contrast.sample(r_con, anat.pancreas_fat_fraction)

@@ -14,7 +14,7 @@ from synthetic.acquisition import Acquisition, sample_acquisition
 from synthetic.appearance import Contrast
 from synthetic.grid import PRESETS, Grid
 from synthetic.scanner import Scanner, add_streaks, kernel_noise
-from synthetic.study import render_labels, sample_patient
+from synthetic.study import render_labels, sample_patient, sample_patient_anatomy
 
 # The whole upper abdomen at 3 mm: every structure of generator 2.0 is in this field of view.
 COARSE = Grid.centred((120, 120, 67), (3.0, 3.0, 3.0), (0.0, 15.0, -10.0))
@@ -45,9 +45,19 @@ def test_neighbours_of_the_labelled_structures_are_drawn(rendered):
         assert table_y.size and table_y.min() >= skin_y.max()
 
 
-def test_body_habitus_varies_between_patients(patients):
-    subcut = [p.anatomy.body.subcut for p in (sample_patient(s) for s in range(20, 40))]
-    arms = [sample_patient(s).anatomy.body.arms_down for s in range(20, 40)]
+def test_anatomy_alone_is_the_patients_anatomy(patients):
+    alone = sample_patient_anatomy(11)
+    body = patients[0].anatomy.body
+    assert (alone.body.subcut, alone.body.semi_x, alone.body.arms_down) == (body.subcut, body.semi_x, body.arms_down)
+    assert np.array_equal(alone.body.spine_centre, body.spine_centre)
+    assert np.array_equal(alone.pancreas_path, patients[0].anatomy.pancreas_path)
+    assert alone.pancreas_fat_fraction == patients[0].anatomy.pancreas_fat_fraction
+
+
+def test_body_habitus_varies_between_patients():
+    bodies = [sample_patient_anatomy(s).body for s in range(20, 40)]
+    subcut = [b.subcut for b in bodies]
+    arms = [b.arms_down for b in bodies]
     assert max(subcut) - min(subcut) > 10.0  # thin to obese
     assert any(arms) and not all(arms)  # arms beside the body in some patients, raised in most
 
