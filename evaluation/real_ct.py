@@ -15,10 +15,16 @@ models' working grid by the app's own code, and segmented by the operators' own 
 - PDAC components of the raw tumour segmentation and their volumes (goal: none > 1 ml), and the
   one the app keeps as the tumour (anchored to the segmented pancreas, lnmet/tumour.py).
 
+With ``--generated N`` the organ table gets a column beside the real one: the same organ model on N
+held-out generated studies scanned the way this volume was (the venous phase alone, no contrast,
+its voxel size; :mod:`evaluation.organ_segmentation`). Where that column is high and the real one
+low, the scan is not the cause: the generated anatomy does not look like real anatomy.
+
 It measures the models themselves; the app's quality gate may (rightly) call this scan not
 assessable. Rerun it after retraining any model:
 
     python -m evaluation.real_ct [--models models] [--data ../shared/real-ct-validation] [--json out.json]
+                                 [--generated 10 [--generated-preset train]]
 """
 
 from __future__ import annotations
@@ -123,16 +129,45 @@ def evaluate(models: Path, data: Path) -> dict[str, Any]:
     }
 
 
+def generated_same_scan(models: Path, voxel_mm: float, count: int, preset: str = "train",
+                        seed_start: int = 100000) -> dict[str, Any]:
+    """Mean organ Dice of the organ model on ``count`` held-out generated studies scanned as the real
+    CT was: venous phase alone, no contrast, isotropic ``voxel_mm`` voxels."""
+    from evaluation.organ_segmentation import acquired_preset, evaluate_study
+    from synthetic import generate_study
+    from synthetic.faults import remove_contrast
+
+    model = SegmentationModel.load(resolve_model_path("organ_seg", models / "organ_seg" / "model.ts"))
+    scan = acquired_preset(preset, voxel_mm)
+    per_study = [evaluate_study(remove_contrast(generate_study(seed, scan)), model, "perfect", single_phase=True)["dice"]
+                 for seed in range(seed_start, seed_start + count)]
+    return {"seeds": [seed_start, seed_start + count - 1], "preset": preset, "voxel_mm": voxel_mm,
+            "dice": {k: _mean_or_none([d[k] for d in per_study]) for k in TOTALSEG_LABELS}}
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    """The mean of the finite values; None when a class is absent from every study."""
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
+
+
 def format_report(r: dict[str, Any]) -> str:
+    gen = r.get("generated_same_scan")
     lines = [f"real CT {r['data']} (non-contrast, 3 mm; reference: TotalSegmentator), models {r['models']}",
-             f"{'class':<10} {'Dice':>6} {'goal':>6} {'pred ml':>9} {'ref ml':>8} {'one piece':>10} {'ref':>6}"]
+             f"{'class':<10} {'Dice':>6} {'goal':>6} {'pred ml':>9} {'ref ml':>8} {'one piece':>10} {'ref':>6}"
+             + (f" {'generated, same scan':>21}" if gen else "")]
     for key, row in r["organs"].items():
         d = "n/a" if row["dice"] is None else f"{row['dice']:.3f}"
         g = "" if row["goal"] is None else (f">={row['goal']:.2f}" + (" met" if row["dice"] is not None and
                                                                     row["dice"] >= row["goal"] else " MISSED"))
         one = "" if row.get("one_piece") is None else f"{row['one_piece']:.3f}"
         ref = "" if row.get("reference_one_piece") is None else f"{row['reference_one_piece']:.3f}"
-        lines.append(f"{key:<10} {d:>6} {g:>6} {row['predicted_ml']:>9} {row['reference_ml']:>8} {one:>10} {ref:>6}")
+        same = "" if not gen else (f" {'n/a':>21}" if gen["dice"][key] is None else f" {gen['dice'][key]:>21.3f}")
+        lines.append(f"{key:<10} {d:>6} {g:>6} {row['predicted_ml']:>9} {row['reference_ml']:>8} {one:>10} {ref:>6}{same}")
+    if gen:
+        lines.append(f"generated, same scan: the organ model on held-out generated studies {gen['seeds'][0]}-"
+                     f"{gen['seeds'][1]} (preset {gen['preset']}) scanned as this volume was: venous phase alone, "
+                     f"no contrast, {gen['voxel_mm']:g} mm voxels; high there and low here = the anatomy, not the scan")
     ln = r["lymph_nodes"]
     lines.append(f"lymph-node detections after the app's filters: {ln['detections']} (goal <= {ln['goal_max']}; "
                  f"{ln['inside_liver']} inside the liver), largest ml {ln['volumes_ml'][:8]}")
@@ -147,11 +182,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=str(ROOT / "models"))
     p.add_argument("--data", default=str(DEFAULT_DATA))
     p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--generated", type=int, default=0, metavar="N",
+                   help="also run the organ model on N held-out generated studies scanned as this volume was")
+    p.add_argument("--generated-preset", default="train", help="generator preset of those studies (default: train)")
     args = p.parse_args(argv)
     data = Path(args.data)
     if not (data / "ct.nii.gz").is_file():
         p.error(f"{data}: no ct.nii.gz (the real validation volume, see its SOURCES.md)")
+    if args.generated < 0:
+        p.error(f"--generated {args.generated}: expected a number of studies >= 0")
     result = evaluate(Path(args.models), data)
+    if args.generated:
+        voxel_mm = max(sitk.ReadImage(str(data / "ct.nii.gz")).GetSpacing())
+        result["generated_same_scan"] = generated_same_scan(Path(args.models), voxel_mm, args.generated,
+                                                            args.generated_preset)
     print(format_report(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
