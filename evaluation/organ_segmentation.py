@@ -50,6 +50,7 @@ from lnmet.geometry import resample_image, resample_labels, working_grid  # noqa
 from lnmet.inference import SegmentationModel, resolve_model_path  # noqa: E402
 from lnmet.labels import ORGAN_CLASSES  # noqa: E402
 from lnmet.metrics import dice  # noqa: E402
+from lnmet.seeds import seed_set_name  # noqa: E402
 from lnmet.types import PhaseVolume, RegisteredPhases, SeriesRef  # noqa: E402
 from evaluation.app_mode import add_app_arguments  # noqa: E402
 
@@ -230,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seed {seed}: mean Dice {np.nanmean(list(r['dice'].values())):.3f}, LN attention coverage "
               f"GT {r['coverage_gt']:.3f} / predicted {r['coverage_pred']:.3f} ({r['seconds']:.1f} s)", flush=True)
     s = summarize(results)
-    report(s, f"held-out studies (seeds {args.seed_start}-{args.seed_start + args.count - 1}, preset {args.preset}, "
+    seeds = range(args.seed_start, args.seed_start + args.count)
+    report(s, f"{seed_set_name(seeds)} studies (seeds {seeds[0]}-{seeds[-1]}, preset {args.preset}, "
               f"{acquisition_label(args)})")
     if args.json:
         Path(args.json).write_text(json.dumps({"summary": s, "studies": results}, indent=1))

@@ -35,7 +35,8 @@ def test_real_ct_acquisition_on_generated_anatomy(tmp_path, monkeypatch, capsys)
         assert np.median(hu[anatomy == ANATOMY_LABELS[tissue]]) == pytest.approx(unenhanced, abs=1.0)
     summary = json.loads(out.read_text())["summary"]
     assert summary["studies"] == 1 and 0.0 <= summary["dice"]["aorta"] <= 1.0
-    assert "3 mm voxels, no contrast, venous phase alone" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "held-out studies (seeds 100000-100000, preset tiny, 3 mm voxels, no contrast, venous phase alone)" in out
 
 
 def test_acquisition_flags_refused_in_app_mode(capsys):
