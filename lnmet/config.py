@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from lnmet.labels import ORGAN_CLASSES
+from lnmet.quality_checks import CHECKS, CRITICAL, WARNING
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "app.yaml"
 CONFIG_ENV = "PDAC_LN_CONFIG"  # overrides the path of app.yaml
@@ -82,7 +83,7 @@ class QualityCheckSetting:
 
 @dataclass(frozen=True)
 class QualityGateSettings:
-    """The ``quality_gate`` section: one :class:`QualityCheckSetting` per check of lnmet.quality.CHECKS."""
+    """The ``quality_gate`` section: one :class:`QualityCheckSetting` per check of lnmet.quality_checks.CHECKS."""
 
     checks: dict[str, QualityCheckSetting]
 
@@ -232,10 +233,8 @@ def _parse_resources(section: Any) -> ResourceSettings:
 
 
 def _parse_quality_gate(section: Any) -> QualityGateSettings:
-    """``quality_gate``: every check of :data:`lnmet.quality.CHECKS` with ``min``/``max`` (numbers or
+    """``quality_gate``: every check of :data:`lnmet.quality_checks.CHECKS` with ``min``/``max`` (numbers or
     null; at least one), ``severity`` critical|warning, and ``structures`` for organ_connectivity."""
-    from lnmet.quality import CHECKS, CRITICAL, WARNING
-
     if not isinstance(section, dict):
         raise SettingsError("app.yaml: 'quality_gate' must be a mapping of check name -> {min, max, severity}")
     unknown = sorted(set(section) - set(CHECKS))
