@@ -1,4 +1,4 @@
-"""Held-out evaluation "as the app runs" (issue 21): what a user of the application gets.
+"""The application's chain run on generated studies and scored: the engine of "as the app runs" (issue 21).
 
 The other mode of the evaluation scripts (``--mode model-grid``) feeds the models studies generated
 on their own 1.5 mm grid with the arterial phase perfectly aligned: it measures the models. This
@@ -17,8 +17,8 @@ writers are left out. The outputs are scored on the venous series' own grid (0.7
 app reports them: organ Dice per class, node detection and the detected/true volume of every
 found node, identification AUC (on the ground-truth nodes, through the same registered images,
 and on the segmented ones), the patient scores, and the registration's TRE at the generator's
-landmarks. Each evaluation script prints its part (``--mode app``); ``python -m
-evaluation.app_mode`` prints all of them from one run per study.
+landmarks. Each evaluation script prints its part (``--mode app``, through
+:func:`scored_app_cases`); ``python -m evaluation.app_mode`` prints all of them from one run per study.
 
 A standard study takes about 40 s to generate and 2 minutes through the chain on a 2-core CPU, so
 both are cached under ``--cache``/generator_<version>/: ``studies_<preset>/<case>/`` (DICOM and
@@ -28,12 +28,6 @@ outputs; the key is the checksums of the model files and of app.yaml). Changing 
 pipeline does not change the key: delete the ``app_*`` folders after such a change. A tumour-only
 model (the ablation) asked for after the chain ran is scored from the cached outputs (the venous
 intake and the cached PDAC mask) instead of running the chain again.
-
-    python -m evaluation.app_mode --count 20 [--models models] [--baseline-model FILE]
-        [--tumour-only-model FILE] [--json out.json]
-
-``--json`` also records the provenance (seeds, preset, generator, the SHA-256 of every model) that
-``python -m evaluation.record_held_out`` needs to put the figures beside the models in the manifest.
 """
 
 from __future__ import annotations
@@ -60,11 +54,11 @@ if str(ROOT) not in sys.path:
 from lnmet.config import Settings, config_path, load_settings  # noqa: E402
 from lnmet.inference import resolve_model_path  # noqa: E402
 from lnmet.labels import ORGAN_CLASSES  # noqa: E402
-from lnmet.metrics import dice, match_instances  # noqa: E402
+from lnmet.metrics import detection_counts, dice, dice_per_class  # noqa: E402
 from lnmet.model_io import sha256_file  # noqa: E402
 from lnmet.seeds import FIRST_TEST_SEED  # noqa: E402
 
-log = logging.getLogger("evaluation.app_mode")
+log = logging.getLogger("evaluation.app_chain")
 
 APP_PRESET = "standard"
 DEFAULT_CACHE = ROOT / "build" / "eval" / "app"
@@ -213,7 +207,6 @@ def run_chain(case: Path, out: Path, models: AppModels, settings: Settings) -> d
     from operators.phase_selector import select_phases
     from operators.series_to_volume import selection_to_volumes
     from operators.study_loader import load_series
-    from evaluation.registration_accuracy import dice_per_class
 
     seconds: dict[str, float] = {}
     clock = [time.perf_counter()]
@@ -407,10 +400,8 @@ def app_results(cache: str | Path, seeds: Sequence[int], models: AppModels, sett
 
 def _instances_scored(pred: sitk.Image, gt: np.ndarray, findings: Sequence[dict[str, Any]],
                       table: dict[int, bool]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Detection counts (:func:`evaluation.ln_detection.detection_counts`) and the segmented nodes'
+    """Detection counts (:func:`lnmet.metrics.detection_counts`) and the segmented nodes'
     identification (probability, class of the matched true node, whether it matched one)."""
-    from evaluation.ln_detection import detection_counts
-
     arr = sitk.GetArrayFromImage(pred).astype(np.int64)
     counts = detection_counts(arr, gt)
     m = counts.pop("match")
@@ -467,7 +458,7 @@ def add_app_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=MODES, default="model-grid",
                    help="model-grid: studies on the models' 1.5 mm grid, arterial phase perfectly aligned (measures "
                         "the models); app: standard 0.7 mm DICOM studies through the application's own functions "
-                        "(registration, resampling, filters: what a user gets; see evaluation/app_mode.py)")
+                        "(registration, resampling, filters: what a user gets; see evaluation/app_chain.py)")
     p.add_argument("--app-cache", default=str(DEFAULT_CACHE),
                    help="--mode app: cache of the generated studies and of the chain's outputs")
     p.add_argument("--drop-dicom", action="store_true",
@@ -497,56 +488,3 @@ def scored_app_cases(p: argparse.ArgumentParser, args: argparse.Namespace, basel
         print("  " + line)
     _, rows = app_results(args.app_cache, seeds, models, settings, preset, args.drop_dicom)
     return [score_case(r) for r in rows]
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Every held-out figure as the app runs, from one run of the chain per study."""
-    from evaluation import ln_detection, organ_segmentation, patient_prediction, registration_accuracy
-
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--count", type=int, default=20)
-    p.add_argument("--seed-start", type=int, default=FIRST_TEST_SEED)
-    p.add_argument("--preset", default=APP_PRESET, help="generator preset (standard: like a clinical scan)")
-    p.add_argument("--models", default=str(ROOT / "models"))
-    p.add_argument("--baseline-model", help="plain LN segmentation model (ablation), run in the same chain")
-    p.add_argument("--tumour-only-model", help="tumour-only patient model (ClsfromPDAC)")
-    p.add_argument("--cache", dest="app_cache", default=str(DEFAULT_CACHE))
-    p.add_argument("--drop-dicom", action="store_true")
-    p.add_argument("--device")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--json")
-    args = p.parse_args(argv)
-    cases = scored_app_cases(p, args, args.baseline_model, args.tumour_only_model)
-    out: dict[str, Any] = {}
-    print()
-    out["registration"] = registration_accuracy.report_app(cases, args)
-    print()
-    out["organs"] = organ_segmentation.report_app(cases, args)
-    print()
-    out["ln"] = ln_detection.report_app(cases, args, load_settings())
-    print()
-    out["patients"] = patient_prediction.report_app(cases, args, load_settings())
-    if args.json:
-        Path(args.json).write_text(json.dumps({"provenance": provenance(args, cases), "summary": out, "studies": cases},
-                                              indent=1, default=float))
-    return 0
-
-
-def provenance(args: argparse.Namespace, cases: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """What a summary was measured on: the seeds, preset, generator version, date and every model
-    file (name, version, SHA-256), so that ``evaluation.record_held_out`` can tie the figures to the
-    files measured."""
-    from lnmet.model_manifest import read_model_metadata, scan_models_dir
-    from synthetic import GENERATOR_VERSION
-
-    models = {name: {"version": str(read_model_metadata(path).get("version")), "sha256": sha256_file(path)}
-              for name, path in scan_models_dir(args.models).items()}
-    return {"seeds": [int(c["seed"]) for c in cases], "preset": args.preset, "generator": GENERATOR_VERSION,
-            "measured": time.strftime("%Y-%m-%d"), "models": models, "extra_models": {
-                "baseline": args.baseline_model, "tumour_only": args.tumour_only_model},
-            "command": "python -m evaluation.app_mode " + " ".join(
-                f"--count {len(cases)} --seed-start {cases[0]['seed']} --preset {args.preset}".split())}
-
-
-if __name__ == "__main__":
-    sys.exit(main())

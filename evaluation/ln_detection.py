@@ -24,7 +24,7 @@ generator's perfectly aligned one (isolates the LN models from the registration)
 Generated studies (nnU-Net layout) and the predictions (per model checksum) are cached under
 ``--cache``/generator_<version>, so a second run only computes what changed.
 
-``--mode app`` (:mod:`evaluation.app_mode`): the same figures as the app runs: standard 0.7 mm DICOM
+``--mode app`` (:mod:`evaluation.app_chain`): the same figures as the app runs: standard 0.7 mm DICOM
 studies through the app's intake, registration, resampling, organ model, attention map, LN
 segmentation and identification operators' functions and app.yaml's filter, scored on the venous
 series' own grid (the node volume ratios are those of the volumes the app reports).
@@ -57,11 +57,11 @@ from lnmet.config import Settings, load_settings  # noqa: E402
 from lnmet.geometry import resample_image, resample_labels, working_grid  # noqa: E402
 from lnmet.inference import SegmentationModel, resolve_model_path  # noqa: E402
 from lnmet.instances import ln_instances  # noqa: E402
-from lnmet.metrics import bootstrap_ci, detection_scores, dice, match_instances, roc_auc  # noqa: E402
+from lnmet.metrics import bootstrap_ci, detection_counts, detection_scores, match_instances, roc_auc  # noqa: E402
 from lnmet.model_io import sha256_file  # noqa: E402
 from lnmet.networks.ln_classifier import LNIdentifier, channel_stack, identify_instances  # noqa: E402
 from lnmet.seeds import FIRST_TEST_SEED, TestSeedError, refuse_test_seeds, seed_set_name  # noqa: E402
-from evaluation.app_mode import add_app_arguments  # noqa: E402
+from evaluation.app_chain import add_app_arguments  # noqa: E402
 
 log = logging.getLogger("evaluation.ln_detection")
 
@@ -169,18 +169,6 @@ def ln_probability(cache: Path, case: str, model: SegmentationModel, sha: str, o
 # Per study
 # ------------------------------------------------------------------------------------------------
 
-def detection_counts(pred: np.ndarray, gt: np.ndarray) -> dict[str, Any]:
-    """Detection counts, voxel overlap and, per true detection, its volume over its GT node's."""
-    m = match_instances(pred, gt)
-    pred_sizes = np.bincount(pred.ravel())
-    gt_sizes = np.bincount(gt.ravel())
-    ratios = [float(pred_sizes[p] / gt_sizes[g]) for p, g in sorted(m.pred_to_gt.items())]
-    return {"gt": m.n_gt, "detected": m.n_detected, "pred": m.n_pred, "true_positive_pred": m.n_true_positive_pred,
-            "dice": dice(pred > 0, gt > 0), "inter": int(np.logical_and(pred > 0, gt > 0).sum()),
-            "pred_voxels": int((pred > 0).sum()), "gt_voxels": int((gt > 0).sum()), "volume_ratios": ratios,
-            "match": m}
-
-
 def evaluate_case(cache: Path, case: str, data: Path, models: dict[str, Any], settings: Settings) -> dict[str, Any]:
     c = read_case(data, case)
     organs = predicted_organs(cache, case, models["organ"], models["organ_sha"], c)
@@ -255,7 +243,7 @@ def summarize_identification(rows: Sequence[dict[str, Any]], key: str, threshold
 def report(rows: Sequence[dict[str, Any]], settings: Settings, threshold: float, header: str
            ) -> tuple[dict[str, Any], dict[str, Any], dict[str, bool]]:
     """Print the detection, volume, identification figures and the goals of the studies ``rows``
-    (the rows of :func:`evaluate_case`, or of :func:`evaluation.app_mode.score_case`); returns them."""
+    (the rows of :func:`evaluate_case`, or of :func:`evaluation.app_chain.score_case`); returns them."""
     det = {k: summarize_detection(rows, k) for k in ("ln_seg", "baseline", "ln_seg_no_density_check",
                                                       "baseline_no_density_check")}
     ident = {"gt_instances": summarize_identification(rows, "gt_nodes", threshold),
@@ -299,7 +287,7 @@ def report(rows: Sequence[dict[str, Any]], settings: Settings, threshold: float,
 
 
 def report_app(cases: Sequence[dict[str, Any]], args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    """The node figures of the app mode (:mod:`evaluation.app_mode`): the app's instances (its filter,
+    """The node figures of the app mode (:mod:`evaluation.app_chain`): the app's instances (its filter,
     density check included) on the venous series' own grid, identification by the app's operator on
     the segmented nodes and, through the same registered images, on the ground-truth nodes."""
     threshold = float(cases[0]["ln_threshold"]) if "ln_threshold" in cases[0] else float("nan")
@@ -411,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "app":
         if args.sweep or args.organs != "model":
             p.error("--mode app runs the app's own chain: --sweep and --organs gt are for --mode model-grid")
-        from evaluation.app_mode import scored_app_cases
+        from evaluation.app_chain import scored_app_cases
 
         res = report_app(scored_app_cases(p, args, args.baseline_model, overrides={
             "ln_seg": args.ln_seg_model, "ln_cls": args.ln_cls_model}), args, load_settings())

@@ -20,7 +20,7 @@ one-phase study) together reproduce how ``../shared/real-ct-validation`` was sca
 figure beside :mod:`evaluation.real_ct`'s separates what the acquisition costs from what the
 anatomy costs.
 
-``--mode app`` (:mod:`evaluation.app_mode`): standard 0.7 mm DICOM studies through the app's own
+``--mode app`` (:mod:`evaluation.app_chain`): standard 0.7 mm DICOM studies through the app's own
 intake, registration and organ segmentation; Dice on the venous series' own grid.
 
     python evaluation/organ_segmentation.py --count 10 [--models models] [--json out.json]
@@ -52,7 +52,7 @@ from lnmet.labels import ORGAN_CLASSES  # noqa: E402
 from lnmet.metrics import dice  # noqa: E402
 from lnmet.seeds import seed_set_name  # noqa: E402
 from lnmet.types import PhaseVolume, RegisteredPhases, SeriesRef  # noqa: E402
-from evaluation.app_mode import add_app_arguments  # noqa: E402
+from evaluation.app_chain import add_app_arguments  # noqa: E402
 
 LARGE = ("spleen", "stomach", "aorta", "pancreas")
 LARGE_GOAL, OTHER_GOAL, COVERAGE_GOAL = 0.85, 0.7, 0.9
@@ -164,7 +164,7 @@ def report(s: dict[str, Any], header: str) -> None:
 
 
 def report_app(cases: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
-    """The organ figures of the app mode (:mod:`evaluation.app_mode`): the app's organ labels on the
+    """The organ figures of the app mode (:mod:`evaluation.app_chain`): the app's organ labels on the
     venous series' own grid against the generator's, and the attention coverage of the true nodes."""
     rows = [{"case": c["case"], "dice": c["organ_dice"], "ln_voxels": c["attention_coverage"]["ln_voxels"],
              "coverage_gt": c["attention_coverage"]["gt_organs"],
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.voxel_mm is not None and not 0.5 <= args.voxel_mm <= 6.0:
         p.error(f"--voxel-mm {args.voxel_mm}: expected 0.5-6 mm")
     if args.mode == "app":
-        from evaluation.app_mode import scored_app_cases
+        from evaluation.app_chain import scored_app_cases
 
         s = report_app(scored_app_cases(p, args), args)
         if args.json:

@@ -21,7 +21,7 @@ the models' checksums) are cached under ``--cache``.
         --tumour-only-model build/models/patient_cls_tumour_only.ts [--models models] [--json out.json]
     python -m evaluation.patient_prediction --count 60 --mode app --tumour-only-model ...
 
-``--mode app`` (:mod:`evaluation.app_mode`): standard 0.7 mm DICOM studies through the app's own
+``--mode app`` (:mod:`evaluation.app_chain`): standard 0.7 mm DICOM studies through the app's own
 functions, from the intake to the patient classifier operator; the patient's score is the app's.
 """
 
@@ -51,7 +51,7 @@ from lnmet.networks.ln_classifier import LNPipeline  # noqa: E402
 from lnmet.networks.patient_classifier import PatientModel, nodes_only_score  # noqa: E402
 from lnmet.config import load_settings  # noqa: E402
 from lnmet.seeds import seed_set_name  # noqa: E402
-from evaluation.app_mode import add_app_arguments  # noqa: E402
+from evaluation.app_chain import add_app_arguments  # noqa: E402
 
 log = logging.getLogger("evaluation.patient_prediction")
 
@@ -139,7 +139,7 @@ def report(rows: list[dict[str, Any]], thresholds: dict[str, float | None], head
 
 
 def report_app(cases: list[dict[str, Any]], args: argparse.Namespace, settings: Any) -> dict[str, Any]:
-    """The patient figures of the app mode (:mod:`evaluation.app_mode`): the app's patient classifier
+    """The patient figures of the app mode (:mod:`evaluation.app_chain`): the app's patient classifier
     operator (its threshold, app.yaml's override included), the nodes-only rule on the largest
     positive node the app found, the tumour-only model when given (``--tumour-only-model``)."""
     rows = [c["patient"] for c in cases]
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.mode == "app":
         if args.nodes_only_model or args.organs != "model":
             p.error("--mode app runs the app's own chain: --nodes-only-model and --organs gt are for --mode model-grid")
-        from evaluation.app_mode import scored_app_cases
+        from evaluation.app_chain import scored_app_cases
 
         summary = report_app(scored_app_cases(p, args, tumour_only=args.tumour_only_model,
                                               overrides={"patient_cls": args.combined_model}), args, load_settings())

@@ -12,7 +12,7 @@ compared with the generator's known deformation:
 Prints a before/after table (mean/median/max TRE, Dice per class) and the pass/fail of the goals
 (mean TRE after < 1.5 mm and at least 3x smaller than before; Dice >= 0.9 for the large organs).
 
-``--mode app`` (see :mod:`evaluation.app_mode`): the same figures for the registration the app
+``--mode app`` (see :mod:`evaluation.app_chain`): the same figures for the registration the app
 ran on standard 0.7 mm DICOM studies (loaded by the app's intake), from the shared app-mode cache.
 
     python evaluation/registration_accuracy.py --count 10 --seed-start 100000 --preset train
@@ -36,22 +36,14 @@ if str(ROOT) not in sys.path:
 
 from lnmet.config import load_settings  # noqa: E402
 from lnmet.labels import ORGAN_CLASSES  # noqa: E402
+from lnmet.metrics import dice_per_class  # noqa: E402
 from lnmet.registration import register_phases, transform_points, warp_labels  # noqa: E402
-from evaluation.app_mode import add_app_arguments  # noqa: E402
+from evaluation.app_chain import add_app_arguments  # noqa: E402
 
 LARGE_ORGANS = ("spleen", "stomach", "aorta", "pancreas", "duodenum")
 TRE_GOAL_MM = 1.5
 TRE_FACTOR_GOAL = 3.0
 DICE_GOAL = 0.9
-
-
-def dice_per_class(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-    out = {}
-    for c in ORGAN_CLASSES:
-        x, y = a == c.label, b == c.label
-        denom = int(x.sum()) + int(y.sum())
-        out[c.key] = float("nan") if denom == 0 else 2.0 * float(np.logical_and(x, y).sum()) / denom
-    return out
 
 
 def evaluate_study(study, settings) -> dict:
@@ -127,7 +119,7 @@ def report(rows: list[dict], settings, header: str) -> tuple[dict, dict[str, boo
 
 
 def report_app(cases: list[dict], args: argparse.Namespace) -> dict:
-    """The registration figures of the app mode (:mod:`evaluation.app_mode`): the app's registration
+    """The registration figures of the app mode (:mod:`evaluation.app_chain`): the app's registration
     of the DICOM study, on the venous series' own grid."""
     rows = [{"case": c["case"], "seed": c["seed"], "seconds": c["seconds"]["registration"],
              **{k: c["registration"][k] for k in ("tre_before", "tre_after", "dice_before", "dice_after")}}
@@ -150,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     add_app_arguments(ap)
     args = ap.parse_args(argv)
     if args.mode == "app":
-        from evaluation.app_mode import scored_app_cases
+        from evaluation.app_chain import scored_app_cases
 
         s = report_app(scored_app_cases(ap, args), args)
         if args.json:

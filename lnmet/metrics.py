@@ -13,10 +13,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from scipy import stats
+
+from lnmet.labels import ORGAN_CLASSES
 
 ArrayLike = Sequence[float] | np.ndarray
 
@@ -93,6 +95,31 @@ def match_instances(pred: np.ndarray, truth: np.ndarray, iou_threshold: float = 
         union = gt_counts[:, None] + pred_counts[None, :] - inter
         iou = inter / union
     return InstanceMatch(gt_ids=gt_ids, pred_ids=pred_ids, iou=iou, iou_threshold=iou_threshold)
+
+
+def dice_per_class(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Voxel Dice of every organ/vessel class of two label maps (lnmet.labels keys); NaN for a class
+    absent from both (not 1.0, as :func:`dice` gives, so that it does not lift a mean)."""
+    out = {}
+    for c in ORGAN_CLASSES:
+        x, y = pred == c.label, truth == c.label
+        denom = int(x.sum()) + int(y.sum())
+        out[c.key] = float("nan") if denom == 0 else 2.0 * float(np.logical_and(x, y).sum()) / denom
+    return out
+
+
+def detection_counts(pred: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """One study's node detection counts (:func:`match_instances`), voxel overlap, and the volume of
+    every detected predicted instance over its ground-truth node's (``volume_ratios``); ``match``
+    keeps the :class:`InstanceMatch`."""
+    m = match_instances(pred, truth)
+    pred_sizes = np.bincount(pred.ravel())
+    gt_sizes = np.bincount(truth.ravel())
+    ratios = [float(pred_sizes[p] / gt_sizes[g]) for p, g in sorted(m.pred_to_gt.items())]
+    return {"gt": m.n_gt, "detected": m.n_detected, "pred": m.n_pred, "true_positive_pred": m.n_true_positive_pred,
+            "dice": dice(pred > 0, truth > 0), "inter": int(np.logical_and(pred > 0, truth > 0).sum()),
+            "pred_voxels": int((pred > 0).sum()), "gt_voxels": int((truth > 0).sum()), "volume_ratios": ratios,
+            "match": m}
 
 
 def detection_scores(n_gt: int, n_detected: int, n_pred: int, n_true_positive_pred: int) -> dict[str, float]:

@@ -219,10 +219,10 @@ def test_quality_gate_ran_and_passes_the_generated_study(app_run, results):
 
 
 def test_the_evaluations_app_mode_gives_the_apps_own_results(app_run, results, tmp_path):
-    """``evaluation/app_mode.py`` runs the application's own functions in the graph's order: on the
+    """``evaluation/app_chain.py`` runs the application's own functions in the graph's order: on the
     same DICOM study with the same models it finds the same nodes (index, volume, probability, class)
     and the same patient score as the real Holoscan run."""
-    from evaluation.app_mode import AppModels, run_chain
+    from evaluation.app_chain import AppModels, run_chain
     from lnmet.config import load_settings
 
     mine = run_chain(app_run["study"], tmp_path / "out", AppModels.from_folder(app_run["models"]), load_settings())

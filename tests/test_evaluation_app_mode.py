@@ -1,4 +1,4 @@
-"""The evaluations' "as the app runs" mode (evaluation/app_mode.py) on one tiny generated study with
+"""The evaluations' "as the app runs" mode (evaluation/app_chain.py and app_mode.py) on one tiny generated study with
 stand-in models: the study and the chain's outputs are cached per generator version and reused by
 every script, and the scores are right when the outputs are the ground truth itself.
 (That the chain gives the real app's results is checked in test_app_integration.py.)"""
@@ -35,7 +35,7 @@ def app_cache(tmp_path_factory):
 
 
 def test_one_run_per_study_serves_every_script(app_cache, monkeypatch, capsys):
-    import evaluation.app_mode as app_mode
+    import evaluation.app_chain as app_chain
     from evaluation import ln_detection, organ_segmentation, patient_prediction, registration_accuracy
 
     version = app_cache["cache"] / f"generator_{GENERATOR_VERSION}"
@@ -50,7 +50,7 @@ def test_one_run_per_study_serves_every_script(app_cache, monkeypatch, capsys):
     def no_rerun(*a, **k):
         raise AssertionError("the chain ran again although its outputs are cached")
 
-    monkeypatch.setattr(app_mode, "run_chain", no_rerun)
+    monkeypatch.setattr(app_chain, "run_chain", no_rerun)
     common = ["--mode", "app", "--count", "1", "--preset", "tiny", "--models", str(app_cache["models"]),
               "--app-cache", str(app_cache["cache"])]
     ln = app_cache["root"] / "ln.json"
@@ -77,7 +77,7 @@ def test_app_mode_refuses_the_model_grid_options(app_cache, capsys):
 def test_scores_of_outputs_equal_to_the_ground_truth(app_cache):
     """Outputs replaced by the ground truth score perfectly (Dice 1, every node found once at its true
     volume, PDAC Dice 1); nodes grown by one voxel along x are found larger than they are."""
-    from evaluation.app_mode import score_case
+    from evaluation.app_chain import score_case
 
     version = app_cache["cache"] / f"generator_{GENERATOR_VERSION}"
     study = version / "studies_tiny" / "SYN100000"
@@ -112,7 +112,7 @@ def test_scores_of_outputs_equal_to_the_ground_truth(app_cache):
 
 def test_a_dropped_dicom_is_generated_again(app_cache):
     """The chain needs the DICOM again (e.g. new models): the same study is written again."""
-    from evaluation.app_mode import ensure_study
+    from evaluation.app_chain import ensure_study
 
     version = app_cache["cache"] / f"generator_{GENERATOR_VERSION}"
     before = json.loads((version / "studies_tiny" / "SYN100000" / "ground_truth" / "study.json").read_text())
@@ -124,7 +124,7 @@ def test_a_dropped_dicom_is_generated_again(app_cache):
 def test_a_tumour_only_model_is_added_without_running_the_chain(app_cache, tmp_path, monkeypatch):
     """A tumour-only model asked for after the chain ran is scored from the cached outputs (the venous
     intake and the cached PDAC mask): the same probability as inside the chain, no chain run."""
-    import evaluation.app_mode as app_mode
+    import evaluation.app_chain as app_chain
     from lnmet.config import load_settings
 
     cache = tmp_path / "cache"
@@ -137,10 +137,10 @@ def test_a_tumour_only_model_is_added_without_running_the_chain(app_cache, tmp_p
     def no_rerun(*a, **k):
         raise AssertionError("the chain ran again for a tumour-only model")
 
-    monkeypatch.setattr(app_mode, "run_chain", no_rerun)
-    models = app_mode.AppModels.from_folder(app_cache["models"],
-                                            tumour_only=app_cache["models"] / "patient_cls" / "model.ts")
-    _, rows = app_mode.app_results(cache, [100000], models, load_settings(), "tiny", drop_dicom=True)
+    monkeypatch.setattr(app_chain, "run_chain", no_rerun)
+    models = app_chain.AppModels.from_folder(app_cache["models"],
+                                             tumour_only=app_cache["models"] / "patient_cls" / "model.ts")
+    _, rows = app_chain.app_results(cache, [100000], models, load_settings(), "tiny", drop_dicom=True)
     added = rows[0]["result"]["tumour_only"]
     assert added["sha"] == in_chain["sha"] and added["threshold"] == in_chain["threshold"]
     assert added["probability"] == pytest.approx(in_chain["probability"], abs=1e-5)

@@ -41,6 +41,35 @@ def test_instance_matching_iou_threshold():
     assert not metrics.match_instances(pred, gt).gt_detected[0]
 
 
+def test_dice_per_class_is_nan_for_a_class_absent_from_both():
+    from lnmet.labels import ORGAN_BY_KEY
+
+    spleen, aorta = ORGAN_BY_KEY["spleen"].label, ORGAN_BY_KEY["aorta"].label
+    pred = np.zeros((2, 6), np.uint8)
+    truth = np.zeros((2, 6), np.uint8)
+    pred[0, :4] = spleen   # 4 voxels, 2 shared with the truth's 2
+    truth[0, 2:4] = spleen
+    truth[1, :3] = aorta   # the aorta is missed
+    d = metrics.dice_per_class(pred, truth)
+    assert d["spleen"] == pytest.approx(2 * 2 / 6)
+    assert d["aorta"] == 0.0
+    assert np.isnan(d["pancreas"])  # in neither map: no figure, not a perfect one
+
+
+def test_detection_counts_volume_ratio_of_each_found_node():
+    gt = np.zeros((1, 30), np.int64)
+    pred = np.zeros((1, 30), np.int64)
+    gt[0, 0:10] = 1     # found by prediction 4, which is 12 voxels: ratio 1.2
+    pred[0, 0:12] = 4
+    gt[0, 20:24] = 2    # missed
+    pred[0, 26:29] = 9  # a false detection
+    c = metrics.detection_counts(pred, gt)
+    assert (c["gt"], c["detected"], c["pred"], c["true_positive_pred"]) == (2, 1, 2, 1)
+    assert c["volume_ratios"] == [pytest.approx(1.2)]
+    assert (c["inter"], c["pred_voxels"], c["gt_voxels"]) == (10, 15, 14)
+    assert c["dice"] == pytest.approx(2 * 10 / 29) and c["match"].pred_to_gt == {4: 1}
+
+
 def test_auc_mann_whitney_with_ties():
     y = [0, 0, 1, 1, 1]
     s = [0.1, 0.5, 0.5, 0.8, 0.9]
