@@ -125,6 +125,7 @@ def test_init_from_starts_from_a_models_weights(trained, tiny_nnunet, tmp_path):
                                                     "sha256": sha256_file(source)}
     assert meta["training"]["tversky_alpha_beta_paper_eq4"] == [1.0, 1.0]
     assert "--init-from" in meta["training_command"]
+    assert meta["version"] == f"{src_meta['version']}+finetuned"  # never mistaken for a trained release
     tuned = train_main(args + ["--iterations", "2", "--init-from", str(source),
                                "--out", str(tmp_path / "b" / "model.ts"), "--checkpoint", str(tmp_path / "b.pt")])
     assert [h["iteration"] for h in tuned["history"]] == [2]  # a new schedule, not the source's iterations
@@ -132,6 +133,7 @@ def test_init_from_starts_from_a_models_weights(trained, tiny_nnunet, tmp_path):
                                  "--checkpoint", str(tmp_path / "b.pt")])
     assert resumed["iterations"] == 3  # a second leg of the fine-tuning still names its source
     assert load_model(resumed["model"])[1]["training"]["initialised_from"] == meta["training"]["initialised_from"]
+    assert load_model(resumed["model"])[1]["version"] == meta["version"]
     changed = load_model(tuned["model"])[0].state_dict()
     assert any(not torch.equal(changed[k], v) for k, v in src_module.state_dict().items())
     with pytest.raises(ValueError, match="pdac model"):
