@@ -87,6 +87,8 @@ ANATOMY_LABELS: dict[str, int] = {
     "calcification": 46,
     "adrenal": 47,
     "skin": 48,
+    # generator 2.1
+    "duodenum_gas": 49,
 }
 
 # Anatomy labels that belong to an organ class in the organ label map (lumen and tumour included).
@@ -95,6 +97,7 @@ ANATOMY_TO_ORGAN: dict[int, int] = {
     24: 3,  # stomach lumen -> stomach
     33: 3,  # stomach gas -> stomach
     32: 6,  # duodenum lumen -> duodenum
+    49: 6,  # duodenal gas -> duodenum
     26: 5,  # PDAC -> pancreas
     43: 5,  # interlobular fat inside the pancreas outline -> pancreas
 }

@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 from evaluation.real_ct import DEFAULT_DATA, TOTALSEG_LABELS, load_real_ct  # noqa: E402
 from lnmet.labels import ORGAN_BY_KEY  # noqa: E402
-from synthetic import generate_study  # noqa: E402
+from synthetic import GENERATOR_VERSION, generate_study  # noqa: E402
 
 WINDOW = (40.0 - 200.0, 40.0 + 200.0)  # W400 / L40
 
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     offsets = (0.0, -30.0)  # the pancreas' largest slice, and 3 cm below it (kidneys, bowel)
     fig, axes = plt.subplots(2, 2, figsize=(10, 9.4))
     for row, dz in enumerate(offsets):
-        for col, (img, z, title) in enumerate(((study.venous, gen_z + dz, f"generated (generator 2.0, seed {args.seed}, venous)"),
+        for col, (img, z, title) in enumerate(((study.venous, gen_z + dz, f"generated (generator {GENERATOR_VERSION}, seed {args.seed}, venous)"),
                                                (ct, real_z + dz, "real CT (non-contrast, TotalSegmentator test volume)"))):
             ax = axes[row, col]
             ax.imshow(np.clip(_slice_at(img, z), *WINDOW), cmap="gray", vmin=WINDOW[0], vmax=WINDOW[1],

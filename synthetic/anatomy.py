@@ -61,6 +61,7 @@ class Anatomy:
     lobule_centres: np.ndarray | None = None
     bowel_mottle: WaveField | None = None
     stomach_gas_level: float = 0.0  # y above which (anterior, smaller y) the stomach lumen holds gas
+    duodenum_gas_level: float = -1e3  # the same for the duodenum (the bulb, most anterior, fills first)
     kidney_hilum: dict[str, np.ndarray] = field(default_factory=dict)
 
     # Old attribute names, kept for readers of generator 1.x code.
@@ -98,6 +99,7 @@ class Anatomy:
         arr[lumen & np.broadcast_to(ys < self.stomach_gas_level, arr.shape)] = L["stomach_gas"]
         inside = np.isin(arr, [L["body_fat"], L["liver"], L["gallbladder"]])
         T["duodenum"].paint(grid, arr, L["duodenum"], where=inside, lumen_value=L["duodenum_lumen"])
+        arr[(arr == L["duodenum_lumen"]) & np.broadcast_to(ys < self.duodenum_gas_level, arr.shape)] = L["duodenum_gas"]
         T["esophagus"].paint(grid, arr, L["esophagus"], where=inside | (arr == L["muscle_wall"]))
         E["spleen"].paint(grid, arr, L["spleen"], where=fat())
         self._pancreas(grid, arr)
@@ -275,6 +277,7 @@ def _fit_to_cavity(a: Anatomy) -> None:
     if a.lobule_centres is not None:
         a.lobule_centres = move(a.lobule_centres)
     a.stomach_gas_level = float(sy - (sy - a.stomach_gas_level) * fy)
+    a.duodenum_gas_level = float(sy - (sy - a.duodenum_gas_level) * fy)
 
 
 def sample_anatomy(rng: np.random.Generator) -> Anatomy:
@@ -305,9 +308,13 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         a.kidney_hilum[k] /= np.linalg.norm(a.kidney_hilum[k])
     E["adrenal_left"] = Ellipsoid(np.r_[46, 42, 30] + _j(rng, 3), [3.5, 14, 20], (0.6, 0.3, 0.2))
     E["adrenal_right"] = Ellipsoid(np.r_[-34, 44, 38] + _j(rng, 3), [3.5, 13, 20], (-0.4, 0.2, 0.1))
-    spleen_len = rng.uniform(40, 62)
-    E["spleen"] = Ellipsoid(np.r_[92, 44, 34] + _j(rng, 4), [20 * rng.uniform(0.8, 1.25), spleen_len, rng.uniform(40, 58)],
-                            (rng.uniform(-0.75, -0.55), 0.0, rng.uniform(-0.25, 0.0)),
+    # The spleen lies in the posterolateral left upper quadrant along the 10th rib (Gray's): its long
+    # axis runs from the posterior pole beside the spine, at the depth of the left kidney, forwards and
+    # laterally, descending; its diaphragmatic surface is moulded by the body wall and its visceral
+    # surface by the stomach and kidney (painted first), which gives the crescent of axial CT.
+    spleen_len = rng.uniform(50, 66)
+    E["spleen"] = Ellipsoid(np.r_[106, 72, 34] + _j(rng, 4), [24 * rng.uniform(0.85, 1.2), spleen_len, rng.uniform(40, 55)],
+                            (rng.uniform(0.55, 0.9), 0.0, rng.uniform(0.25, 0.5)),
                             bumps=0.1, bump_phase=rng.uniform(0, 6.28, 6))
 
     T = a.tubes
@@ -326,10 +333,13 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     T["stomach"] = Tube(np.vstack([ge + [10, 4, 2], P([58, 12, 66], [62, -12, 44], [44, -40, 22], [12, -56, 10]), pylorus]),
                         np.array([14, 34, 34, 29, 20, 11]) * st_r, wall=rng.uniform(3.0, 5.5), step=4.0)
     a.stomach_gas_level = -46.0 + rng.normal(0, 8)
+    # Supine, duodenal gas rises to the anterior lumen: none in some patients, a cap in the bulb in
+    # others, a gas-filled duodenum in a few (generator 2.1).
+    a.duodenum_gas_level = -1e3 if rng.uniform() < 0.4 else float(rng.uniform(-40.0, 24.0))
     T["duodenum"] = Tube(np.vstack([pylorus, P([-36, -30, 12], [-52, -8, 4], [-56, 2, -18], [-50, 8, -42], [-24, 16, -56],
                                                [2, 14, -60], [22, 10, -50], [30, 4, -30], [34, -2, -14])]),
                          [10, 12, 12, 12, 12, 11, 11, 11, 11, 10], wall=2.5, step=3.0)
-    tail_end = E["spleen"].centre + np.r_[-14, -12, -12] + _j(rng, 2)
+    tail_end = E["spleen"].centre + np.r_[-20, -22, -12] + _j(rng, 2)  # at the splenic hilum
     pan = np.vstack([P([-34, 2, -16], [-12, -6, -2], [8, -8, 4], [34, 0, 8], [62, 14, 12], sd=2.5), tail_end])
     pr = np.array([16.0, 10.5, 10.0, 11.0, 9.5, 8.0]) * rng.uniform(0.8, 1.15)
     T["pancreas"] = Tube(pan, pr, step=3.0)

@@ -55,6 +55,7 @@ TISSUES: dict[str, tuple[float, float, float, float, float]] = {
     "stomach_gas": (-940, 0, 0, 20, 20),
     "duodenum": (40, 45, 55, 6, 6),
     "duodenum_lumen": (12, 0, 0, 4, 4),
+    "duodenum_gas": (-940, 0, 0, 20, 20),
     "bowel": (38, 40, 55, 6, 6),
     "bowel_lumen": (10, 0, 0, 5, 5),
     "faeces": (-30, 0, 0, 60, 60),
@@ -83,7 +84,8 @@ ARTERIAL_TIMING_SENSITIVITY = {"portal_splenic_vein": 0.45, "other_vein": 0.5, "
                                "other_artery": -0.1}
 VENOUS_TIMING_SENSITIVITY = {"aorta": -0.2, "sma": -0.2, "tc_sa": -0.2, "lga": -0.2, "cha_pha": -0.2,
                              "other_artery": -0.2, "liver": 0.15, "hepatic_vein": 0.2, "kidney_medulla": 0.1}
-FIXED = ("background_air", "table_shell", "table_core", "bone_cortical", "calcification", "stomach_gas", "gas", "lung")
+FIXED = ("background_air", "table_shell", "table_core", "bone_cortical", "calcification", "stomach_gas", "duodenum_gas", "gas",
+         "lung")
 LUMINA = ("stomach_lumen", "duodenum_lumen", "bowel_lumen")
 
 

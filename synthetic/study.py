@@ -23,7 +23,7 @@ from synthetic.lesions import Lesions, organ_map, sample_lesions
 # 1.1.0: LN volumes and tumour diameters follow Table 1 (the generated cohort, not only the knots).
 # 2.0.0: realistic anatomy (ribs, arms, table, bowel, vessel tree, lobulated pancreas, kidneys...),
 #        per-patient contrast, kernel-shaped noise and streaks; node appearance overlapping between classes.
-GENERATOR_VERSION = "2.0.0"
+GENERATOR_VERSION = "2.1.0"
 DEFORMATION_SPACING_MM = 4.0
 
 
@@ -330,7 +330,8 @@ def _landmarks(grid: Grid, labels: np.ndarray, lesions: Lesions, breathing: Brea
     """Venous points (organ/vessel voxels, lesion centres, random soft-tissue voxels inside the field
     of view) and where the same tissue is in the arterial image."""
     pts = [n.centre for n in lesions.nodes] + [lesions.tumour.centre]
-    soft = np.flatnonzero((labels > 0) & (labels != L["background_air"]) & (labels != L["stomach_gas"]))
+    soft = np.flatnonzero((labels > 0) & (labels != L["background_air"]) & (labels != L["stomach_gas"])
+                       & (labels != L["duodenum_gas"]))
     if soft.size:
         pick = rng.choice(soft, size=min(n_random, soft.size), replace=False)
         zyx = np.array(np.unravel_index(pick, labels.shape), float).T

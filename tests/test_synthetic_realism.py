@@ -45,6 +45,51 @@ def test_neighbours_of_the_labelled_structures_are_drawn(rendered):
         assert table_y.size and table_y.min() >= skin_y.max()
 
 
+def test_spleen_lies_posterolaterally_along_the_ribs():
+    """Generator 2.1: the spleen sits in the posterolateral left upper quadrant (Gray's: along the
+    10th rib, posterior pole at the depth of the left kidney), against the body wall, its axial long
+    axis running forwards as it runs laterally; generator 2.0 put it mid-depth, axis the other way."""
+    zyx_mm = np.array(COARSE.spacing[::-1])
+    for seed in (21, 22, 23, 24):
+        labels = sample_patient_anatomy(seed).render(COARSE)
+        spleen, kidney, aorta = labels == L["spleen"], labels == L["kidney_left"], labels == L["aorta"]
+        volume_ml = spleen.sum() * np.prod(zyx_mm) / 1000.0
+        assert 100.0 <= volume_ml <= 400.0, f"seed {seed}: spleen {volume_ml:.0f} ml"
+        c_spleen, c_kidney, c_aorta = (np.argwhere(m).mean(0) * zyx_mm for m in (spleen, kidney, aorta))
+        assert c_spleen[1] - c_aorta[1] >= 10.0, f"seed {seed}: spleen not behind the aorta"
+        assert abs(c_spleen[1] - c_kidney[1]) <= 25.0, f"seed {seed}: spleen not at the kidney's depth"
+        assert c_spleen[2] - c_aorta[2] >= 60.0  # far to the left (x index grows to the patient's left)
+        # against the wall: some spleen voxels touch the muscle wall, ribs or diaphragm
+        from scipy import ndimage
+        ring = ndimage.binary_dilation(spleen) & ~spleen
+        assert np.isin(labels[ring], [L["muscle_wall"], L["bone_cortical"], L["bone_cancellous"],
+                                      L["costal_cartilage"]]).any()
+        # axial long axis: lateral (+x) goes with anterior (-y)
+        pts = np.argwhere(spleen)[:, 1:] * zyx_mm[1:]  # (y, x) in mm
+        w, v = np.linalg.eigh(np.cov(pts.T))
+        dy, dx = v[:, -1]
+        assert dy * dx < 0, f"seed {seed}: axial long axis {dx:.2f}, {dy:.2f}"
+
+
+def test_duodenal_gas_varies_and_belongs_to_the_duodenum():
+    """Generator 2.1: supine, gas sits in the anterior duodenal lumen (the bulb first) in some patients
+    and not in others; like the stomach's gas, it is duodenum in the organ label map."""
+    from synthetic.lesions import organ_map
+
+    shares = []
+    for seed in range(4, 10):
+        labels = sample_patient_anatomy(seed).render(COARSE)
+        gas = labels == L["duodenum_gas"]
+        duodenum = np.isin(labels, [L["duodenum"], L["duodenum_lumen"], L["duodenum_gas"]])
+        shares.append(gas.sum() / duodenum.sum())
+        if gas.any():
+            assert (organ_map(labels)[gas] == L["duodenum"]).all()
+            # non-dependent: the gas lies in front of (smaller y than) the fluid of the same loop
+            y = np.nonzero(gas)[1].mean(), np.nonzero(labels == L["duodenum_lumen"])[1].mean()
+            assert y[0] < y[1]
+    assert min(shares) == 0.0 and max(shares) > 0.3, shares
+
+
 def test_anatomy_alone_is_the_patients_anatomy(patients):
     alone = sample_patient_anatomy(11)
     body = patients[0].anatomy.body
