@@ -53,8 +53,12 @@ def test_runs_the_app_with_each_variant(tiny_study_dir, tmp_path):
     (row,) = doc["rows"]
     for name, folder in (("default", "default"), ("registration.bspline_iterations=0", "app.variant0")):
         results = json.loads((out / tiny_study_dir.name / folder / "results.json").read_text())
-        assert row[name]["probability"] == results["patient"]["probability"]
+        withheld = (results.get("quality_gate") or {}).get("withheld_model_output") or {}
+        probability = results["patient"]["probability"]
+        # where the gate withheld the decision, the row holds the classifier's kept output
+        assert row[name]["probability"] == (probability if probability is not None else withheld.get("probability"))
         assert row[name]["decision"] == results["patient"]["decision"]
+        assert row[name]["status"] == results["status"]
     assert f"settings: {out / 'app.variant0.yaml'}" in (out / f"{tiny_study_dir.name}.app.variant0.log").read_text()
     assert f"settings: {stability.DEFAULT_CONFIG_PATH}" in (out / f"{tiny_study_dir.name}.default.log").read_text()
     summary = doc["summary"]["registration.bspline_iterations=0"]
