@@ -18,6 +18,7 @@ a summary on training or validation seeds is refused, since choices were made on
 
     python -m evaluation.app_mode --count 30 --json build/eval/app_mode.json
     python -m evaluation.record_held_out build/eval/app_mode.json [--manifest model_manifest.json]
+                                         [--only organ_seg]   # after retraining one model
 """
 
 from __future__ import annotations
@@ -90,8 +91,9 @@ def figures_by_model(summary: dict[str, Any]) -> dict[str, list[HeldOutFigure]]:
     return {k: v for k, v in kept.items() if v}
 
 
-def evidence_from_summary(doc: dict[str, Any], manifest: dict[str, dict[str, Any]]) -> dict[str, HeldOutEvidence]:
-    """Per model in the manifest: its held-out evidence from ``app_mode``'s JSON document.
+def evidence_from_summary(doc: dict[str, Any], manifest: dict[str, dict[str, Any]],
+                          only: set[str] | None = None) -> dict[str, HeldOutEvidence]:
+    """Per model in the manifest (or in ``only``): its held-out evidence from ``app_mode``'s JSON document.
 
     Raises :class:`RecordError` when the document has no provenance, was measured on seeds that are
     not all held-out, or on a model file other than the manifest's."""
@@ -111,7 +113,7 @@ def evidence_from_summary(doc: dict[str, Any], manifest: dict[str, dict[str, Any
                f"{prov['preset']} preset) run as the app runs")
     out: dict[str, HeldOutEvidence] = {}
     for name, figs in figures.items():
-        if name not in manifest:
+        if name not in manifest or (only is not None and name not in only):
             continue
         sha = measured.get(name, {}).get("sha256")
         if sha != manifest[name]["sha256"]:
@@ -126,11 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("summary", type=Path, help="the --json file of python -m evaluation.app_mode")
     p.add_argument("--manifest", type=Path, default=ROOT / MANIFEST_NAME)
+    p.add_argument("--only", nargs="+", metavar="MODEL",
+                   help="record these models only (e.g. the one retrained); the others keep their records")
     args = p.parse_args(argv)
     try:
         doc = json.loads(args.summary.read_text())
         manifest = load_manifest(args.manifest)
-        evidence = evidence_from_summary(doc, manifest)
+        unknown = sorted(set(args.only or ()) - set(manifest))
+        if unknown:
+            raise RecordError(f"--only {' '.join(unknown)}: not in the manifest (models: {', '.join(sorted(manifest))})")
+        evidence = evidence_from_summary(doc, manifest, set(args.only) if args.only else None)
     except (OSError, ValueError, RecordError) as exc:
         print(f"error: {args.summary}: {exc}", file=sys.stderr)
         return 1

@@ -177,3 +177,17 @@ def test_held_out_figures_go_beside_the_models_measured(app_cache, tmp_path):
         **doc["provenance"]["models"], "ln_seg": {"version": "x", "sha256": "a" * 64}}}}
     with pytest.raises(RecordError, match="model 'ln_seg': the summary measured file aaaaaaaaaaaa"):
         evidence_from_summary(other, entries)
+    # --only: a summary whose other files differ still records the one model named; the rest keep theirs
+    assert set(evidence_from_summary(other, entries, only={"organ_seg"})) == {"organ_seg"}
+    kept = json.loads(manifest.read_text())
+    for entry in kept["models"]:
+        if entry["name"] != "organ_seg" and "held_out" in entry:
+            entry["held_out"]["setting"] = "an earlier measurement"
+    manifest.write_text(json.dumps(kept))
+    assert main([str(summary), "--manifest", str(manifest), "--only", "organ_seg"]) == 0
+    after = {e["name"]: e["held_out"]["setting"] for e in json.loads(manifest.read_text())["models"]
+             if "held_out" in e}
+    assert len(after) >= 3
+    assert after["organ_seg"].startswith("1 held-out generated studies")
+    assert {v for k, v in after.items() if k != "organ_seg"} == {"an earlier measurement"}
+    assert main([str(summary), "--manifest", str(manifest), "--only", "spleen_seg"]) == 1
