@@ -15,8 +15,10 @@ aliasing, HU clamped to [-1000, 1500] so that metal/air do not dominate the hist
 
 Metric sampling is random with a fixed seed (``sampling_fraction`` of the voxels, at most
 ``max_samples`` per level) and the registration runs on one thread unless
-``$ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` asks for more (:func:`registration_threads`), so a run
-is reproducible bit for bit. The
+``$PDAC_LN_REGISTRATION_THREADS`` asks for more (:func:`registration_threads`), so a run is
+reproducible bit for bit, also where ITK's other filters are given more threads (a cohort worker
+sets ``$ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` to its CPUs and still computes what the single-study
+app computes). The
 arterial phase is put on the fine working grid through the transform sampled every
 ``working_spacing_mm`` (:func:`displacement_field`), far cheaper than evaluating the B-spline at
 every output voxel. The result is one composite transform mapping a
@@ -65,13 +67,16 @@ class RegistrationResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"  # ITK's own variable; set by cohort workers
+THREADS_ENV = "PDAC_LN_REGISTRATION_THREADS"
+"""The registration's own thread setting. Not ITK's global default, which cohort workers raise to
+their CPUs: with it the registration of a cohort study differed from the single-study app's (a CI
+run: one SEG voxel set apart on a tiny study)."""
 
 
 def registration_threads() -> int:
-    """The registration's thread count: ``$ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS`` when set (a caller
-    that chose speed over bit-for-bit reproducibility, e.g. a cohort worker given several CPUs), else
-    :data:`REGISTRATION_THREADS` (one: the same transform on every run and every machine)."""
+    """The registration's thread count: ``$PDAC_LN_REGISTRATION_THREADS`` when set (a caller that
+    chose speed over bit-for-bit reproducibility), else :data:`REGISTRATION_THREADS` (one: the same
+    transform on every run and every machine)."""
     wanted = os.environ.get(THREADS_ENV, "").strip()
     if wanted.isdigit() and int(wanted) > 0:
         return int(wanted)
