@@ -3,6 +3,7 @@ segmentation operators running the exported files in a Holoscan graph."""
 
 from __future__ import annotations
 
+import time
 
 import numpy as np
 import pytest
@@ -102,9 +103,16 @@ def test_resume_continues_from_the_checkpoint(tiny_nnunet, tmp_path):
     assert first["iterations"] == 3
     state = torch.load(tmp_path / "ck.pt", map_location="cpu", weights_only=False)
     assert state["iteration"] == 3
+    assert 0 < state["seconds"] <= first["seconds"]
+    state["seconds"] = 1000.0  # as if the first leg had taken 1000 s: the total must carry it on
+    torch.save(state, tmp_path / "ck.pt")
+    t0 = time.perf_counter()
     second = train_main(args + ["--iterations", "5", "--resume"])
+    leg = time.perf_counter() - t0
     assert second["iterations"] == 5
     assert [h["iteration"] for h in second["history"]] == [1, 2, 3, 4, 5]
+    assert 1000.0 < second["seconds"] < 1000.0 + leg, "training time counts every leg"
+    assert load_model(second["model"])[1]["training"]["seconds"] == round(second["seconds"], 1)
 
 
 def test_init_from_starts_from_a_models_weights(trained, tiny_nnunet, tmp_path):

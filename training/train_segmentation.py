@@ -284,10 +284,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     augment = build_augmentation(with_attention=attention, seed=args.seed) if preset.augmentation else None
 
     iteration, planned, history = 0, preset.iterations, []
+    seconds_before = 0.0  # training time of the legs before a --resume (the metadata records the total)
     if state is not None:
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         iteration, history = state["iteration"], state["history"]
+        seconds_before = float(state.get("seconds", 0.0))
         planned = args.iterations if args.iterations else state["planned"]  # --iterations extends a run
         sampler.rng.bit_generator.state = state["sampler_rng"]
         torch.set_rng_state(state["torch_rng"])
@@ -312,7 +314,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         torch.save({"model": net.state_dict(), "optimizer": optimizer.state_dict(), "iteration": iteration,
                     "planned": planned, "history": history, "normalization": normalization, "task": task.name,
                     "attention": attention, "sampler_rng": sampler.rng.bit_generator.state,
-                    "initialised_from": initialised_from,
+                    "initialised_from": initialised_from, "seconds": seconds_before + time.perf_counter() - t_start,
                     "torch_rng": torch.get_rng_state(), "preset": preset.name}, tmp)
         os.replace(tmp, checkpoint)
 
@@ -362,8 +364,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     if window:
         history.append({"iteration": iteration, "loss": float(np.mean(window)), "lr": lr,
                         "it_per_s": (iteration - start_iteration) / (time.perf_counter() - t_start)})
-    train_seconds = time.perf_counter() - t_start
     save_checkpoint()
+    train_seconds = seconds_before + time.perf_counter() - t_start  # every leg
 
     final_val = validate(net, val_cases, metadata, device, args.val_overlap, task.name)
     if final_val:
