@@ -102,7 +102,8 @@ if want ln_cls && [ ! -f build/train/ln_cls.done ]; then
   mkdir -p build/train && touch build/train/ln_cls.done
 fi
 if want patient && [ ! -f build/train/patient_cls.done ]; then
-  COMMON="--data data/nnunet_patients --ln-seg-model models/ln_seg/model.ts --ln-cls-model models/ln_cls/model.ts \
+  # patient_cls 0.6.0 was fitted to ln_seg 0.4.0's nodes (with the -30 HU fat-rim trim app.yaml had then)
+  COMMON="--data data/nnunet_patients --ln-seg-model build/ln_seg_0.4.0/model.ts --ln-cls-model models/ln_cls/model.ts \
           --max-cases 80 --cache build/cache/patient_cls --threads 1"
   $PY -m training.train_patient_classifier $COMMON --out build/unused.ts --volumes-only --shard 0/2 &
   $PY -m training.train_patient_classifier $COMMON --out build/unused.ts --volumes-only --shard 1/2 &
