@@ -102,6 +102,8 @@ class Anatomy:
         arr[(arr == L["duodenum_lumen"]) & np.broadcast_to(ys < self.duodenum_gas_level, arr.shape)] = L["duodenum_gas"]
         T["esophagus"].paint(grid, arr, L["esophagus"], where=inside | (arr == L["muscle_wall"]))
         E["spleen"].paint(grid, arr, L["spleen"], where=fat())
+        if "spleen_pole" in E:  # the broad upper pole fills the posterior recess under the left dome
+            E["spleen_pole"].paint(grid, arr, L["spleen"], where=fat() | (arr == L["lung"]))
         self._pancreas(grid, arr)
         inside = np.isin(arr, [L["body_fat"], L["liver"], L["gallbladder"], L["pancreas"], L["pancreas_fat"]])
         for name in ("ivc", "portal_vein", "smv", "splenic_vein"):
@@ -266,8 +268,10 @@ def _fit_to_cavity(a: Anatomy) -> None:
 
     for e in list(a.ellipsoids.values()) + a.calcifications:
         e.centre = move(e.centre)
-    for name in ("liver", "liver_left", "spleen"):  # the large solid organs grow a little with the frame
-        e = a.ellipsoids[name]
+    for name in ("liver", "liver_left", "spleen", "spleen_pole"):  # the large solid organs grow a little with the frame
+        e = a.ellipsoids.get(name)
+        if e is None:
+            continue
         e.semi_axes = e.semi_axes * np.sqrt(fx)
     tubes = list(a.tubes.values()) + [v.tube for v in a.vessels] + [h.tube for h in a.bowel]
     for t in tubes:
@@ -316,6 +320,15 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     E["spleen"] = Ellipsoid(np.r_[106, 72, 34] + _j(rng, 4), [24 * rng.uniform(0.85, 1.2), spleen_len, rng.uniform(40, 55)],
                             (rng.uniform(0.55, 0.9), 0.0, rng.uniform(0.25, 0.5)),
                             bumps=0.1, bump_phase=rng.uniform(0, 6.28, 6))
+    # Generator 2.2: the upper pole is the broad part, higher, more medial and posterior, under the
+    # left dome against the diaphragm (the real CT's spleen widens upwards to 40+ cm^2 and reaches
+    # towards the fundus; 2.1's single ellipsoid tapered upwards at the lateral wall). Drawn from a
+    # spawned stream, so every other draw of a seed is the one of 2.1.
+    pole = rng.spawn(1)[0]
+    E["spleen_pole"] = Ellipsoid(E["spleen"].centre + np.r_[-32, 12, 26] + _j(pole, 4),
+                                 np.array([32, 32, 26]) * pole.uniform(0.8, 1.15, 3),
+                                 (pole.uniform(0.3, 0.7), 0.0, pole.uniform(-0.2, 0.2)),
+                                 bumps=0.1, bump_phase=pole.uniform(0, 6.28, 6))
 
     T = a.tubes
     ax, ay = 15.0 + rng.normal(0, 2), spine_c[1] - spine_r - 12.0 + rng.normal(0, 1.5)

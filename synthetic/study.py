@@ -23,7 +23,9 @@ from synthetic.lesions import Lesions, organ_map, sample_lesions
 # 1.1.0: LN volumes and tumour diameters follow Table 1 (the generated cohort, not only the knots).
 # 2.0.0: realistic anatomy (ribs, arms, table, bowel, vessel tree, lobulated pancreas, kidneys...),
 #        per-patient contrast, kernel-shaped noise and streaks; node appearance overlapping between classes.
-GENERATOR_VERSION = "2.1.0"
+# 2.1.0: the spleen posterolateral along the 10th rib; duodenal gas of supine patients.
+# 2.2.0: the spleen's broad upper pole under the left dome (medial, posterior, against the diaphragm).
+GENERATOR_VERSION = "2.2.0"
 DEFORMATION_SPACING_MM = 4.0
 
 

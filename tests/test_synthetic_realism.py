@@ -71,6 +71,24 @@ def test_spleen_lies_posterolaterally_along_the_ribs():
         assert dy * dx < 0, f"seed {seed}: axial long axis {dx:.2f}, {dy:.2f}"
 
 
+def test_spleen_is_broadest_in_its_upper_part_reaching_medially():
+    """Generator 2.2: the spleen's upper part is its broad one, under the left dome, reaching
+    medially towards the fundus (the real CT's spleen widens upwards to over 40 cm^2 per slice);
+    2.1's spleen tapered upwards at the lateral wall."""
+    zyx_mm = np.array(COARSE.spacing[::-1])
+    for seed in (21, 22, 23, 24):
+        spleen = sample_patient_anatomy(seed).render(COARSE) == L["spleen"]
+        zs = np.nonzero(spleen.any(axis=(1, 2)))[0]
+        mid = int(np.median(np.argwhere(spleen)[:, 0]))
+        area = spleen.sum(axis=(1, 2)) * zyx_mm[1] * zyx_mm[2]
+        upper, lower = area[mid:zs.max() + 1], area[zs.min():mid]
+        assert upper.max() > lower.max(), f"seed {seed}: broadest slice below the spleen's middle"
+        # medial edge (smallest x index: x grows to the patient's left) of each half
+        medial_upper = np.argwhere(spleen[mid:])[:, 2].min() * zyx_mm[2]
+        medial_lower = np.argwhere(spleen[:mid])[:, 2].min() * zyx_mm[2]
+        assert medial_lower - medial_upper >= 6.0, f"seed {seed}: upper part not more medial"
+
+
 def test_duodenal_gas_varies_and_belongs_to_the_duodenum():
     """Generator 2.1: supine, gas sits in the anterior duodenal lumen (the bulb first) in some patients
     and not in others; like the stomach's gas, it is duodenum in the organ label map."""
