@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Reproduces every bundled model from scratch on the project's own synthetic studies. The generator
-# is now 2.1.0; organ_seg 0.4.0 was fine-tuned on 2.1.0 studies (step organs_g21), the other models
+# is now 2.2.0; organ_seg 0.5.0 was fine-tuned on 2.2.0 studies (step organs_g22) from 0.4.0, which
+# was fine-tuned on 2.1.0 ones (step organs_g21; the generator of commit 61ea7c7), the other models
 # were trained on 2.0.0 ones (the generator before commit e0b796d: check that out to reproduce them
-# bit for bit; on 2.1.0 studies the same commands train the same recipe on the newer anatomy):
+# bit for bit; on newer studies the same commands train the same recipe on the newer anatomy):
 # the training data, the five models in dependency order, the plain baseline of the LN ablation and
 # the tumour-only patient classifier (used by the evaluations), then the model manifest, then the
 # held-out figures every output quotes (30 held-out studies as the app runs, about 1.5 hours more).
@@ -10,7 +11,7 @@
 # the training commands on a GPU. Steps whose output exists are skipped, so a stopped run resumes.
 #
 #     bash scripts/train_bundled_models.sh            # everything
-#     STEP=organs bash scripts/train_bundled_models.sh   # one step: data organs organs_g21 pdac ln ln_baseline ln_cls patient manifest heldout
+#     STEP=organs bash scripts/train_bundled_models.sh   # one step: data organs organs_g21 organs_g22 pdac ln ln_baseline ln_cls patient manifest heldout
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -42,7 +43,7 @@ if want organs && [ ! -f build/train/organ_seg.done ]; then
 fi
 if want organs_g21 && [ ! -f build/train/organ_seg_g21.done ]; then
   # 0.2.0 fine-tuned on 22 generator 2.1.0 cases (2 held back), the venous phase alone in half the
-  # patches: 300 iterations, resumed to 900 (0.3.0), resumed to 1800 (the bundled 0.4.0).
+  # patches: 300 iterations, resumed to 900 (0.3.0), resumed to 1800 (0.4.0, the source of organs_g22).
   [ -f data/nnunet_g21/Dataset501_PancreasOrgans/labelsTr/SYN000021.nii.gz ] ||
     $PY -m synthetic export-nnunet --seed 0 --count 22 --preset train --acquisition random --out data/nnunet_g21 --workers 2
   FT="$PY -m training.train_segmentation --dataset data/nnunet_g21/Dataset501_PancreasOrgans --task organs \
@@ -54,8 +55,22 @@ if want organs_g21 && [ ! -f build/train/organ_seg_g21.done ]; then
   [ -f build/train/organ_seg_g21_leg2.done ] || {
     $FT --resume --iterations 900 --model-version 0.3.0 --out build/organ_seg_0.3.0/model.ts
     mkdir -p build/train && touch build/train/organ_seg_g21_leg2.done; }
-  $FT --resume --iterations 1800 --model-version 0.4.0 --out models/organ_seg/model.ts
+  $FT --resume --iterations 1800 --model-version 0.4.0 --out build/organ_seg_0.4.0/model.ts
   mkdir -p build/train && touch build/train/organ_seg_g21.done
+fi
+if want organs_g22 && [ ! -f build/train/organ_seg_g22.done ]; then
+  # 0.4.0 fine-tuned on 22 generator 2.2.0 cases (the spleen's broad upper pole; 2 held back), the
+  # venous phase alone in half the patches: 600 iterations, resumed to 1200 (the bundled 0.5.0).
+  [ -f data/nnunet_g22/Dataset501_PancreasOrgans/labelsTr/SYN000021.nii.gz ] ||
+    $PY -m synthetic export-nnunet --seed 0 --count 22 --preset train --acquisition random --out data/nnunet_g22 --workers 2
+  FT="$PY -m training.train_segmentation --dataset data/nnunet_g22/Dataset501_PancreasOrgans --task organs \
+      --name organ_seg --lr 0.002 --single-phase-fraction 0.5 --val-fraction 0.1 --val-max-cases 2 --threads 2 \
+      --seed 0 --log-every 50 --checkpoint build/checkpoints/organ_seg_g22.pt"
+  [ -f build/train/organ_seg_g22_leg1.done ] || {
+    $FT --init-from build/organ_seg_0.4.0/model.ts --iterations 600 --out build/organ_seg_g22_leg1/model.ts
+    mkdir -p build/train && touch build/train/organ_seg_g22_leg1.done; }
+  $FT --resume --iterations 1200 --model-version 0.5.0 --out models/organ_seg/model.ts
+  mkdir -p build/train && touch build/train/organ_seg_g22.done
 fi
 if want pdac && [ ! -f build/train/pdac_seg.done ]; then
   # Leg 1: 3000 iterations; leg 2 resumes its checkpoint up to 6000 (the poly schedule is stretched).
