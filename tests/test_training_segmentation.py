@@ -17,6 +17,7 @@ from training.datasets import TASKS, CaseData, list_cases, load_cases, read_data
 from training.losses import CETverskyLoss, deep_supervision_weights, paper_tversky_to_monai
 from training.sampling import PatchSampler, build_augmentation
 from training.train_segmentation import main as train_main
+from training.train_segmentation import poly_lr
 
 SMALL = ["--spacing", "3", "3", "3", "--patch-size", "32", "32", "16", "--filters", "4", "8", "16",
          "--threads", "1", "--log-every", "5", "--val-overlap", "0"]
@@ -99,10 +100,10 @@ def test_resume_continues_from_the_checkpoint(tiny_nnunet, tmp_path):
             "--spacing", "3", "3", "3", "--patch-size", "32", "32", "16", "--filters", "4", "8", "16",
             "--threads", "1", "--log-every", "1", "--checkpoint", str(tmp_path / "ck.pt"),
             "--out", str(tmp_path / "m" / "model.ts")]
-    first = train_main(args + ["--iterations", "3"])
+    first = train_main(args + ["--iterations", "3", "--lr", "0.004"])
     assert first["iterations"] == 3
     state = torch.load(tmp_path / "ck.pt", map_location="cpu", weights_only=False)
-    assert state["iteration"] == 3
+    assert state["iteration"] == 3 and state["learning_rate"] == 0.004
     assert 0 < state["seconds"] <= first["seconds"]
     state["seconds"] = 1000.0  # as if the first leg had taken 1000 s: the total must carry it on
     torch.save(state, tmp_path / "ck.pt")
@@ -111,6 +112,9 @@ def test_resume_continues_from_the_checkpoint(tiny_nnunet, tmp_path):
     leg = time.perf_counter() - t0
     assert second["iterations"] == 5
     assert [h["iteration"] for h in second["history"]] == [1, 2, 3, 4, 5]
+    # without --lr the stretched schedule goes on from the run's own rate, not the preset's default
+    assert [h["lr"] for h in second["history"][3:]] == pytest.approx([poly_lr(0.004, 3, 5), poly_lr(0.004, 4, 5)])
+    assert load_model(second["model"])[1]["training"]["initial_lr"] == 0.004
     assert 1000.0 < second["seconds"] < 1000.0 + leg, "training time counts every leg"
     assert load_model(second["model"])[1]["training"]["seconds"] == round(second["seconds"], 1)
 

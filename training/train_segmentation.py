@@ -25,6 +25,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -210,8 +211,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                         single_phase_fraction=args.single_phase_fraction,
                         randomisation=TASK_RANDOMISATION[task.name])
     if args.no_domain_randomisation:
-        from dataclasses import replace as _replace
-        preset = _replace(preset, randomisation=None)
+        preset = replace(preset, randomisation=None)
     attention = task.name == "lymph_nodes" and not args.no_attention
     informative = attention and not args.no_ins
     checkpoint = Path(args.checkpoint) if args.checkpoint else Path("build") / "checkpoints" / f"{name}.pt"
@@ -242,6 +242,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                              f"not {task.name} (attention {attention})")
         normalization = state["normalization"]
         initialised_from = state.get("initialised_from")  # a resumed fine-tuning keeps its source
+        if args.lr is None and "learning_rate" in state:  # the stretched schedule goes on from the run's own rate
+            preset = replace(preset, learning_rate=float(state["learning_rate"]))
+        elif args.lr is None:
+            log.warning("%s does not record its learning rate (an older checkpoint): the schedule restarts from "
+                        "the preset's %g; pass --lr to continue the run's own", checkpoint, preset.learning_rate)
     elif args.init_from:
         initial_module, initial_meta = load_model(args.init_from)
         if initial_meta.get("task") != task.name or bool(initial_meta["architecture"].get("attention")) != attention:
@@ -315,7 +320,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     "planned": planned, "history": history, "normalization": normalization, "task": task.name,
                     "attention": attention, "sampler_rng": sampler.rng.bit_generator.state,
                     "initialised_from": initialised_from, "seconds": seconds_before + time.perf_counter() - t_start,
-                    "torch_rng": torch.get_rng_state(), "preset": preset.name}, tmp)
+                    "torch_rng": torch.get_rng_state(), "preset": preset.name,
+                    "learning_rate": preset.learning_rate}, tmp)
         os.replace(tmp, checkpoint)
 
     net.train()
