@@ -343,23 +343,9 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
                           [8, 8, 8.5, 9])
     pylorus = np.r_[-16, -44, 12] + _j(rng, 3)
     st_r = rng.uniform(0.8, 1.2)
-    body_pts = P([58, 12, 66], [62, -12, 44], [44, -40, 22], [12, -56, 10])
-    # Generator 2.3: the stomach is J-shaped. Its lower body and antrum hang below the pylorus,
-    # anterior to the pancreas, to the level of the pancreatic head and the renal hila or lower
-    # (supine CT: greater curvature at L2-L3, pylorus at L1), then the antrum rises to the pylorus;
-    # 2.2's ran straight down to the pylorus and ended above the pancreas. Drawn from a spawned
-    # stream, so every other draw of a seed is the one of 2.2.
-    sag_rng = rng.spawn(1)[0]
-    sag = sag_rng.uniform(10.0, 40.0)
-    body_pts[2] += [0.0, -0.2 * sag, -0.4 * sag]
-    body_pts[3] += [0.0, -4.0, -sag]
-    ascent = np.r_[-6.0, -56.0, 10.0 - 0.5 * sag] + _j(sag_rng, 2)
-    T["stomach"] = Tube(np.vstack([ge + [10, 4, 2], body_pts, ascent, pylorus]),
-                        np.array([14, 34, 34, 29, 20, 16, 11]) * st_r, wall=rng.uniform(3.0, 5.5), step=4.0)
+    T["stomach"] = Tube(np.vstack([ge + [10, 4, 2], P([58, 12, 66], [62, -12, 44], [44, -40, 22], [12, -56, 10]), pylorus]),
+                        np.array([14, 34, 34, 29, 20, 11]) * st_r, wall=rng.uniform(3.0, 5.5), step=4.0)
     a.stomach_gas_level = -46.0 + rng.normal(0, 8)
-    # 2.3: the antrum is the most anterior lumen of a supine patient; how much of it holds gas varies
-    # (a gas cap over fluid in most, a full lumen in some).
-    a.stomach_gas_level -= sag_rng.uniform(0.0, 25.0)
     # Supine, duodenal gas rises to the anterior lumen: none in some patients, a cap in the bulb in
     # others, a gas-filled duodenum in a few (generator 2.1).
     a.duodenum_gas_level = -1e3 if rng.uniform() < 0.4 else float(rng.uniform(-40.0, 24.0))

@@ -25,8 +25,7 @@ from synthetic.lesions import Lesions, organ_map, sample_lesions
 #        per-patient contrast, kernel-shaped noise and streaks; node appearance overlapping between classes.
 # 2.1.0: the spleen posterolateral along the 10th rib; duodenal gas of supine patients.
 # 2.2.0: the spleen's broad upper pole under the left dome (medial, posterior, against the diaphragm).
-# 2.3.0: the J-shaped stomach: its lower body and antrum hang below the pylorus, anterior to the pancreas.
-GENERATOR_VERSION = "2.3.0"
+GENERATOR_VERSION = "2.2.0"
 DEFORMATION_SPACING_MM = 4.0
 
 

@@ -89,32 +89,6 @@ def test_spleen_is_broadest_in_its_upper_part_reaching_medially():
         assert medial_lower - medial_upper >= 6.0, f"seed {seed}: upper part not more medial"
 
 
-def test_stomach_is_j_shaped_hanging_below_the_pylorus_in_front_of_the_pancreas():
-    """Generator 2.3: supine, the stomach's lower body and antrum hang well below the pylorus
-    (greater curvature at L2-L3, pylorus at L1) to the level of the renal hila, in front of the
-    pancreas, and the antrum rises to the pylorus; 2.2's ran straight down to the pylorus and ended
-    above the left kidney's middle (2-15 mm above it for these seeds, 17-29 mm below the pylorus)."""
-    from scipy import ndimage
-
-    zyx_mm = np.array(COARSE.spacing[::-1])
-    for seed in (21, 22, 23, 24):
-        labels = sample_patient_anatomy(seed).render(COARSE)
-        stomach = np.isin(labels, [L["stomach"], L["stomach_lumen"], L["stomach_gas"]])
-        duodenum = np.isin(labels, [L["duodenum"], L["duodenum_lumen"], L["duodenum_gas"]])
-        pancreas = np.isin(labels, [L["pancreas"], L["pancreas_fat"]])
-        kidney = np.isin(labels, [L["kidney_left"], L["kidney_medulla"]])
-        lowest = np.nonzero(stomach.any(axis=(1, 2)))[0].min()
-        hilum = np.argwhere(kidney)[:, 0].mean()
-        assert lowest <= hilum, f"seed {seed}: stomach ends {(lowest - hilum) * zyx_mm[0]:.0f} mm above the renal hilum"
-        # the pylorus (where stomach meets duodenum) lies well above the stomach's lowest part
-        pylorus = np.argwhere(ndimage.binary_dilation(duodenum) & stomach)[:, 0].mean()
-        assert (pylorus - lowest) * zyx_mm[0] >= 30.0, f"seed {seed}: no antrum hanging below the pylorus"
-        # in front of (smaller y than) the pancreas on the slices they share below its middle
-        for z in range(lowest, int(np.median(np.argwhere(pancreas)[:, 0])) + 1):
-            if stomach[z].any() and pancreas[z].any():
-                assert np.nonzero(stomach[z])[0].mean() < np.nonzero(pancreas[z])[0].min(), f"seed {seed} z {z}"
-
-
 def test_duodenal_gas_varies_and_belongs_to_the_duodenum():
     """Generator 2.1: supine, gas sits in the anterior duodenal lumen (the bulb first) in some patients
     and not in others; like the stomach's gas, it is duodenum in the organ label map."""
