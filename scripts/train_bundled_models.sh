@@ -41,36 +41,37 @@ if want organs && [ ! -f build/train/organ_seg.done ]; then
       --name organ_seg --checkpoint build/checkpoints/organ_seg.pt --resume
   mkdir -p build/train && touch build/train/organ_seg.done
 fi
+# organ_finetune STEP DATA SOURCE LEG...: fine-tunes organ_seg from the SOURCE model on 22 cases of the
+# current generator exported to DATA (2 held back), the venous phase alone in half the patches,
+# learning rate 0.002. Each LEG is ITERATIONS[:VERSION:OUT], resumed from the previous leg's checkpoint.
+organ_finetune() {
+  local step=$1 data=$2 source=$3 leg=0 start iters version out
+  shift 3
+  [ -f "$data/Dataset501_PancreasOrgans/labelsTr/SYN000021.nii.gz" ] ||
+    $PY -m synthetic export-nnunet --seed 0 --count 22 --preset train --acquisition random --out "$data" --workers 2
+  start="--init-from $source"
+  for spec in "$@"; do
+    leg=$((leg + 1))
+    IFS=: read -r iters version out <<< "$spec"
+    if [ ! -f "build/train/organ_seg_${step}_leg$leg.done" ]; then
+      $PY -m training.train_segmentation --dataset "$data/Dataset501_PancreasOrgans" --task organs --name organ_seg \
+          --lr 0.002 --single-phase-fraction 0.5 --val-fraction 0.1 --val-max-cases 2 --threads 2 --seed 0 \
+          --log-every 50 --checkpoint "build/checkpoints/organ_seg_$step.pt" $start --iterations "$iters" \
+          ${version:+--model-version "$version"} --out "${out:-build/organ_seg_${step}_leg$leg/model.ts}"
+      mkdir -p build/train && touch "build/train/organ_seg_${step}_leg$leg.done"
+    fi
+    start=--resume
+  done
+  touch "build/train/organ_seg_$step.done"
+}
 if want organs_g21 && [ ! -f build/train/organ_seg_g21.done ]; then
-  # 0.2.0 fine-tuned on 22 generator 2.1.0 cases (2 held back), the venous phase alone in half the
-  # patches: 300 iterations, resumed to 900 (0.3.0), resumed to 1800 (0.4.0, the source of organs_g22).
-  [ -f data/nnunet_g21/Dataset501_PancreasOrgans/labelsTr/SYN000021.nii.gz ] ||
-    $PY -m synthetic export-nnunet --seed 0 --count 22 --preset train --acquisition random --out data/nnunet_g21 --workers 2
-  FT="$PY -m training.train_segmentation --dataset data/nnunet_g21/Dataset501_PancreasOrgans --task organs \
-      --name organ_seg --lr 0.002 --single-phase-fraction 0.5 --val-fraction 0.1 --val-max-cases 2 --threads 2 \
-      --seed 0 --log-every 50 --checkpoint build/checkpoints/organ_seg_g21.pt"
-  [ -f build/train/organ_seg_g21_leg1.done ] || {
-    $FT --init-from build/organ_seg_0.2.0/model.ts --iterations 300 --out build/organ_seg_g21_leg1/model.ts
-    mkdir -p build/train && touch build/train/organ_seg_g21_leg1.done; }
-  [ -f build/train/organ_seg_g21_leg2.done ] || {
-    $FT --resume --iterations 900 --model-version 0.3.0 --out build/organ_seg_0.3.0/model.ts
-    mkdir -p build/train && touch build/train/organ_seg_g21_leg2.done; }
-  $FT --resume --iterations 1800 --model-version 0.4.0 --out build/organ_seg_0.4.0/model.ts
-  mkdir -p build/train && touch build/train/organ_seg_g21.done
+  # 0.2.0 on generator 2.1.0 cases: 300 iterations, resumed to 900 (0.3.0), resumed to 1800 (0.4.0).
+  organ_finetune g21 data/nnunet_g21 build/organ_seg_0.2.0/model.ts \
+      300 900:0.3.0:build/organ_seg_0.3.0/model.ts 1800:0.4.0:build/organ_seg_0.4.0/model.ts
 fi
 if want organs_g22 && [ ! -f build/train/organ_seg_g22.done ]; then
-  # 0.4.0 fine-tuned on 22 generator 2.2.0 cases (the spleen's broad upper pole; 2 held back), the
-  # venous phase alone in half the patches: 600 iterations, resumed to 1200 (the bundled 0.5.0).
-  [ -f data/nnunet_g22/Dataset501_PancreasOrgans/labelsTr/SYN000021.nii.gz ] ||
-    $PY -m synthetic export-nnunet --seed 0 --count 22 --preset train --acquisition random --out data/nnunet_g22 --workers 2
-  FT="$PY -m training.train_segmentation --dataset data/nnunet_g22/Dataset501_PancreasOrgans --task organs \
-      --name organ_seg --lr 0.002 --single-phase-fraction 0.5 --val-fraction 0.1 --val-max-cases 2 --threads 2 \
-      --seed 0 --log-every 50 --checkpoint build/checkpoints/organ_seg_g22.pt"
-  [ -f build/train/organ_seg_g22_leg1.done ] || {
-    $FT --init-from build/organ_seg_0.4.0/model.ts --iterations 600 --out build/organ_seg_g22_leg1/model.ts
-    mkdir -p build/train && touch build/train/organ_seg_g22_leg1.done; }
-  $FT --resume --iterations 1200 --model-version 0.5.0 --out models/organ_seg/model.ts
-  mkdir -p build/train && touch build/train/organ_seg_g22.done
+  # 0.4.0 on generator 2.2.0 cases (the spleen's broad upper pole): 600 iterations, resumed to 1200 (the bundled 0.5.0).
+  organ_finetune g22 data/nnunet_g22 build/organ_seg_0.4.0/model.ts 600 1200:0.5.0:models/organ_seg/model.ts
 fi
 if want pdac && [ ! -f build/train/pdac_seg.done ]; then
   # Leg 1: 3000 iterations; leg 2 resumes its checkpoint up to 6000 (the poly schedule is stretched).
