@@ -32,6 +32,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -160,6 +161,23 @@ def initial_affine(fixed: sitk.Image, moving: sitk.Image, same_frame_of_referenc
     return affine
 
 
+def _guarded(step, when: str):
+    """``step()``; ITK's failure of the metric or optimiser (the volumes do not overlap, or the
+    optimiser moved the arterial volume off the venous one) as a :class:`RegistrationError` saying
+    when it happened and what to check, instead of ITK's raw multi-line exception."""
+    try:
+        return step()
+    except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        # ITK's last line: "ITK ERROR: <class>(<address>): <what>. <advice>..."; its first sentence says what.
+        itk = re.sub(r"^ITK ERROR: \w+\(0x[0-9a-fA-F]+\):\s*", "", lines[-1] if lines else type(exc).__name__)
+        itk = itk.split(". ")[0].rstrip(".")
+        raise RegistrationError(
+            f"registration of the arterial to the venous volume failed {when}: {itk} "
+            "(the two series must show the same body region of the same patient; check the chosen "
+            "arterial and venous series)") from None
+
+
 def register_phases(fixed: sitk.Image, moving: sitk.Image, settings: RegistrationSettings, *,
                     same_frame_of_reference: bool = True, seed: int = DEFAULT_SEED,
                     threads: int | None = None) -> RegistrationResult:
@@ -180,11 +198,7 @@ def register_phases(fixed: sitk.Image, moving: sitk.Image, settings: Registratio
         affine = initial_affine(fixed, moving, same_frame_of_reference)
         probe = _method(settings, seed, multi_resolution=False, fixed=f)  # metric on the full registration grid
         probe.SetInitialTransform(affine, inPlace=False)
-        try:
-            metrics["metric_initial"] = float(probe.MetricEvaluate(f, m))
-        except RuntimeError as exc:
-            raise RegistrationError(f"arterial and venous volumes do not overlap at the start of registration: "
-                                    f"{str(exc).strip().splitlines()[-1]}") from None
+        metrics["metric_initial"] = _guarded(lambda: probe.MetricEvaluate(f, m), "at the start of registration")
 
         if settings.affine_iterations > 0:
             r = _method(settings, seed, fixed=f)
@@ -194,7 +208,7 @@ def register_phases(fixed: sitk.Image, moving: sitk.Image, settings: Registratio
             r.SetOptimizerScalesFromPhysicalShift()
             r.SetInitialTransform(affine, inPlace=True)
             observe_progress(r, progress, "affine", settings.affine_iterations, len(settings.shrink_factors))
-            r.Execute(f, m)
+            _guarded(lambda: r.Execute(f, m), "during the affine stage")
             metrics["metric_affine"] = float(r.GetMetricValue())
             metrics["affine_iterations"] = float(r.GetOptimizerIteration())
             log.info("affine stage: MI %.4f -> %.4f (%s)", metrics["metric_initial"], metrics["metric_affine"],
@@ -212,7 +226,7 @@ def register_phases(fixed: sitk.Image, moving: sitk.Image, settings: Registratio
             r.SetMovingInitialTransform(affine)
             r.SetInitialTransform(bspline, inPlace=True)
             observe_progress(r, progress, "B-spline", settings.bspline_iterations, len(settings.shrink_factors))
-            r.Execute(f, m)
+            _guarded(lambda: r.Execute(f, m), "during the B-spline stage")
             metrics["metric_bspline"] = float(r.GetMetricValue())
             metrics["bspline_iterations"] = float(r.GetOptimizerIteration())
             metrics["bspline_mesh"] = float(np.prod(mesh))
@@ -222,7 +236,7 @@ def register_phases(fixed: sitk.Image, moving: sitk.Image, settings: Registratio
 
         probe = _method(settings, seed, multi_resolution=False, fixed=f)
         probe.SetInitialTransform(composite, inPlace=False)
-        metrics["metric_final"] = float(probe.MetricEvaluate(f, m))
+        metrics["metric_final"] = _guarded(lambda: probe.MetricEvaluate(f, m), "after registration")
         metrics["seconds"] = time.perf_counter() - t0
         return RegistrationResult(transform=composite, metrics=metrics)
     finally:

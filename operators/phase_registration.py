@@ -22,7 +22,7 @@ from monai.deploy.core import Fragment, Operator, OperatorSpec
 
 from lnmet.config import Settings, load_settings
 from lnmet.geometry import resample_image, working_grid
-from lnmet.registration import displacement_field, register_phases
+from lnmet.registration import RegistrationError, displacement_field, register_phases
 from lnmet.types import PhaseVolume, RegisteredPhases
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,13 @@ def _spacing3(spacing: float | Sequence[float]) -> tuple[float, float, float]:
     return values[0], values[1], values[2]
 
 
+def _describe(volume: PhaseVolume) -> str:
+    """The series as a person finds it in the study (number, description, slices); no identifiers."""
+    ref = volume.series
+    number = f"series {ref.series_number}" if ref.series_number is not None else "series without a number"
+    return f"{number} '{ref.series_description}' ({ref.num_slices} slices)"
+
+
 def register_and_resample(venous: PhaseVolume, arterial: PhaseVolume | None, settings: Settings,
                           target_spacing_mm: float | Sequence[float] = DEFAULT_TARGET_SPACING_MM) -> RegisteredPhases:
     """Register arterial to venous (unless single-phase) and put both on the working grid."""
@@ -49,7 +56,10 @@ def register_and_resample(venous: PhaseVolume, arterial: PhaseVolume | None, set
         return RegisteredPhases(venous=venous, arterial=None, working_venous=working_venous, working_arterial=None,
                                 transform=None, single_phase=True)
     same_for = bool(venous.frame_of_reference_uid) and venous.frame_of_reference_uid == arterial.frame_of_reference_uid
-    result = register_phases(venous.image, arterial.image, settings.registration, same_frame_of_reference=same_for)
+    try:
+        result = register_phases(venous.image, arterial.image, settings.registration, same_frame_of_reference=same_for)
+    except RegistrationError as exc:
+        raise RegistrationError(f"{exc}; arterial: {_describe(arterial)}, venous: {_describe(venous)}") from None
     result.metrics["same_frame_of_reference"] = float(same_for)
     # Through the transform sampled every registration voxel: the same image, far fewer B-spline evaluations.
     dense = displacement_field(result.transform, grid, settings.registration.working_spacing_mm)

@@ -93,3 +93,50 @@ def test_single_phase_skips_registration(volumes) -> None:
     assert reg.working_venous.GetPixel((10, 12, 8)) == pytest.approx(
         sitk.Resample(venous.image, reg.working_venous, sitk.Transform(), sitk.sitkLinear, -1024.0).GetPixel((10, 12, 8)))
     assert venous.image.TransformPhysicalPointToContinuousIndex(p) is not None
+
+
+def _textured_volume(shift_slices: int) -> tuple[sitk.Image, sitk.Image]:
+    """A smooth random texture (64 x 64 x 40 voxels of 3 mm) and the same texture moved
+    ``shift_slices`` slices along z: two "phases" overlapping over 40 - shift_slices slices."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    a = (ndimage.gaussian_filter(rng.normal(size=(40, 64, 64)), 3) * 3000).astype(np.float32)
+    fixed, moving = sitk.GetImageFromArray(a), sitk.GetImageFromArray(a)
+    for img in (fixed, moving):
+        img.SetSpacing((3.0, 3.0, 3.0))
+    moving.SetOrigin((0.0, 0.0, 3.0 * shift_slices))
+    return fixed, moving
+
+
+@pytest.mark.parametrize("shift_slices, when", [(40, "at the start of registration"),
+                                                (30, "during the B-spline stage")])
+def test_registration_failure_is_a_clear_error(shift_slices, when) -> None:
+    """Volumes that do not overlap, and volumes overlapping by 10 slices whose B-spline stage moves
+    the arterial one off the venous one (ITK: "All samples map outside moving image buffer"), both
+    end in a RegistrationError that says when and what to check, not ITK's raw exception."""
+    from lnmet.registration import RegistrationError
+
+    fixed, moving = _textured_volume(shift_slices)
+    with pytest.raises(RegistrationError) as caught:
+        register_phases(fixed, moving, load_settings().registration)
+    message = str(caught.value)
+    assert when in message and "All samples map outside moving image buffer" in message
+    assert "ITK ERROR" not in message and "0x" not in message and "\n" not in message
+    assert "same body region" in message
+
+
+def test_registration_failure_names_the_series(volumes) -> None:
+    """Through the operator's function the error names both series (number, description), so the
+    user knows which pair the phase selector chose; the study's identifiers stay out."""
+    from lnmet.registration import RegistrationError
+
+    venous, arterial = volumes
+    fixed, moving = _textured_volume(40)
+    far = dataclasses.replace(arterial, image=moving)
+    with pytest.raises(RegistrationError) as caught:
+        register_and_resample(dataclasses.replace(venous, image=fixed), far, load_settings())
+    message = str(caught.value)
+    assert f"arterial: series {arterial.series.series_number} '{arterial.series.series_description}'" in message
+    assert f"venous: series {venous.series.series_number} '{venous.series.series_description}'" in message
+    assert arterial.series.study_instance_uid not in message
