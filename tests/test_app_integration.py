@@ -171,8 +171,17 @@ def test_tumour_and_nodes_are_near_the_ground_truth(app_run, results):
     tumour = results["tumour"]
     assert tumour["found"], "the tiny study has a tumour in the field of view"
     assert tumour["selection_rule"] in ("pancreas_overlap", "near_pancreas") and tumour["model_components"] >= 1
+    # The kept component is the true tumour: much of it lies in the tumour's ground-truth mask (its
+    # centroid alone says little of a large tumour the model finds in part: a piece of a 57 mm one
+    # lies 26 mm from its centre).
+    seg = pydicom.dcmread(app_run["out"] / "SEG" / "seg.dcm")
+    truth_img = sitk.ReadImage(str(app_run["study"] / "ground_truth" / "pdac.nii.gz"))
+    label = {int(s.SegmentNumber): str(s.SegmentLabel) for s in seg.SegmentSequence}[tumour["seg_segment_number"]]
+    kept = _segment_masks(seg, truth_img)[label]
+    inside = (kept & (sitk.GetArrayFromImage(truth_img) > 0)).sum() / max(1, kept.sum())
     dist = np.linalg.norm(np.subtract(tumour["centroid_mm"], gt["patient"]["tumour"]["centroid_mm"]))
-    assert dist < 25.0, f"tumour centroid {dist:.1f} mm from the ground truth"
+    assert kept.any() and inside >= 0.25, (f"{inside:.0%} of the kept tumour lies in the true tumour "
+                                           f"(centroids {dist:.1f} mm apart)")
     gt_nodes = [n for n in gt["lymph_nodes"] if n.get("in_field_of_view", True)]
     if gt_nodes and results["lymph_nodes"]:
         found = [min(np.linalg.norm(np.subtract(n["centroid_mm"], d["centroid_mm"])) for d in results["lymph_nodes"])
