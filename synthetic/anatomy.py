@@ -343,7 +343,14 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
                           [8, 8, 8.5, 9])
     pylorus = np.r_[-16, -44, 12] + _j(rng, 3)
     st_r = rng.uniform(0.8, 1.2)
-    T["stomach"] = Tube(np.vstack([ge + [10, 4, 2], P([58, 12, 66], [62, -12, 44], [44, -40, 22], [12, -56, 10]), pylorus]),
+    body_pts = P([58, 12, 66], [62, -12, 44], [44, -40, 22], [12, -56, 10])
+    # Generator 2.3: the fundus lies posteriorly under the left dome, where the spleen's gastric
+    # surface meets it (Gray's: the visceral surface of the spleen is moulded by the stomach); 2.2's
+    # lay forward, with fat between it and the spleen. Drawn from a spawned stream, so every other
+    # draw of a seed is the one of 2.2.
+    fundus = rng.spawn(1)[0]
+    body_pts[0] += [fundus.uniform(0.0, 8.0), fundus.uniform(10.0, 22.0), 0.0]
+    T["stomach"] = Tube(np.vstack([ge + [10, 4, 2], body_pts, pylorus]),
                         np.array([14, 34, 34, 29, 20, 11]) * st_r, wall=rng.uniform(3.0, 5.5), step=4.0)
     a.stomach_gas_level = -46.0 + rng.normal(0, 8)
     # Supine, duodenal gas rises to the anterior lumen: none in some patients, a cap in the bulb in
@@ -491,8 +498,15 @@ def _bowel_loops(a: Anatomy, rng: np.random.Generator) -> None:
     a.bowel_mottle = WaveField.sample(rng, (3.0, 8.0))
     colon_r = rng.uniform(17, 25)
     tc_z = rng.uniform(-45, -20)
+    # Generator 2.3: the splenic (left colic) flexure is the colon's highest point, higher than the
+    # right one, in contact with the spleen's anterior end and lateral to the stomach, held to the
+    # diaphragm by the phrenicocolic ligament (Gray's); the transverse colon rises steeply to it.
+    # 2.2's turned at the pancreas' level and left the upper left quadrant around the spleen and the
+    # fundus to fat. Drawn from a spawned stream, so every other draw of a seed is the one of 2.2.
+    flexure = rng.spawn(1)[0]
+    flexure_z = flexure.uniform(35.0, 65.0)
     colon = np.array([[-85, 15, -110], [-98, 22, -65], [-96, 14, -25], [-78, -22, -2], [-45, -70, tc_z],
-                      [5, -82, tc_z - 15], [55, -68, tc_z], [92, -12, 22], [102, 22, -10], [100, 30, -60],
+                      [5, -82, tc_z - 15], [55, -68, tc_z], [96, 4, flexure_z], [102, 22, -10], [100, 30, -60],
                       [92, 36, -115]], float) + rng.normal(0, 5, (11, 3))
     path = Tube(colon, [colon_r] * len(colon), step=6.0).path
     pieces = np.array_split(np.arange(len(path)), max(len(path) // 7, 1))

@@ -25,7 +25,8 @@ from synthetic.lesions import Lesions, organ_map, sample_lesions
 #        per-patient contrast, kernel-shaped noise and streaks; node appearance overlapping between classes.
 # 2.1.0: the spleen posterolateral along the 10th rib; duodenal gas of supine patients.
 # 2.2.0: the spleen's broad upper pole under the left dome (medial, posterior, against the diaphragm).
-GENERATOR_VERSION = "2.2.0"
+# 2.3.0: the upper left quadrant: the fundus back against the spleen's gastric surface, the splenic flexure high beside them.
+GENERATOR_VERSION = "2.3.0"
 DEFORMATION_SPACING_MM = 4.0
 
 

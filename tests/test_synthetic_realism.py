@@ -89,6 +89,31 @@ def test_spleen_is_broadest_in_its_upper_part_reaching_medially():
         assert medial_lower - medial_upper >= 6.0, f"seed {seed}: upper part not more medial"
 
 
+def test_upper_spleen_meets_the_stomach_and_the_colon_rises_beside_it():
+    """Generator 2.3: around the spleen's upper half the fundus lies against its gastric (anteromedial)
+    surface and the colon's splenic flexure rises above its middle, as in real abdomens (Gray's);
+    2.2's fundus lay forward with fat between (for these seeds 4-22% of the shell's anteromedial
+    quarter stomach, 78-96% fat; 2.3: 59-74% stomach) and its colon turned at the spleen's middle
+    (-3 to +3 mm from it; 2.3: 18-39 mm above)."""
+    from scipy import ndimage
+
+    for seed in (21, 22, 23, 24):
+        labels = sample_patient_anatomy(seed).render(COARSE)
+        spleen = labels == L["spleen"]
+        mid = int(np.median(np.argwhere(spleen)[:, 0]))
+        shell = ndimage.binary_dilation(spleen, iterations=3) & ~spleen
+        shell[:mid] = False
+        centre = np.argwhere(spleen[mid:]).mean(axis=0)[1:]
+        pts = np.argwhere(shell)
+        anteromedial = pts[(pts[:, 1] < centre[0]) & (pts[:, 2] < centre[1])]  # smaller y: anterior; smaller x: right
+        stomach = np.isin(labels[tuple(anteromedial.T)], [L["stomach"], L["stomach_lumen"], L["stomach_gas"]]).mean()
+        assert stomach >= 0.4, f"seed {seed}: {stomach:.2f} of the upper spleen's anteromedial shell is stomach"
+        bowel = np.isin(labels, [L["bowel"], L["bowel_lumen"], L["faeces"], L["gas"]])
+        bowel[..., : labels.shape[2] // 2] = False  # the patient's left half
+        top = np.nonzero(bowel.any(axis=(1, 2)))[0].max()
+        assert (top - mid) * COARSE.spacing[2] >= 15.0, f"seed {seed}: colon tops out {top - mid} slices above the spleen's middle"
+
+
 def test_duodenal_gas_varies_and_belongs_to_the_duodenum():
     """Generator 2.1: supine, gas sits in the anterior duodenal lumen (the bulb first) in some patients
     and not in others; like the stomach's gas, it is duodenum in the organ label map."""
