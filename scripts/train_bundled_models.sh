@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces every bundled model from scratch on the project's own synthetic studies. The generator
-# is now 2.2.0; organ_seg 0.5.0 was fine-tuned on 2.2.0 studies (step organs_g22) from 0.4.0, which
+# is now 2.3.0; organ_seg 0.6.0 was fine-tuned on 2.3.0 studies (step organs_g23) from 0.5.0, which
+# was fine-tuned on 2.2.0 ones (step organs_g22; the generator of commit 365d0b2) from 0.4.0, which
 # was fine-tuned on 2.1.0 ones (step organs_g21; the generator of commit 61ea7c7), the other models
 # were trained on 2.0.0 ones (the generator before commit e0b796d: check that out to reproduce them
 # bit for bit; on newer studies the same commands train the same recipe on the newer anatomy):
@@ -11,7 +12,7 @@
 # the training commands on a GPU. Steps whose output exists are skipped, so a stopped run resumes.
 #
 #     bash scripts/train_bundled_models.sh            # everything
-#     STEP=organs bash scripts/train_bundled_models.sh   # one step: data organs organs_g21 organs_g22 pdac ln ln_baseline ln_cls patient manifest heldout
+#     STEP=organs bash scripts/train_bundled_models.sh   # one step: data organs organs_g21 organs_g22 organs_g23 pdac ln ln_baseline ln_cls patient manifest heldout
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -70,8 +71,13 @@ if want organs_g21 && [ ! -f build/train/organ_seg_g21.done ]; then
       300 900:0.3.0:build/organ_seg_0.3.0/model.ts 1800:0.4.0:build/organ_seg_0.4.0/model.ts
 fi
 if want organs_g22 && [ ! -f build/train/organ_seg_g22.done ]; then
-  # 0.4.0 on generator 2.2.0 cases (the spleen's broad upper pole): 600 iterations, resumed to 1200 (the bundled 0.5.0).
-  organ_finetune g22 data/nnunet_g22 build/organ_seg_0.4.0/model.ts 600 1200:0.5.0:models/organ_seg/model.ts
+  # 0.4.0 on generator 2.2.0 cases (the spleen's broad upper pole): 600 iterations, resumed to 1200 (0.5.0).
+  organ_finetune g22 data/nnunet_g22 build/organ_seg_0.4.0/model.ts 600 1200:0.5.0:build/organ_seg_0.5.0/model.ts
+fi
+if want organs_g23 && [ ! -f build/train/organ_seg_g23.done ]; then
+  # 0.5.0 on generator 2.3.0 cases (the fundus against the spleen, the splenic flexure high): 600
+  # iterations, resumed to 1200 (the bundled 0.6.0).
+  organ_finetune g23 data/nnunet_g23 build/organ_seg_0.5.0/model.ts 600 1200:0.6.0:models/organ_seg/model.ts
 fi
 if want pdac && [ ! -f build/train/pdac_seg.done ]; then
   # Leg 1: 3000 iterations; leg 2 resumes its checkpoint up to 6000 (the poly schedule is stretched).
