@@ -49,6 +49,24 @@ def test_no_contrast_moves_enhanced_tissue_to_native_hu():
     assert r.stats["no_contrast"] == 1
 
 
+def test_a_lesion_only_contrast_shows_is_unlabelled_on_a_non_contrast_patch():
+    """The PDAC setting: a non-contrast patch keeps no label (nothing to see), a contrast one keeps it."""
+    img, label, tissue = _phantom()
+    med = tissue_medians(img, tissue)
+    r = _randomiser(probability=1.0, no_contrast_probability=1.0, random_hu_probability=0.0,
+                    clear_label_without_contrast=True)
+    out, lab = r(img.copy(), label, tissue, med, [-1024, -1024])
+    assert label.any() and not lab.any() and r.stats["label_cleared"] == 1
+    assert np.median(out[1][:, 12:14, 12:14]) < 80.0  # the patch is a non-contrast one
+    r = _randomiser(probability=1.0, no_contrast_probability=0.0, random_hu_probability=0.0,
+                    clear_label_without_contrast=True)
+    _, lab = r(img.copy(), label, tissue, med, [-1024, -1024])
+    assert (lab == label).all() and r.stats["label_cleared"] == 0
+    r = _randomiser(probability=1.0, no_contrast_probability=1.0, random_hu_probability=0.0)  # the default
+    _, lab = r(img.copy(), label, tissue, med, [-1024, -1024])
+    assert (lab == label).all()
+
+
 def test_random_hu_gives_arbitrary_tissue_values_and_keeps_air():
     img, label, tissue = _phantom()
     tissue[:2] = L["background_air"]

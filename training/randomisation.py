@@ -10,7 +10,10 @@ Applied to each patch in HU, before intensity normalisation (:class:`training.sa
 
    - *contrast*: the tissue table of :mod:`synthetic.appearance` with a new contrast strength
      (none in ``no_contrast_probability`` of patches: a non-contrast scan; else weak to strong),
-     new timing within each phase, per-tissue factors and shifts (``organ_shift_hu``);
+     new timing within each phase, per-tissue factors and shifts (``organ_shift_hu``). With
+     ``clear_label_without_contrast`` a non-contrast patch's label is cleared: for a lesion that
+     only contrast shows (a PDAC: native 38 HU in a 42 HU gland), so that the model learns to mark
+     nothing it cannot see rather than to guess;
    - *random* (``random_hu_probability``, SynthSeg's idea): every soft tissue gets an arbitrary HU,
      so that no absolute value can be relied on.
 
@@ -58,6 +61,7 @@ class RandomisationSettings:
     noise_probability: float = 0.5
     noise_hu: tuple[float, float] = (0.0, 25.0)
     partial_probability: float = 0.1
+    clear_label_without_contrast: bool = False  # a non-contrast patch's label is emptied (PDAC)
 
     def to_json(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -90,7 +94,8 @@ class DomainRandomiser:
         self.spacing = tuple(float(v) for v in spacing_zyx)
         self.rng = rng
         self.stats = {"patches": 0, "tissue": 0, "no_contrast": 0, "random_hu": 0, "slab": 0, "blur": 0, "noise": 0,
-                      "partial": 0}
+                      "partial": 0, "label_cleared": 0}
+        self._no_contrast = False  # the last patch's tissue HU were a non-contrast scan's
 
     # -------------------------------------------------------------- tissue HU
     def _targets(self, present: np.ndarray, medians: np.ndarray, anatomy: bool) -> np.ndarray:
@@ -112,6 +117,7 @@ class DomainRandomiser:
         if rng.uniform() < s.no_contrast_probability:
             strength = 0.0
             self.stats["no_contrast"] += 1
+            self._no_contrast = True
         else:
             strength = rng.uniform(*s.strength_range)
         con = Contrast(strength=strength, arterial_timing=rng.uniform(-1, 1), venous_timing=rng.uniform(-1, 1))
@@ -172,8 +178,12 @@ class DomainRandomiser:
         ``anatomy``: the tissue map holds the generator's anatomy labels (else a task's own labels)."""
         rng, s = self.rng, self.s
         self.stats["patches"] += 1
+        self._no_contrast = False
         if tissue is not None and medians is not None and rng.uniform() < s.probability:
             img = self.tissue_hu(img, tissue, medians, anatomy)
+            if self._no_contrast and s.clear_label_without_contrast:
+                label = np.zeros_like(label)
+                self.stats["label_cleared"] += 1
         if rng.uniform() < s.slab_probability:
             img = self.slab(img)
         elif rng.uniform() < s.blur_probability:
