@@ -77,8 +77,10 @@ def figures_by_model(summary: dict[str, Any]) -> dict[str, list[HeldOutFigure]]:
                                            float(det["volume_ratio_quartiles"][1])))
     pat = summary["patients"]
     out["pdac_seg"] = [HeldOutFigure("pdac_dice_median", "median PDAC Dice", float(pat["pdac_dice_median"])),
+                       # found: the region kept overlaps the true tumour (not merely some region kept)
                        HeldOutFigure("pdac_found_share", "share of tumours found",
-                                     1.0 - pat["tumours_missed"] / pat["patients"])]
+                                     1.0 - (pat["tumours_missed"] + pat.get("tumours_kept_elsewhere", 0))
+                                     / pat["patients"])]
     dice = {k: float(v) for k, v in summary["organs"]["dice"].items() if v is not None and math.isfinite(v)}
     if dice:  # classes absent from every study have no Dice
         lowest = min(dice, key=dice.get)

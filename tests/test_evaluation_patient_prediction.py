@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from app_support import make_standin_models
@@ -37,3 +38,17 @@ def test_ln_pipeline_with_a_given_probability_equals_its_own(tmp_path, tiny_stud
     given = pipe.run(tiny_study.venous, tiny_study.venous, tiny_study.organs, probability=own.probability)
     np.testing.assert_array_equal(sitk.GetArrayFromImage(own.instances), sitk.GetArrayFromImage(given.instances))
     np.testing.assert_allclose(own.probabilities, given.probabilities, rtol=1e-5)
+
+
+def test_a_region_kept_away_from_the_tumour_is_not_a_tumour_found():
+    """The summary tells a study with no region kept (nodes-only fallback) from one where a region
+    other than the tumour was kept (Dice 0)."""
+    from evaluation.patient_prediction import report
+
+    rows = [{"label": True, "pdac_dice": 0.8, "tumour_found": True},
+            {"label": False, "pdac_dice": 0.0, "tumour_found": True},
+            {"label": False, "pdac_dice": 0.0, "tumour_found": False},
+            {"label": True, "pdac_dice": 0.6, "tumour_found": True}]
+    s = report(rows, {}, "patients")
+    assert s["tumours_missed"] == 1 and s["tumours_kept_elsewhere"] == 1
+    assert s["pdac_dice_mean"] == pytest.approx(0.35)
