@@ -2,10 +2,9 @@
 # Reproduces every bundled model from scratch on the project's own synthetic studies. The generator
 # is now 2.3.0; organ_seg 0.6.0 was fine-tuned on 2.3.0 studies (step organs_g23) from 0.5.0, which
 # was fine-tuned on 2.2.0 ones (step organs_g22; the generator of commit 365d0b2) from 0.4.0, which
-# was fine-tuned on 2.1.0 ones (step organs_g21; the generator of commit 61ea7c7); pdac_seg 0.3.0
-# was fine-tuned on 2.3.0 studies (step pdac_g23) from 0.2.0; the other models were trained on 2.0.0
-# ones (the generator before commit e0b796d: check that out to reproduce them bit for bit; on newer
-# studies the same commands train the same recipe on the newer anatomy):
+# was fine-tuned on 2.1.0 ones (step organs_g21; the generator of commit 61ea7c7), the other models
+# were trained on 2.0.0 ones (the generator before commit e0b796d: check that out to reproduce them
+# bit for bit; on newer studies the same commands train the same recipe on the newer anatomy):
 # the training data, the five models in dependency order, the plain baseline of the LN ablation and
 # the tumour-only patient classifier (used by the evaluations), then the model manifest, then the
 # held-out figures every output quotes (30 held-out studies as the app runs, about 1.5 hours more).
@@ -13,7 +12,7 @@
 # the training commands on a GPU. Steps whose output exists are skipped, so a stopped run resumes.
 #
 #     bash scripts/train_bundled_models.sh            # everything
-#     STEP=organs bash scripts/train_bundled_models.sh   # one step: data organs organs_g21 organs_g22 organs_g23 pdac pdac_g23 ln ln_baseline ln_cls patient manifest heldout
+#     STEP=organs bash scripts/train_bundled_models.sh   # one step: data organs organs_g21 organs_g22 organs_g23 pdac ln ln_baseline ln_cls patient manifest heldout
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -83,25 +82,14 @@ fi
 if want pdac && [ ! -f build/train/pdac_seg.done ]; then
   # Leg 1: 3000 iterations; leg 2 resumes its checkpoint up to 6000 (the poly schedule is stretched).
   [ -f build/train/pdac_seg_leg1.done ] || {
-    $SEG --dataset data/nnunet/Dataset503_PancreasTumour --task pdac --out build/pdac_seg_0.2.0/model.ts \
+    $SEG --dataset data/nnunet/Dataset503_PancreasTumour --task pdac --out models/pdac_seg/model.ts \
         --iterations 3000 --max-cases 120 --val-fraction 0.1 --val-max-cases 6 --model-version 0.2.0 \
         --checkpoint build/checkpoints/pdac_seg.pt
     mkdir -p build/train && touch build/train/pdac_seg_leg1.done; }
-  $SEG --dataset data/nnunet/Dataset503_PancreasTumour --task pdac --out build/pdac_seg_0.2.0/model.ts \
+  $SEG --dataset data/nnunet/Dataset503_PancreasTumour --task pdac --out models/pdac_seg/model.ts \
       --iterations 6000 --max-cases 120 --val-fraction 0.1 --val-max-cases 6 --model-version 0.2.0 \
       --checkpoint build/checkpoints/pdac_seg.pt --resume
   mkdir -p build/train && touch build/train/pdac_seg.done
-fi
-if want pdac_g23 && [ ! -f build/train/pdac_seg_g23.done ]; then
-  # 0.2.0 fine-tuned on 40 generator 2.3.0 cases (4 held back) with the pdac preset's non-contrast
-  # patches, their label cleared (training/presets.py): 1200 iterations, learning rate 0.002 (0.3.0).
-  [ -f data/nnunet_g23_pdac/Dataset503_PancreasTumour/labelsTr/SYN000039.nii.gz ] ||
-    $PY -m synthetic export-nnunet --seed 0 --count 40 --preset train --acquisition random --out data/nnunet_g23_pdac --workers 2
-  $PY -m training.train_segmentation --preset small --dataset data/nnunet_g23_pdac/Dataset503_PancreasTumour --task pdac \
-      --name pdac_seg --init-from build/pdac_seg_0.2.0/model.ts --lr 0.002 --val-fraction 0.1 --val-max-cases 4 \
-      --threads 2 --seed 0 --log-every 50 --checkpoint build/checkpoints/pdac_seg_g23.pt --iterations 1200 \
-      --model-version 0.3.0 --out models/pdac_seg/model.ts
-  mkdir -p build/train && touch build/train/pdac_seg_g23.done
 fi
 LN="--dataset data/nnunet/Dataset502_PancreasLymphNodes --task lymph_nodes --iterations 3000 --max-cases 120 \
     --val-fraction 0.1 --val-max-cases 6 --per-node-sampling"
@@ -142,11 +130,10 @@ if want patient && [ ! -f build/train/patient_cls.done ]; then
   $PY -m training.train_patient_classifier $COMMON --out build/unused.ts --volumes-only --shard 0/2 &
   $PY -m training.train_patient_classifier $COMMON --out build/unused.ts --volumes-only --shard 1/2 &
   wait
-  # patches from the PDAC model's masks, as at inference (the masks are cached for the second command);
-  # patient_cls 0.6.0 was fitted to pdac_seg 0.2.0's masks, before 0.3.0
-  $PY -m training.train_patient_classifier $COMMON --mode combined --pdac-model build/pdac_seg_0.2.0/model.ts \
+  # patches from the PDAC model's masks, as at inference (the masks are cached for the second command)
+  $PY -m training.train_patient_classifier $COMMON --mode combined --pdac-model models/pdac_seg/model.ts \
       --out models/patient_cls/model.ts --iterations 600 --lr 0.01 --max-minutes 15 --model-version 0.6.0
-  $PY -m training.train_patient_classifier $COMMON --mode tumour_only --pdac-model build/pdac_seg_0.2.0/model.ts \
+  $PY -m training.train_patient_classifier $COMMON --mode tumour_only --pdac-model models/pdac_seg/model.ts \
       --name patient_cls_tumour_only --out build/patient_cls_tumour_only/model.ts --iterations 600 --lr 0.01 \
       --max-minutes 15
   mkdir -p build/train && touch build/train/patient_cls.done

@@ -122,13 +122,10 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (PAPER, SMALL)}
 TASK_RANDOMISATION = {
     "organs": RandomisationSettings(probability=0.75, random_hu_probability=0.15, no_contrast_probability=0.2),
     "lymph_nodes": RandomisationSettings(probability=0.5, random_hu_probability=0.0),
-    # A PDAC is only visible on contrast-enhanced CT (isodense without contrast): contrast at least
-    # half the usual strength, so the label always marks a visible lesion, and non-contrast patches
-    # with the label cleared, so that the model marks nothing on a scan where no tumour can be seen
-    # (pdac_seg 0.2.0, trained without them, drew 9.5 ml of "tumour" on the fluid-filled duodenum of
-    # the real non-contrast CT).
-    "pdac": RandomisationSettings(probability=0.6, random_hu_probability=0.0, no_contrast_probability=0.15,
-                                  strength_range=(0.5, 1.4), organ_shift_hu=8.0, clear_label_without_contrast=True),
+    # A PDAC is only visible on contrast-enhanced CT (isodense without contrast): no non-contrast
+    # patches, and contrast at least half the usual strength, so the label always marks a visible lesion.
+    "pdac": RandomisationSettings(probability=0.6, random_hu_probability=0.0, no_contrast_probability=0.0,
+                                  strength_range=(0.5, 1.4), organ_shift_hu=8.0),
 }
 
 
