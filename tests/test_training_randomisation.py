@@ -101,9 +101,35 @@ def test_partial_coverage_pads_the_image_and_clears_the_labels():
     assert label[cleared].any()  # the input is not changed
 
 
+def test_misalignment_warps_the_arterial_channel_only_within_its_bound():
+    """As the app's registration leaves it: the arterial channel moved smoothly by at most
+    ``misalign_mm``, the venous channel and the label untouched; with the edge setting the arterial
+    channel is air beyond a slice near one end."""
+    shape = (24, 32, 32)
+    x_mm = np.broadcast_to(np.arange(shape[2], dtype=np.float32) * 1.5, shape)
+    img = np.stack([x_mm, x_mm]).copy()  # each voxel's value: its x position in mm
+    label = np.zeros(shape, np.uint8)
+    label[8:16, 8:16, 8:16] = 1
+    r = _randomiser(misalign_probability=1.0, misalign_mm=2.0, arterial_edge_probability=0.0)
+    moved = []
+    for _ in range(5):
+        out, lab = r(img.copy(), label, None, None, [-1024, -1024])
+        inner = (slice(None), slice(None), slice(2, -2))  # away from the clamped x borders
+        shift = np.abs(out[0] - img[0])[inner]
+        assert shift.max() <= 2.0 + 1e-3 and np.array_equal(out[1], img[1]) and np.array_equal(lab, label)
+        moved.append(shift.max())
+    assert max(moved) > 0.5 and r.stats["misaligned"] == 5 and r.stats["arterial_edge"] == 0
+    r = _randomiser(misalign_probability=1.0, misalign_mm=0.0, arterial_edge_probability=1.0, arterial_edge_fraction=0.25)
+    out, lab = r(img.copy(), label, None, None, [-1024, -1024])
+    air = np.all(out[0] == -1024, axis=(1, 2))
+    assert 1 <= air.sum() <= 6 and (air[:air.sum()].all() or air[-air.sum():].all())  # slabs at one end
+    assert np.array_equal(out[1], img[1]) and np.array_equal(lab, label) and r.stats["arterial_edge"] == 1
+
+
 def test_training_records_the_randomisation(tmp_path):
     """A few iterations of the organ training on a randomised tiny export: the model's metadata says
-    which randomisation and which acquisitions it was trained with."""
+    which randomisation (with a setting changed on the command line) and which acquisitions it was
+    trained with."""
     from lnmet.model_io import read_metadata
     from synthetic.nnunet import export_nnunet
     from training.train_segmentation import main as train_main
@@ -114,10 +140,14 @@ def test_training_records_the_randomisation(tmp_path):
     summary = train_main(["--dataset", str(tmp_path / "nn" / "Dataset501_PancreasOrgans"), "--task", "organs",
                           "--out", str(out), "--iterations", "4", "--spacing", "3", "3", "3", "--patch-size", "32",
                           "32", "16", "--filters", "4", "8", "16", "--threads", "1", "--val-fraction", "0",
-                          "--checkpoint", str(tmp_path / "ck.pt")])
+                          "--checkpoint", str(tmp_path / "ck.pt"), "--randomise", "misalign_probability=1"])
     meta = read_metadata(out)
     dr = meta["training"]["domain_randomisation"]
     assert dr["no_contrast_probability"] > 0 and dr["random_hu_probability"] > 0
+    assert dr["misalign_probability"] == 1.0 and summary["randomiser"]["misaligned"] == 4 * 2
     assert meta["training"]["tissue_maps"] == 2
     assert meta["training"]["acquisition"]["cases"] == 2
     assert summary["randomiser"]["patches"] == 4 * 2
+    with pytest.raises(SystemExit, match="misalign_mm"):  # a bad setting is named before any work
+        train_main(["--dataset", str(tmp_path / "nn" / "Dataset501_PancreasOrgans"), "--task", "organs",
+                    "--out", str(tmp_path / "x.ts"), "--randomise", "misalign_mm=far"])

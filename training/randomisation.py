@@ -24,6 +24,14 @@ Applied to each patch in HU, before intensity normalisation (:class:`training.sa
    random kernel and level (0-25 HU).
 4. **Partial coverage** (``partial_probability``): the patch ends at a random slice (padding beyond,
    labels cleared), as at the edge of a scan that covers less of the abdomen.
+5. **The app's registration** (``misalign_probability``, arterial channels only): the training data's
+   arterial phase is perfectly aligned, the app's is registered (mean residual 0.5 mm, up to 2 mm at
+   the landmarks, interpolated once more) and, where breathing moved tissue beyond the arterial
+   series' field or the arterial series covers fewer slices, padded with air while the venous
+   channel still shows tissue. So the arterial channel is warped by a smooth random displacement of
+   up to ``misalign_mm`` and, in ``arterial_edge_probability`` of those patches, padded beyond a
+   random slice near one end (``arterial_edge_fraction`` of the patch at most); the label stays,
+   since the venous phase shows the anatomy.
 
 Gamma, contrast and global intensity changes are MONAI transforms on the normalised patch
 (:func:`training.sampling.build_augmentation`). Each model's metadata records these settings.
@@ -31,7 +39,7 @@ Gamma, contrast and global intensity changes are MONAI transforms on the normali
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -62,9 +70,44 @@ class RandomisationSettings:
     noise_hu: tuple[float, float] = (0.0, 25.0)
     partial_probability: float = 0.1
     clear_label_without_contrast: bool = False  # a non-contrast patch's label is emptied (PDAC)
+    misalign_probability: float = 0.0  # arterial channel warped as the app's registration leaves it
+    misalign_mm: float = 2.0  # largest displacement of that warp
+    misalign_mesh_mm: float = 40.0  # spacing of its random control points
+    arterial_edge_probability: float = 0.5  # of the warped patches: arterial padded beyond a slice
+    arterial_edge_fraction: float = 0.25  # at most this share of the patch's slices padded
 
     def to_json(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+def randomisation_with(settings: RandomisationSettings, changes: Sequence[str]) -> RandomisationSettings:
+    """``settings`` with ``SETTING=VALUE`` changes (a command line's), each value parsed as its field's
+    type (a range as ``LOW,HIGH``; a switch as true/false); an unknown setting or a bad value raises
+    ValueError naming it."""
+    current = asdict(settings)
+    out = {}
+    for change in changes:
+        key, sep, text = change.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or key not in current:
+            raise ValueError(f"randomisation setting {change!r}: expected SETTING=VALUE with SETTING one of "
+                             f"{', '.join(current)}")
+        old = current[key]
+        try:
+            if isinstance(old, bool):
+                if text.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError("expected true or false")
+                out[key] = text.lower() in ("true", "1")
+            elif isinstance(old, tuple):
+                values = tuple(float(v) for v in text.split(","))
+                if len(values) != len(old):
+                    raise ValueError(f"expected {len(old)} numbers separated by a comma")
+                out[key] = values
+            else:
+                out[key] = float(text)
+        except ValueError as exc:
+            raise ValueError(f"randomisation setting {key}={text!r}: {exc}") from None
+    return replace(settings, **out)
 
 
 def tissue_medians(image: np.ndarray, tissue: np.ndarray) -> np.ndarray:
@@ -94,7 +137,8 @@ class DomainRandomiser:
         self.spacing = tuple(float(v) for v in spacing_zyx)
         self.rng = rng
         self.stats = {"patches": 0, "tissue": 0, "no_contrast": 0, "random_hu": 0, "slab": 0, "blur": 0, "noise": 0,
-                      "partial": 0, "label_cleared": 0}
+                      "partial": 0, "label_cleared": 0, "misaligned": 0, "arterial_edge": 0}
+        self.arterial = [c for c, p in enumerate(channel_phases) if p == "arterial"]
         self._no_contrast = False  # the last patch's tissue HU were a non-contrast scan's
 
     # -------------------------------------------------------------- tissue HU
@@ -172,6 +216,34 @@ class DomainRandomiser:
         self.stats["noise"] += 1
         return img
 
+    def misalign(self, img: np.ndarray, pad_hu: Sequence[float]) -> np.ndarray:
+        """The arterial channels as the app's registration gives them: a smooth random warp of at
+        most ``misalign_mm`` along each axis (linear interpolation), sometimes air beyond a slice near one end."""
+        rng, s = self.rng, self.s
+        shape = img.shape[1:]
+        mesh = [max(2, int(np.ceil(n * sp / s.misalign_mesh_mm)) + 1) for n, sp in zip(shape, self.spacing)]
+        amplitude = rng.uniform(0.0, s.misalign_mm)
+        coords = np.indices(shape, dtype=np.float32)
+        for axis in range(3):
+            coarse = rng.normal(0.0, 1.0, mesh)
+            coarse *= amplitude / max(float(np.abs(coarse).max()), 1e-6)
+            field = ndimage.zoom(coarse, [n / m for n, m in zip(shape, mesh)], order=1, grid_mode=True,
+                                 mode="nearest")[:shape[0], :shape[1], :shape[2]]
+            coords[axis] += field / self.spacing[axis]
+        edge = rng.uniform() < s.arterial_edge_probability
+        depth = int(rng.integers(1, max(2, int(shape[0] * s.arterial_edge_fraction) + 1))) if edge else 0
+        top = rng.uniform() < 0.5
+        for c in self.arterial:
+            img[c] = ndimage.map_coordinates(img[c], coords, order=1, mode="nearest")
+            if depth:
+                if top:
+                    img[c, shape[0] - depth:] = pad_hu[c]
+                else:
+                    img[c, :depth] = pad_hu[c]
+        self.stats["misaligned"] += 1
+        self.stats["arterial_edge"] += int(bool(depth))
+        return img
+
     def __call__(self, img: np.ndarray, label: np.ndarray, tissue: np.ndarray | None, medians: np.ndarray | None,
                  pad_hu: Sequence[float], anatomy: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Randomise one HU patch ``img`` [C, z, y, x] (float32, changed in place) and its label [z, y, x];
@@ -204,6 +276,8 @@ class DomainRandomiser:
                 label = label.copy()
                 label[:k] = 0
             self.stats["partial"] += 1
+        if self.arterial and rng.uniform() < s.misalign_probability:
+            img = self.misalign(img, pad_hu)
         return img, label
 
 

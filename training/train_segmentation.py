@@ -44,7 +44,7 @@ from training.datasets import (TASKS, CaseData, channel_names, foreground_sample
                                read_dataset_json, read_patients_json, split_cases, synthetic_provenance)
 from training.losses import build_loss
 from training.presets import PAPER_TVERSKY_ALPHA, PAPER_TVERSKY_BETA, PRESETS, TASK_RANDOMISATION, Preset, get_preset
-from training.randomisation import DomainRandomiser
+from training.randomisation import DomainRandomiser, randomisation_with
 from training.sampling import PatchSampler, build_augmentation, collate
 
 log = logging.getLogger("training.train_segmentation")
@@ -93,6 +93,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-domain-randomisation", action="store_true",
                    help="train without the domain randomisation of training.randomisation (tissue HU, contrast, "
                         "thick slabs, kernel noise, partial coverage)")
+    p.add_argument("--randomise", action="append", default=[], metavar="SETTING=VALUE",
+                   help="change one setting of the task's domain randomisation (training.randomisation."
+                        "RandomisationSettings), e.g. misalign_probability=0.5; repeatable, recorded in the metadata")
     p.add_argument("--single-phase-fraction", type=float,
                    help="share of patches with the venous image in the arterial channel (single-phase mode)")
     p.add_argument("--val-fraction", type=float, default=0.2)
@@ -212,6 +215,11 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                         randomisation=TASK_RANDOMISATION[task.name])
     if args.no_domain_randomisation:
         preset = replace(preset, randomisation=None)
+    elif args.randomise:
+        try:
+            preset = replace(preset, randomisation=randomisation_with(preset.randomisation, args.randomise))
+        except ValueError as exc:
+            raise SystemExit(f"error: --randomise: {exc}") from None
     attention = task.name == "lymph_nodes" and not args.no_attention
     informative = attention and not args.no_ins
     checkpoint = Path(args.checkpoint) if args.checkpoint else Path("build") / "checkpoints" / f"{name}.pt"
