@@ -2,9 +2,11 @@
 
 Each study is generated once and its organs segmented once by the bundled organ model (the models'
 grid, phases perfectly aligned); every PDAC model given then segments it, and the app's rule keeps
-one component (:func:`operators.pdac_segmentation.keep_primary_tumour`). Three conditions per study:
-as generated, scanned at ``--coarse-mm`` voxels (thick scans, where fine-tunes have lost tumours
-before), and with the contrast removed (:func:`synthetic.faults.remove_contrast`: the tumour can
+one component (:func:`operators.pdac_segmentation.keep_primary_tumour`). Four conditions per study:
+as generated, registered (the arterial phase put on the venous one by the app's own registration,
+as the app gives it to the models: a residual warp, and air where breathing moved tissue out of the
+arterial series' field), scanned at ``--coarse-mm`` voxels (thick scans, where fine-tunes have lost
+tumours before), and with the contrast removed (:func:`synthetic.faults.remove_contrast`: the tumour can
 hardly be seen, so a good model marks little). Per condition and model it prints the kept tumour's
 median Dice, how many tumours the kept component touches, the raw mask's median Dice, the false
 components (touching no tumour voxel) over 1 ml and their volume, and the raw mask's volume.
@@ -38,16 +40,17 @@ from lnmet.metrics import dice  # noqa: E402
 from lnmet.seeds import FIRST_VALIDATION_SEED, TestSeedError, refuse_test_seeds  # noqa: E402
 from evaluation.organ_segmentation import acquired_preset, registered_from_study  # noqa: E402
 
-CONDITIONS = ("as generated", "coarse", "no contrast")
+CONDITIONS = ("as generated", "registered", "coarse", "no contrast")
 
 
 def score_study(study: Any, organ_model: SegmentationModel, models: dict[str, SegmentationModel],
-                reach_mm: float) -> dict[str, dict[str, Any]]:
-    """Every PDAC model on one study (organs segmented once): the figures of one row per model."""
+                reach_mm: float, registration: str = "perfect") -> dict[str, dict[str, Any]]:
+    """Every PDAC model on one study (organs segmented once; ``registration`` as
+    :func:`evaluation.organ_segmentation.registered_from_study`): the figures of one row per model."""
     from operators.organ_segmentation import segment_organs
     from operators.pdac_segmentation import keep_primary_tumour
 
-    registered = registered_from_study(study, organ_model.spacing_mm, "perfect")
+    registered = registered_from_study(study, organ_model.spacing_mm, registration)
     organs, _ = segment_organs(registered, organ_model)
     truth = sitk.GetArrayFromImage(resample_labels(study.pdac, registered.working_venous, smooth=False)) > 0
     voxel_ml = float(np.prod(registered.working_venous.GetSpacing())) / 1000.0
@@ -108,9 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     per: dict[str, dict[str, list]] = {c: {name: [] for name in models} for c in CONDITIONS}
     for seed in seeds:
         study = generate_study(seed, args.preset)
-        for cond, s in (("as generated", study), ("no contrast", remove_contrast(study)),
-                        ("coarse", generate_study(seed, acquired_preset(args.preset, args.coarse_mm)))):
-            for name, row in score_study(s, organ_model, models, reach).items():
+        for cond, s, registration in (("as generated", study, "perfect"), ("registered", study, "real"),
+                                      ("no contrast", remove_contrast(study), "perfect"),
+                                      ("coarse", generate_study(seed, acquired_preset(args.preset, args.coarse_mm)),
+                                       "perfect")):
+            for name, row in score_study(s, organ_model, models, reach, registration).items():
                 per[cond][name].append({"seed": seed, **row})
         print(f"seed {seed}: " + "; ".join(f"{n.split(':')[0]} kept Dice {per['as generated'][n][-1]['kept_dice']:.2f}"
                                            for n in models), flush=True)

@@ -1,4 +1,4 @@
-"""evaluation.pdac_models: PDAC models compared on a generated study in its three conditions, and
+"""evaluation.pdac_models: PDAC models compared on a generated study in its four conditions, and
 the held-out test seeds refused (a comparison is a choice)."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ def test_models_side_by_side_on_a_tiny_study(tmp_path, capsys):
     assert main(["--models", str(BUNDLED), str(BUNDLED), "--count", "1", "--seed-start", "150000",
                  "--preset", "tiny", "--coarse-mm", "5", "--threads", "2", "--json", str(out)]) == 0
     doc = json.loads(out.read_text())
-    assert set(doc["summary"]) == {"as generated", "coarse", "no contrast"}
+    assert set(doc["summary"]) == {"as generated", "registered", "coarse", "no contrast"}
     for by_model in doc["summary"].values():
         first, second = by_model.values()
         assert first == second  # the same model twice gives the same figures
