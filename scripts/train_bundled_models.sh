@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces every bundled model from scratch on the project's own synthetic studies. The generator
-# is now 2.3.0; organ_seg 0.6.0 was fine-tuned on 2.3.0 studies (step organs_g23) from 0.5.0, which
+# is now 2.3.0; organ_seg 0.7.0 was fine-tuned from 0.6.0 with the app's registration simulated (step
+# organs_registered); 0.6.0 was fine-tuned on 2.3.0 studies (step organs_g23) from 0.5.0, which
 # was fine-tuned on 2.2.0 ones (step organs_g22; the generator of commit 365d0b2) from 0.4.0, which
 # was fine-tuned on 2.1.0 ones (step organs_g21; the generator of commit 61ea7c7), the other models
 # were trained on 2.0.0 ones (the generator before commit e0b796d: check that out to reproduce them
@@ -12,7 +13,7 @@
 # the training commands on a GPU. Steps whose output exists are skipped, so a stopped run resumes.
 #
 #     bash scripts/train_bundled_models.sh            # everything
-#     STEP=organs bash scripts/train_bundled_models.sh   # one step: data organs organs_g21 organs_g22 organs_g23 pdac ln ln_baseline ln_cls patient manifest heldout
+#     STEP=organs bash scripts/train_bundled_models.sh   # one step: data organs organs_g21 organs_g22 organs_g23 organs_registered pdac ln ln_baseline ln_cls patient manifest heldout
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -76,8 +77,19 @@ if want organs_g22 && [ ! -f build/train/organ_seg_g22.done ]; then
 fi
 if want organs_g23 && [ ! -f build/train/organ_seg_g23.done ]; then
   # 0.5.0 on generator 2.3.0 cases (the fundus against the spleen, the splenic flexure high): 600
-  # iterations, resumed to 1200 (the bundled 0.6.0).
-  organ_finetune g23 data/nnunet_g23 build/organ_seg_0.5.0/model.ts 600 1200:0.6.0:models/organ_seg/model.ts
+  # iterations, resumed to 1200 (0.6.0).
+  organ_finetune g23 data/nnunet_g23 build/organ_seg_0.5.0/model.ts 600 1200:0.6.0:build/organ_seg_0.6.0/model.ts
+fi
+if want organs_registered && [ ! -f build/train/organ_seg_registered.done ]; then
+  # 0.6.0 on 40 generator 2.3.0 cases (4 held back), the arterial channel warped and padded as the app's
+  # registration leaves it in half the patches (misalign_probability), 1200 iterations, one thread (the bundled 0.7.0).
+  [ -f data/nnunet_g23_40/Dataset501_PancreasOrgans/labelsTr/SYN000039.nii.gz ] ||
+    $PY -m synthetic export-nnunet --seed 0 --count 40 --preset train --acquisition random --out data/nnunet_g23_40 --workers 2
+  $PY -m training.train_segmentation --dataset data/nnunet_g23_40/Dataset501_PancreasOrgans --task organs --name organ_seg \
+      --lr 0.002 --single-phase-fraction 0.5 --val-fraction 0.1 --val-max-cases 2 --threads 1 --seed 0 --log-every 50 \
+      --checkpoint build/checkpoints/organ_seg_registered.pt --init-from build/organ_seg_0.6.0/model.ts \
+      --iterations 1200 --randomise misalign_probability=0.5 --model-version 0.7.0 --out models/organ_seg/model.ts
+  mkdir -p build/train && touch build/train/organ_seg_registered.done
 fi
 if want pdac && [ ! -f build/train/pdac_seg.done ]; then
   # Leg 1: 3000 iterations; leg 2 resumes its checkpoint up to 6000 (the poly schedule is stretched).
