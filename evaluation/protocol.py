@@ -185,7 +185,10 @@ def _tag(argv: Sequence[str]) -> str:
 
 def trained(out_dir: Path, name: str, argv: list[str], run: Callable[[list[str]], Any]) -> Path:
     """The model file of ``run(argv + --out ...)``, trained once: the folder name holds a hash of the
-    command, so a changed setting trains anew and an interrupted protocol resumes."""
+    command, so a changed setting trains anew and an interrupted protocol resumes. A segmentation
+    training interrupted part-way goes on from its last checkpoint (every 100 iterations: weights,
+    optimiser, iteration and the patch sampler's random state), so a run of many hours can be
+    spread over several sittings."""
     folder = out_dir / f"{name}_{_tag(argv)}"
     model = folder / "model.ts"
     done = folder / "done.json"
@@ -193,11 +196,16 @@ def trained(out_dir: Path, name: str, argv: list[str], run: Callable[[list[str]]
         return model
     folder.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    print(f"    training {name} ...", flush=True)
     extra = ["--out", str(model), "--name", name]
+    resumed = False
     if run.__module__.endswith("train_segmentation"):
-        extra += ["--checkpoint", str(folder / "checkpoint.pt")]
-    with open(folder / "train.log", "w") as printed, contextlib.redirect_stdout(printed):  # its summary line
+        checkpoint = folder / "checkpoint.pt"
+        extra += ["--checkpoint", str(checkpoint)]
+        resumed = checkpoint.is_file()
+        if resumed:
+            extra.append("--resume")
+    print(f"    training {name}{' (resuming from its checkpoint)' if resumed else ''} ...", flush=True)
+    with open(folder / "train.log", "a") as printed, contextlib.redirect_stdout(printed):  # its summary line
         summary = run(argv + extra)
     seconds = time.perf_counter() - t
     done.write_text(json.dumps({"argv": argv, "seconds": round(seconds, 1),

@@ -65,6 +65,26 @@ def test_a_second_run_reuses_every_trained_model(tiny_run, monkeypatch, capsys):
     assert "training " not in capsys.readouterr().out
 
 
+def test_an_interrupted_segmentation_training_resumes_from_its_checkpoint(tiny_run, tmp_path, capsys, caplog):
+    """The full run takes many hours: a training cut short goes on from its checkpoint, not from zero."""
+    from training import train_segmentation
+
+    fold = next((tiny_run["out"]).rglob("fold0/data"))
+    argv = ["--dataset", str(fold / protocol.LN_DATASET), "--task", "lymph_nodes", *protocol.PRESETS["tiny"].
+            segmentation_args[:-2], "--checkpoint-every", "2", "--seed", "0", "--val-fraction", "0.2", "--threads", "1"]
+    argv[argv.index("--iterations") + 1] = "2"
+    first = protocol.trained(tmp_path, "ln_seg_ours", argv, train_segmentation.main)
+    folder = first.parent
+    assert (folder / "checkpoint.pt").is_file() and "resuming" not in capsys.readouterr().out
+    (folder / "done.json").unlink()  # as if stopped after its last checkpoint, before it was recorded done
+    first.unlink()
+    caplog.set_level("INFO")
+    again = protocol.trained(tmp_path, "ln_seg_ours", argv, train_segmentation.main)
+    assert again == first and again.is_file() and (folder / "done.json").is_file()
+    assert "resuming from its checkpoint" in capsys.readouterr().out
+    assert "resumed from" in caplog.text and "at iteration 2 of 2" in caplog.text
+
+
 def test_the_protocol_refuses_test_seeds(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         protocol.main(["--preset", "tiny", "--seed-start", "99995", "--out", str(tmp_path)])
