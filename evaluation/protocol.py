@@ -34,10 +34,11 @@ ground truth or the bundled PDAC model; patient models). Printed as the paper's 
 
 Presets: ``tiny`` (10 tiny 3 mm studies, very small networks and a few iterations: checks that the
 whole protocol runs, in a couple of minutes; its figures mean nothing) and ``full`` (150 studies at
-the train preset, the bundled models' network sizes and training budgets; about a day on 2 CPU
-cores: ``--plan`` prints the estimate per stage and every training command). Everything is cached under ``--out`` (the cohort per generator version,
-each trained model under a name holding a hash of its training command), so an interrupted run
-resumes where it stopped.
+the train preset, the bundled models' network sizes, 1500 segmentation iterations; about 14 hours
+on 2 CPU cores: ``--plan`` prints the estimate per stage and every training command). Everything is
+cached under ``--out`` (the cohort per generator version, each trained model under a name holding a
+hash of its training command, a segmentation training's checkpoint every 100 iterations), so an
+interrupted run resumes where it stopped: run the same command again.
 
     python -m evaluation.protocol --preset tiny
     python -m evaluation.protocol --preset full --threads 2 [--json build/protocol/full.json]
@@ -117,11 +118,13 @@ PRESETS: dict[str, ProtocolPreset] = {
         ("--iterations", "400", "--lr", "0.01"),
         ("--iterations", "600", "--lr", "0.01", "--max-minutes", "10"),
         organs="model", pdac="model",
-        # From the bundled models' training times on this 2-core machine (docs/TRAINING.md): LN
-        # segmentation ~2 s per iteration (1500 in ~50 min), identification 600 iterations in ~25 min,
-        # the LN chain of the patient classifier's training patients ~20 s each in one process, a
-        # patient classifier 10 min (its cap); the test patients: organ, 3 LN, PDAC models ~50 s each.
-        minutes_per_fold={"3 LN segmentation models (1500 iterations each)": 150.0,
+        # Measured in the first fold of a full run on this 2-core machine (2026-12-04): an LN
+        # segmentation model, 1500 iterations at 1.2-1.4 per s plus 1.7 min loading its 96 cases, about
+        # 21 min. Not yet measured, from the bundled models' training times (docs/TRAINING.md):
+        # identification 600 iterations in ~25 min, the LN chain of the patient classifier's training
+        # patients ~20 s each in one process, a patient classifier 10 min (its cap); the test
+        # patients: organ, 3 LN, PDAC models ~50 s each.
+        minutes_per_fold={"3 LN segmentation models (1500 iterations each; measured)": 65.0,
                           "LN identification (400 iterations)": 17.0,
                           "LN chain on ~120 training patients (patient classifier input)": 40.0,
                           "2 patient classifiers (10 min cap each)": 20.0,
@@ -500,7 +503,7 @@ def format_plan(preset: ProtocolPreset, out: Path, threads: int | None, seed: in
         lines.append("estimate per fold on 2 CPU cores, nothing else running:")
         lines += [f"  {k}: {v:.0f} min" for k, v in preset.minutes_per_fold.items()]
         lines.append(f"  total {per_fold:.0f} min per fold, {preset.folds * per_fold / 60:.1f} h for {preset.folds} "
-                     f"folds (plus generating the cohort, a few minutes)")
+                     f"folds (plus generating the cohort: 21 min for the full preset's 150 studies)")
     return "\n".join(lines)
 
 
@@ -586,7 +589,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="seed of the fold split and of the trainings")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device")
-    p.add_argument("--log-level", default="WARNING", help="of the training commands' logs (INFO shows their progress)")
+    p.add_argument("--log-level", default="INFO",
+                   help="of the training commands' logs (INFO, the default, shows their progress; WARNING hides it)")
     p.add_argument("--json", help="also write every figure and per-patient row to this file")
     p.add_argument("--plan", action="store_true", help="print the folds' training commands and the time estimate, "
                                                         "run nothing")

@@ -85,6 +85,17 @@ def test_an_interrupted_segmentation_training_resumes_from_its_checkpoint(tiny_r
     assert "resumed from" in caplog.text and "at iteration 2 of 2" in caplog.text
 
 
+def test_the_full_plan_prints_every_training_command_and_its_time(tmp_path, capsys):
+    assert protocol.main(["--preset", "full", "--plan", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    full = protocol.PRESETS["full"]
+    assert out.count("python -m training.train_segmentation") == len(protocol.VARIANTS)
+    assert "--no-attention" in out and "--no-ins" in out and "train_ln_classifier" in out
+    hours = full.folds * sum(full.minutes_per_fold.values()) / 60
+    assert f"{hours:.1f} h for {full.folds} folds" in out
+    assert not any(tmp_path.iterdir())  # a plan trains and generates nothing
+
+
 def test_the_protocol_refuses_test_seeds(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         protocol.main(["--preset", "tiny", "--seed-start", "99995", "--out", str(tmp_path)])
