@@ -119,12 +119,12 @@ PRESETS: dict[str, ProtocolPreset] = {
         ("--iterations", "600", "--lr", "0.01", "--max-minutes", "10"),
         organs="model", pdac="model",
         # Measured in the first fold of a full run on this 2-core machine (2026-12-04): an LN
-        # segmentation model, 1500 iterations at 1.2-1.4 per s plus 1.7 min loading its 96 cases, about
-        # 21 min. Not yet measured, from the bundled models' training times (docs/TRAINING.md):
+        # segmentation model, 1500 iterations at 1.1-1.4 per s plus 1.7 min loading its 96 cases and
+        # 1 min validating, 22-25 min. Not yet measured, from the bundled models' training times (docs/TRAINING.md):
         # identification 600 iterations in ~25 min, the LN chain of the patient classifier's training
         # patients ~20 s each in one process, a patient classifier 10 min (its cap); the test
         # patients: organ, 3 LN, PDAC models ~50 s each.
-        minutes_per_fold={"3 LN segmentation models (1500 iterations each; measured)": 65.0,
+        minutes_per_fold={"3 LN segmentation models (1500 iterations each; measured)": 72.0,
                           "LN identification (400 iterations)": 17.0,
                           "LN chain on ~120 training patients (patient classifier input)": 40.0,
                           "2 patient classifiers (10 min cap each)": 20.0,
