@@ -118,17 +118,17 @@ PRESETS: dict[str, ProtocolPreset] = {
         ("--iterations", "400", "--lr", "0.01"),
         ("--iterations", "600", "--lr", "0.01", "--max-minutes", "10"),
         organs="model", pdac="model",
-        # Measured in the first fold of a full run on this 2-core machine (2026-12-04): an LN
-        # segmentation model, 1500 iterations at 1.1-1.4 per s plus 1.7 min loading its 96 cases and
-        # 1 min validating, 22-25 min. Not yet measured, from the bundled models' training times (docs/TRAINING.md):
-        # identification 600 iterations in ~25 min, the LN chain of the patient classifier's training
-        # patients ~20 s each in one process, a patient classifier 10 min (its cap); the test
-        # patients: organ, 3 LN, PDAC models ~50 s each.
-        minutes_per_fold={"3 LN segmentation models (1500 iterations each; measured)": 72.0,
-                          "LN identification (400 iterations)": 17.0,
-                          "LN chain on ~120 training patients (patient classifier input)": 40.0,
-                          "2 patient classifiers (10 min cap each)": 20.0,
-                          "30 test patients (organs, 3 LN models, identification, PDAC, patient)": 25.0}),
+        # Measured in the first fold of a full run on this 2-core machine (2026-12-04), nothing else
+        # running: an LN segmentation model 22-28 min (1500 iterations at 1.1-1.4 per s, loading its 96
+        # cases and validating included); identification 7 min (reading 120 cases' nodes 1.5 min, 400
+        # iterations 5 min); the LN chain of the 120 training patients 11 min (~5 s each); the two patient
+        # classifiers under a minute each (600 iterations of 96-pixel patches), far from their 10 min
+        # cap; the 30 test patients 14 min (organ, 3 LN, PDAC models ~5 s each, plus identification).
+        minutes_per_fold={"3 LN segmentation models (1500 iterations each)": 75.0,
+                          "LN identification (400 iterations)": 7.0,
+                          "LN chain on ~120 training patients (patient classifier input)": 11.0,
+                          "2 patient classifiers (600 iterations each)": 2.0,
+                          "30 test patients (organs, 3 LN models, identification, PDAC, patient)": 14.0}),
 }
 
 
@@ -425,6 +425,27 @@ def table4(rows: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
     return out
 
 
+def fold_summary(rows: Sequence[dict[str, Any]]) -> str:
+    """One round's test figures in a few lines, printed as each fold ends so a long run's progress can
+    be read before its tables: class-agnostic instance F1 / recall / precision (pooled over the fold's
+    patients) of each LN segmentation variant, identification AUC on the true nodes, patient AUC per
+    method. A fold of ~30 patients is a noisy sample; the tables average and test over all folds."""
+    lines = []
+    for key, (title, _) in VARIANTS.items():
+        counts = np.sum([r["segmentation"][key]["agnostic"]["counts"] for r in rows], axis=0)
+        inst = detection_scores(*[int(v) for v in counts])
+        lines.append(f"  {title}: instance F1 {_fmt3(inst['f1'])}, recall {_fmt3(inst['recall'])} "
+                     f"({int(counts[1])} of {int(counts[0])} nodes), precision {_fmt3(inst['precision'])}")
+    y_nodes = [lab for r in rows for lab in r["gt_nodes"]["labels"]]
+    auc_nodes = roc_auc(y_nodes, [p for r in rows for p in r["gt_nodes"]["probabilities"]])
+    lines.append(f"  LN identification AUC on the true nodes {_fmt3(auc_nodes)} ({len(y_nodes)} nodes, "
+                 f"{int(sum(y_nodes))} positive)")
+    y = [r["label"] for r in rows]
+    aucs = ", ".join(f"{m} {_fmt3(roc_auc(y, [r['scores'][m] for r in rows]))}" for m in PATIENT_METHODS)
+    lines.append(f"  patient AUC ({len(y)} patients, {int(sum(y))} positive): {aucs}")
+    return "\n".join(lines)
+
+
 def _pct(v: float) -> str:
     return "  n/a" if not np.isfinite(v) else f"{100 * v:5.1f}"
 
@@ -558,7 +579,8 @@ def run_protocol(preset: ProtocolPreset, out: Path, threads: int | None = None, 
             r["predicted"] = {mth: bool(r["scores"][mth] >= thresholds[mth]) for mth in PATIENT_METHODS}
             rows.append(r)
         fold_rows.append(rows)
-        print(f"fold {k + 1}/{preset.folds} done in {time.perf_counter() - t:.0f} s", flush=True)
+        print(f"fold {k + 1}/{preset.folds} done in {time.perf_counter() - t:.0f} s; its test patients:", flush=True)
+        print(fold_summary(rows), flush=True)
     all_rows = [r for f in fold_rows for r in f]
     y_nodes = [lab for r in all_rows for lab in r["gt_nodes"]["labels"]]
     p_nodes = [p for r in all_rows for p in r["gt_nodes"]["probabilities"]]

@@ -62,7 +62,18 @@ def test_a_second_run_reuses_every_trained_model(tiny_run, monkeypatch, capsys):
     for module in (train_segmentation, train_ln_classifier, train_patient_classifier):
         monkeypatch.setattr(module, "main", no_training)
     assert protocol.main(["--preset", "tiny", "--out", str(tiny_run["out"]), "--threads", "1"]) == 0
-    assert "training " not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "training " not in out
+    # each fold's test figures are printed as it ends, from that fold's own patients
+    assert out.count("its test patients:") == 5
+    for k in range(5):
+        rows = [r for r in tiny_run["res"]["patients_rows"] if r["fold"] == k]
+        summary = protocol.fold_summary(rows)
+        assert summary in out
+        n_gt = sum(r["segmentation"]["ours"]["agnostic"]["counts"][0] for r in rows)
+        n_nodes = sum(len(r["gt_nodes"]["labels"]) for r in rows)
+        assert f"of {n_gt} nodes" in summary and f"({n_nodes} nodes," in summary
+        assert f"({len(rows)} patients," in summary
 
 
 def test_an_interrupted_segmentation_training_resumes_from_its_checkpoint(tiny_run, tmp_path, capsys, caplog):
