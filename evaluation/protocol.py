@@ -34,7 +34,7 @@ ground truth or the bundled PDAC model; patient models). Printed as the paper's 
 
 Presets: ``tiny`` (10 tiny 3 mm studies, very small networks and a few iterations: checks that the
 whole protocol runs, in a couple of minutes; its figures mean nothing) and ``full`` (150 studies at
-the train preset, the bundled models' network sizes, 1500 segmentation iterations; about 14 hours
+the train preset, the bundled models' network sizes, 1500 segmentation iterations; about 9 hours
 on 2 CPU cores: ``--plan`` prints the estimate per stage and every training command). Everything is
 cached under ``--out`` (the cohort per generator version, each trained model under a name holding a
 hash of its training command, a segmentation training's checkpoint every 100 iterations), so an
