@@ -100,6 +100,8 @@ class ProtocolPreset:
     minutes_per_fold: dict[str, float] = field(default_factory=dict)  # estimate per stage, 2 CPU cores (--plan)
 
 
+SEGMENTATION_FIXED_MINUTES = 2.7  # loading a fold's 96 training cases and validating, per model (2 cores)
+
 PRESETS: dict[str, ProtocolPreset] = {
     "tiny": ProtocolPreset(
         "tiny", "tiny", 90010, 10, 5,
@@ -425,17 +427,40 @@ def table4(rows: Sequence[dict[str, Any]], seed: int = 0) -> dict[str, Any]:
     return out
 
 
-def fold_summary(rows: Sequence[dict[str, Any]]) -> str:
+def segmentation_validation(paths: dict[str, Path]) -> dict[str, Any]:
+    """Each LN segmentation model's own validation at the end of its training (its ``done.json``)."""
+    out = {}
+    for key in VARIANTS:
+        done = paths[key].parent / "done.json"
+        out[key] = json.loads(done.read_text()).get("validation") if done.is_file() else None
+    return out
+
+
+def did_not_learn(validation: dict[str, Any] | None) -> bool:
+    """A model that marked no node at all on its validation patients: at a small iteration budget a
+    network can still sit on the all-background plateau (loss about 1), and its test figures then say
+    nothing about its design."""
+    return bool(validation) and validation.get("predicted_instances") == 0
+
+
+def fold_summary(rows: Sequence[dict[str, Any]], validation: dict[str, Any] | None = None) -> str:
     """One round's test figures in a few lines, printed as each fold ends so a long run's progress can
     be read before its tables: class-agnostic instance F1 / recall / precision (pooled over the fold's
-    patients) of each LN segmentation variant, identification AUC on the true nodes, patient AUC per
-    method. A fold of ~30 patients is a noisy sample; the tables average and test over all folds."""
+    patients) of each LN segmentation variant (with the model's own validation Dice, and a warning
+    where it did not learn), identification AUC on the true nodes, patient AUC per method. A fold of
+    ~30 patients is a noisy sample; the tables average and test over all folds."""
     lines = []
     for key, (title, _) in VARIANTS.items():
         counts = np.sum([r["segmentation"][key]["agnostic"]["counts"] for r in rows], axis=0)
         inst = detection_scores(*[int(v) for v in counts])
-        lines.append(f"  {title}: instance F1 {_fmt3(inst['f1'])}, recall {_fmt3(inst['recall'])} "
-                     f"({int(counts[1])} of {int(counts[0])} nodes), precision {_fmt3(inst['precision'])}")
+        line = (f"  {title}: instance F1 {_fmt3(inst['f1'])}, recall {_fmt3(inst['recall'])} "
+                f"({int(counts[1])} of {int(counts[0])} nodes), precision {_fmt3(inst['precision'])}")
+        v = (validation or {}).get(key)
+        if v:
+            line += f"; its validation Dice {_fmt3(v.get('mean_dice', float('nan')))}"
+            if did_not_learn(v):
+                line += " (DID NOT LEARN: no node marked on its validation patients)"
+        lines.append(line)
     y_nodes = [lab for r in rows for lab in r["gt_nodes"]["labels"]]
     auc_nodes = roc_auc(y_nodes, [p for r in rows for p in r["gt_nodes"]["probabilities"]])
     lines.append(f"  LN identification AUC on the true nodes {_fmt3(auc_nodes)} ({len(y_nodes)} nodes, "
@@ -479,6 +504,12 @@ def format_tables(res: dict[str, Any]) -> str:
         ps = [f"{VARIANTS[k][0]}: Dice p {res['table3'][part][k]['p_dice']:.3g}, F1 p {res['table3'][part][k]['p_f1']:.3g}"
               for k in VARIANTS if k != REFERENCE]
         lines.append(f"  {'':<16}(" + "; ".join(ps) + ")")
+    stuck = [f"{VARIANTS[key][0]} in fold {k + 1}" for k, fold in enumerate(res.get("segmentation_validation", []))
+             for key in VARIANTS if did_not_learn(fold.get(key))]
+    if stuck:
+        lines.append(f"  Did not learn at {res.get('segmentation_iterations')} iterations (no node marked on its own "
+                     f"validation patients; its test rows count as all missed): " + ", ".join(stuck)
+                     + ". Read the comparison with that in mind, or rerun with more --segmentation-iterations.")
     lines.append("")
     t4 = res["table4"]
     lines.append(f"Table 4 style: patient-level prediction on the pooled test predictions of the {res['folds']} folds "
@@ -500,6 +531,26 @@ def format_tables(res: dict[str, Any]) -> str:
             lines.append(f"  DeLong ours (combined) vs {title}: p {r['delong_vs_combined_p']:.3g}")
     lines.append(f"\nTime: {res['seconds'] / 60:.1f} min ({res['machine']})")
     return "\n".join(lines)
+
+
+def _option(args: Sequence[str], name: str) -> str | None:
+    return args[list(args).index(name) + 1] if name in args else None
+
+
+def with_segmentation_iterations(preset: ProtocolPreset, iterations: int) -> ProtocolPreset:
+    """``preset`` with its LN segmentation models trained for ``iterations`` (the plan's estimate of
+    that stage scaled to match: loading and validating take the same, the iterations in proportion)."""
+    args = list(preset.segmentation_args)
+    before = int(args[args.index("--iterations") + 1])
+    args[args.index("--iterations") + 1] = str(iterations)
+    minutes = {}
+    for stage, value in preset.minutes_per_fold.items():
+        if stage.startswith("3 LN segmentation models"):
+            fixed = 3 * SEGMENTATION_FIXED_MINUTES
+            stage, value = f"3 LN segmentation models ({iterations} iterations each)", \
+                fixed + (value - fixed) * iterations / before
+        minutes[stage] = value
+    return replace(preset, segmentation_args=tuple(args), minutes_per_fold=minutes)
 
 
 def format_plan(preset: ProtocolPreset, out: Path, threads: int | None, seed: int) -> str:
@@ -559,6 +610,7 @@ def run_protocol(preset: ProtocolPreset, out: Path, threads: int | None = None, 
     pdac_model = resolve_model_path("pdac_seg", models_folder) if preset.pdac == "model" else None
     root = base / f"cv_{preset.name}_{preset.folds}folds_seed{seed}"
     fold_rows: list[list[dict[str, Any]]] = []
+    validations: list[dict[str, Any]] = []  # per fold: each LN segmentation model's own validation
     for k, test in enumerate(folds):
         t = time.perf_counter()
         train = sorted(c for c in cases if c not in set(test))
@@ -579,8 +631,9 @@ def run_protocol(preset: ProtocolPreset, out: Path, threads: int | None = None, 
             r["predicted"] = {mth: bool(r["scores"][mth] >= thresholds[mth]) for mth in PATIENT_METHODS}
             rows.append(r)
         fold_rows.append(rows)
+        validations.append(segmentation_validation(paths))
         print(f"fold {k + 1}/{preset.folds} done in {time.perf_counter() - t:.0f} s; its test patients:", flush=True)
-        print(fold_summary(rows), flush=True)
+        print(fold_summary(rows, validations[-1]), flush=True)
     all_rows = [r for f in fold_rows for r in f]
     y_nodes = [lab for r in all_rows for lab in r["gt_nodes"]["labels"]]
     p_nodes = [p for r in all_rows for p in r["gt_nodes"]["probabilities"]]
@@ -593,7 +646,8 @@ def run_protocol(preset: ProtocolPreset, out: Path, threads: int | None = None, 
             "table2": {"auc_per_fold": auc_folds,
                        "auc_mean": float(np.nanmean(auc_folds)) if any(np.isfinite(auc_folds)) else float("nan"),
                        "auc_pooled": roc_auc(y_nodes, p_nodes), "nodes": len(y_nodes), "positive": int(sum(y_nodes))},
-            "table3": table3(fold_rows), "table4": table4(all_rows, seed),
+            "table3": table3(fold_rows), "table4": table4(all_rows, seed), "segmentation_validation": validations,
+            "segmentation_iterations": _option(preset.segmentation_args, "--iterations"),
             "seconds": time.perf_counter() - t0, "machine": f"{os.cpu_count()} CPU cores, torch threads {threads}",
             "patients_rows": all_rows}
 
@@ -609,6 +663,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--models", default=str(ROOT / "models"), help="where the bundled organ and PDAC models are")
     p.add_argument("--out", default=str(ROOT / "build" / "protocol"), help="cache of the cohort, models and predictions")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold split and of the trainings")
+    p.add_argument("--segmentation-iterations", type=int,
+                   help="iterations of each LN segmentation model (default: the preset's; the full preset's 1500 "
+                        "fit a 2-core CPU, and a network may not yet have left the all-background plateau by then: "
+                        "with a GPU give it more)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device")
     p.add_argument("--log-level", default="INFO",
@@ -621,6 +679,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     changes = {k: v for k, v in (("seed_start", args.seed_start), ("count", args.count), ("folds", args.folds),
                                  ("organs", args.organs), ("pdac", args.pdac)) if v is not None}
     preset = replace(preset, **changes)
+    if args.segmentation_iterations is not None:
+        if args.segmentation_iterations < 1:
+            p.error(f"--segmentation-iterations {args.segmentation_iterations}: must be at least 1")
+        preset = with_segmentation_iterations(preset, args.segmentation_iterations)
     seeds = range(preset.seed_start, preset.seed_start + preset.count)
     try:
         refuse_test_seeds(seeds, "the cross-validation protocol")

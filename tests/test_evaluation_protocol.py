@@ -68,8 +68,8 @@ def test_a_second_run_reuses_every_trained_model(tiny_run, monkeypatch, capsys):
     assert out.count("its test patients:") == 5
     for k in range(5):
         rows = [r for r in tiny_run["res"]["patients_rows"] if r["fold"] == k]
-        summary = protocol.fold_summary(rows)
-        assert summary in out
+        summary = protocol.fold_summary(rows, tiny_run["res"]["segmentation_validation"][k])
+        assert summary in out and summary.count("its validation Dice") == len(protocol.VARIANTS)
         n_gt = sum(r["segmentation"]["ours"]["agnostic"]["counts"][0] for r in rows)
         n_nodes = sum(len(r["gt_nodes"]["labels"]) for r in rows)
         assert f"of {n_gt} nodes" in summary and f"({n_nodes} nodes," in summary
@@ -105,6 +105,34 @@ def test_the_full_plan_prints_every_training_command_and_its_time(tmp_path, caps
     hours = full.folds * sum(full.minutes_per_fold.values()) / 60
     assert f"{hours:.1f} h for {full.folds} folds" in out
     assert not any(tmp_path.iterdir())  # a plan trains and generates nothing
+
+
+def test_more_segmentation_iterations_change_the_commands_and_the_estimate(tmp_path, capsys):
+    assert protocol.main(["--preset", "full", "--plan", "--segmentation-iterations", "3000", "--out",
+                          str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    seg = [line for line in out.splitlines() if "training.train_segmentation" in line]
+    assert len(seg) == 3 and all("--iterations 3000" in line and "1500" not in line for line in seg)
+    full = protocol.PRESETS["full"].minutes_per_fold
+    before = next(v for k, v in full.items() if k.startswith("3 LN segmentation"))
+    fixed = 3 * protocol.SEGMENTATION_FIXED_MINUTES
+    assert f"3 LN segmentation models (3000 iterations each): {fixed + 2 * (before - fixed):.0f} min" in out
+    with pytest.raises(SystemExit):
+        protocol.main(["--preset", "full", "--plan", "--segmentation-iterations", "0"])
+    assert "--segmentation-iterations 0" in capsys.readouterr().err
+
+
+def test_the_tables_say_which_segmentation_model_did_not_learn(tiny_run):
+    res = json.loads(json.dumps(tiny_run["res"]))
+    text = protocol.format_tables(res)
+    stuck = [(k, key) for k, fold in enumerate(res["segmentation_validation"]) for key in protocol.VARIANTS
+             if fold[key]["predicted_instances"] == 0]
+    assert ("Did not learn" in text) == bool(stuck)
+    res["segmentation_validation"][2]["no_ins"]["predicted_instances"] = 0  # as fold 3's model of a real run
+    res["segmentation_validation"][2]["plain"]["predicted_instances"] = 7
+    text = protocol.format_tables(res)
+    assert "Did not learn at 4 iterations" in text and "Ours w/o INS in fold 3" in text
+    assert "Plain U-Net (w/o attention) in fold 3" not in text
 
 
 def test_the_protocol_refuses_test_seeds(tmp_path, capsys):
