@@ -34,7 +34,7 @@ ground truth or the bundled PDAC model; patient models). Printed as the paper's 
 
 Presets: ``tiny`` (10 tiny 3 mm studies, very small networks and a few iterations: checks that the
 whole protocol runs, in a couple of minutes; its figures mean nothing) and ``full`` (150 studies at
-the train preset, the bundled models' network sizes, 1500 segmentation iterations; about 9 hours
+the train preset, the bundled models' network sizes, 3000 segmentation iterations; about 14 hours
 on 2 CPU cores: ``--plan`` prints the estimate per stage and every training command). Everything is
 cached under ``--out`` (the cohort per generator version, each trained model under a name holding a
 hash of its training command, a segmentation training's checkpoint every 100 iterations), so an
@@ -116,17 +116,20 @@ PRESETS: dict[str, ProtocolPreset] = {
     # The bundled models' network sizes and budgets (docs/TRAINING.md), cut where a CPU day allows.
     "full": ProtocolPreset(
         "full", "train", 20000, 150, 5,
-        ("--preset", "small", "--iterations", "1500", "--per-node-sampling", "--val-max-cases", "5"),
+        ("--preset", "small", "--iterations", "3000", "--per-node-sampling", "--val-max-cases", "5"),
         ("--iterations", "400", "--lr", "0.01"),
         ("--iterations", "600", "--lr", "0.01", "--max-minutes", "10"),
         organs="model", pdac="model",
+        # 3000 segmentation iterations, not the 1500 of the first run: at 1500 the LN networks were
+        # still leaving the all-background plateau (loss about 1) at iterations 1000-1400, and in fold 2
+        # two of the three had not left it (no node marked on their validation patients).
         # Measured in the first fold of a full run on this 2-core machine (2026-12-04), nothing else
-        # running: an LN segmentation model 22-28 min (1500 iterations at 1.1-1.4 per s, loading its 96
-        # cases and validating included); identification 7 min (reading 120 cases' nodes 1.5 min, 400
+        # running: an LN segmentation model 22-28 min at 1500 iterations (1.1-1.4 per s, plus 2.7 min
+        # loading its 96 cases and validating: about 45 min at 3000); identification 7 min (reading 120 cases' nodes 1.5 min, 400
         # iterations 5 min); the LN chain of the 120 training patients 11 min (~5 s each); the two patient
         # classifiers under a minute each (600 iterations of 96-pixel patches), far from their 10 min
         # cap; the 30 test patients 14 min (organ, 3 LN, PDAC models ~5 s each, plus identification).
-        minutes_per_fold={"3 LN segmentation models (1500 iterations each)": 75.0,
+        minutes_per_fold={"3 LN segmentation models (3000 iterations each)": 135.0,
                           "LN identification (400 iterations)": 7.0,
                           "LN chain on ~120 training patients (patient classifier input)": 11.0,
                           "2 patient classifiers (600 iterations each)": 2.0,
@@ -664,9 +667,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=str(ROOT / "build" / "protocol"), help="cache of the cohort, models and predictions")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold split and of the trainings")
     p.add_argument("--segmentation-iterations", type=int,
-                   help="iterations of each LN segmentation model (default: the preset's; the full preset's 1500 "
-                        "fit a 2-core CPU, and a network may not yet have left the all-background plateau by then: "
-                        "with a GPU give it more)")
+                   help="iterations of each LN segmentation model (default: the preset's; the full preset's 3000 "
+                        "fit a 2-core CPU in about 45 min each; a network leaves the all-background plateau only "
+                        "after 1000-1500: with a GPU give it more)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--device")
     p.add_argument("--log-level", default="INFO",

@@ -108,15 +108,17 @@ def test_the_full_plan_prints_every_training_command_and_its_time(tmp_path, caps
 
 
 def test_more_segmentation_iterations_change_the_commands_and_the_estimate(tmp_path, capsys):
-    assert protocol.main(["--preset", "full", "--plan", "--segmentation-iterations", "3000", "--out",
+    full = protocol.PRESETS["full"]
+    default = int(full.segmentation_args[full.segmentation_args.index("--iterations") + 1])
+    more = 2 * default
+    assert protocol.main(["--preset", "full", "--plan", "--segmentation-iterations", str(more), "--out",
                           str(tmp_path)]) == 0
     out = capsys.readouterr().out
     seg = [line for line in out.splitlines() if "training.train_segmentation" in line]
-    assert len(seg) == 3 and all("--iterations 3000" in line and "1500" not in line for line in seg)
-    full = protocol.PRESETS["full"].minutes_per_fold
-    before = next(v for k, v in full.items() if k.startswith("3 LN segmentation"))
+    assert len(seg) == 3 and all(f"--iterations {more} " in line and f" {default} " not in line for line in seg)
+    before = next(v for k, v in full.minutes_per_fold.items() if k.startswith("3 LN segmentation"))
     fixed = 3 * protocol.SEGMENTATION_FIXED_MINUTES
-    assert f"3 LN segmentation models (3000 iterations each): {fixed + 2 * (before - fixed):.0f} min" in out
+    assert f"3 LN segmentation models ({more} iterations each): {fixed + 2 * (before - fixed):.0f} min" in out
     with pytest.raises(SystemExit):
         protocol.main(["--preset", "full", "--plan", "--segmentation-iterations", "0"])
     assert "--segmentation-iterations 0" in capsys.readouterr().err
