@@ -38,10 +38,13 @@ the train preset, the bundled models' network sizes, 3000 segmentation iteration
 on 2 CPU cores: ``--plan`` prints the estimate per stage and every training command). Everything is
 cached under ``--out`` (the cohort per generator version, each trained model under a name holding a
 hash of its training command, a segmentation training's checkpoint every 100 iterations), so an
-interrupted run resumes where it stopped: run the same command again.
+interrupted run resumes where it stopped: run the same command again. ``--only-fold K ...`` runs (or
+reads from the cache) only those folds, with tables marked partial: the finished folds of a long run
+can be read while it goes on, and machines that share ``--out`` can each take a fold.
 
     python -m evaluation.protocol --preset tiny
     python -m evaluation.protocol --preset full --threads 2 [--json build/protocol/full.json]
+    python -m evaluation.protocol --preset full --threads 2 --only-fold 1   # fold 1's tables alone
 """
 
 from __future__ import annotations
@@ -479,12 +482,18 @@ def _pct(v: float) -> str:
 
 
 def format_tables(res: dict[str, Any]) -> str:
+    run = res.get("folds_run") or list(range(1, res["folds"] + 1))
     lines = [f"Nested {res['folds']}-fold cross-validation on {res['patients']} generated patients ({res['positive']} "
              f"positive; seeds {res['seeds'][0]}-{res['seeds'][1]}, preset {res['study_preset']}; protocol preset "
-             f"{res['preset']}); test-time organs: {res['organs']}, tumour masks: {res['pdac']}", ""]
+             f"{res['preset']}); test-time organs: {res['organs']}, tumour masks: {res['pdac']}"]
+    if len(run) < res["folds"]:
+        lines.append(f"PARTIAL: only fold{'s' if len(run) > 1 else ''} {', '.join(map(str, run))} of {res['folds']}; "
+                     f"every figure below is on {'their' if len(run) > 1 else 'its'} {res['table4']['patients']} "
+                     "test patients alone")
+    lines.append("")
     t2 = res["table2"]
     lines.append("Table 2 style: LN identification on the ground-truth nodes of the test folds")
-    lines.append("  AUC per fold: " + ", ".join(_fmt3(v) for v in t2["auc_per_fold"])
+    lines.append("  AUC " + ", ".join(f"fold {k} {_fmt3(v)}" for k, v in zip(run, t2["auc_per_fold"]))
                  + f"; mean {_fmt3(t2['auc_mean'])}; pooled {_fmt3(t2['auc_pooled'])} ({t2['nodes']} nodes, "
                  f"{t2['positive']} positive)")
     lines.append("")
@@ -507,7 +516,7 @@ def format_tables(res: dict[str, Any]) -> str:
         ps = [f"{VARIANTS[k][0]}: Dice p {res['table3'][part][k]['p_dice']:.3g}, F1 p {res['table3'][part][k]['p_f1']:.3g}"
               for k in VARIANTS if k != REFERENCE]
         lines.append(f"  {'':<16}(" + "; ".join(ps) + ")")
-    stuck = [f"{VARIANTS[key][0]} in fold {k + 1}" for k, fold in enumerate(res.get("segmentation_validation", []))
+    stuck = [f"{VARIANTS[key][0]} in fold {k}" for k, fold in zip(run, res.get("segmentation_validation", []))
              for key in VARIANTS if did_not_learn(fold.get(key))]
     if stuck:
         lines.append(f"  Did not learn at {res.get('segmentation_iterations')} iterations (no node marked on its own "
@@ -515,7 +524,7 @@ def format_tables(res: dict[str, Any]) -> str:
                      + ". Read the comparison with that in mind, or rerun with more --segmentation-iterations.")
     lines.append("")
     t4 = res["table4"]
-    lines.append(f"Table 4 style: patient-level prediction on the pooled test predictions of the {res['folds']} folds "
+    lines.append(f"Table 4 style: patient-level prediction on the pooled test predictions of the {len(run)} folds "
                  f"({t4['patients']} patients, {t4['positive']} positive), 95% bootstrap CI; Wilcoxon signed-rank on "
                  "the paired bootstrap balanced accuracies vs 'ours' (* p < 0.05)")
     cols = ("balanced_accuracy", "auc", "accuracy", "sensitivity", "specificity")
@@ -591,7 +600,10 @@ def _fmt3(v: float) -> str:
 # ------------------------------------------------------------------------------------------------
 
 def run_protocol(preset: ProtocolPreset, out: Path, threads: int | None = None, device: str | None = None,
-                 models_folder: Path = ROOT / "models", seed: int = 0) -> dict[str, Any]:
+                 models_folder: Path = ROOT / "models", seed: int = 0,
+                 only_folds: Sequence[int] | None = None) -> dict[str, Any]:
+    """Train and evaluate every fold (or only the 1-based ``only_folds``: the tables then cover those
+    folds' test patients alone and say so) and return every figure and per-patient row."""
     from evaluation.ln_detection import cohort_cache, ensure_cohort
     from lnmet.config import load_settings
     from lnmet.inference import resolve_model_path
@@ -612,9 +624,12 @@ def run_protocol(preset: ProtocolPreset, out: Path, threads: int | None = None, 
     organ_model = resolve_model_path("organ_seg", models_folder) if preset.organs == "model" else None
     pdac_model = resolve_model_path("pdac_seg", models_folder) if preset.pdac == "model" else None
     root = base / f"cv_{preset.name}_{preset.folds}folds_seed{seed}"
+    run = sorted(set(only_folds)) if only_folds else list(range(1, preset.folds + 1))
     fold_rows: list[list[dict[str, Any]]] = []
-    validations: list[dict[str, Any]] = []  # per fold: each LN segmentation model's own validation
+    validations: list[dict[str, Any]] = []  # per fold run: each LN segmentation model's own validation
     for k, test in enumerate(folds):
+        if k + 1 not in run:
+            continue
         t = time.perf_counter()
         train = sorted(c for c in cases if c not in set(test))
         print(f"fold {k + 1}/{preset.folds}: {len(train)} training+validation patients, {len(test)} test patients",
@@ -644,7 +659,7 @@ def run_protocol(preset: ProtocolPreset, out: Path, threads: int | None = None, 
                          [p for r in f for p in r["gt_nodes"]["probabilities"]]) for f in fold_rows]
     return {"preset": preset.name, "study_preset": preset.study_preset, "seeds": [seeds[0], seeds[-1]],
             "patients": len(cases), "positive": int(sum(labels.values())), "folds": preset.folds,
-            "fold_cases": folds, "organs": "bundled organ model" if organ_model else "ground truth",
+            "folds_run": run, "fold_cases": folds, "organs": "bundled organ model" if organ_model else "ground truth",
             "pdac": "bundled PDAC model" if pdac_model else "ground truth",
             "table2": {"auc_per_fold": auc_folds,
                        "auc_mean": float(np.nanmean(auc_folds)) if any(np.isfinite(auc_folds)) else float("nan"),
@@ -675,6 +690,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--log-level", default="INFO",
                    help="of the training commands' logs (INFO, the default, shows their progress; WARNING hides it)")
     p.add_argument("--json", help="also write every figure and per-patient row to this file")
+    p.add_argument("--only-fold", type=int, nargs="+", metavar="K",
+                   help="run (or read from the cache) only these folds, 1-based; the tables then cover their test "
+                        "patients alone: to read finished folds while a run goes on, or to split a run across "
+                        "machines that share --out")
     p.add_argument("--plan", action="store_true", help="print the folds' training commands and the time estimate, "
                                                         "run nothing")
     args = p.parse_args(argv)
@@ -693,12 +712,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(str(exc))
     if preset.count < preset.folds:
         p.error(f"--count {preset.count}: fewer patients than folds ({preset.folds})")
+    bad = [k for k in args.only_fold or [] if not 1 <= k <= preset.folds]
+    if bad:
+        p.error(f"--only-fold {' '.join(map(str, bad))}: folds are numbered 1-{preset.folds}")
     if args.plan:
         print(format_plan(preset, Path(args.out), args.threads, args.seed))
         return 0
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    res = run_protocol(preset, Path(args.out), args.threads, args.device, Path(args.models), args.seed)
+    res = run_protocol(preset, Path(args.out), args.threads, args.device, Path(args.models), args.seed,
+                       args.only_fold)
     print()
     print(format_tables(res))
     if args.json:

@@ -76,6 +76,37 @@ def test_a_second_run_reuses_every_trained_model(tiny_run, monkeypatch, capsys):
         assert f"({len(rows)} patients," in summary
 
 
+def test_only_some_folds_gives_their_patients_tables_marked_partial(tiny_run, tmp_path, monkeypatch, capsys):
+    """Finished folds of a long run can be read on their own, from the cache, while the rest go on."""
+    from training import train_ln_classifier, train_patient_classifier, train_segmentation
+
+    def no_training(*a, **k):
+        raise AssertionError("a model was trained again although it is cached")
+
+    for module in (train_segmentation, train_ln_classifier, train_patient_classifier):
+        monkeypatch.setattr(module, "main", no_training)
+    res_path = tmp_path / "partial.json"
+    assert protocol.main(["--preset", "tiny", "--out", str(tiny_run["out"]), "--threads", "1", "--only-fold", "4",
+                          "2", "--json", str(res_path)]) == 0
+    out = capsys.readouterr().out
+    res, full = json.loads(res_path.read_text()), tiny_run["res"]
+    assert res["folds_run"] == [2, 4] and out.count("its test patients:") == 2
+    wanted = sorted(r["case"] for r in full["patients_rows"] if r["fold"] in (1, 3))
+    assert sorted(r["case"] for r in res["patients_rows"]) == wanted
+    by_case = {r["case"]: r for r in full["patients_rows"]}
+    for r in res["patients_rows"]:  # the same per-patient figures as in the full run
+        assert r["scores"] == by_case[r["case"]]["scores"]
+        assert r["segmentation"] == by_case[r["case"]]["segmentation"]
+    assert res["table4"]["patients"] == len(wanted) and len(res["table2"]["auc_per_fold"]) == 2
+    assert res["segmentation_validation"] == [full["segmentation_validation"][k] for k in (1, 3)]
+    assert f"PARTIAL: only folds 2, 4 of 5; every figure below is on their {len(wanted)} test patients" in out
+    assert "pooled test predictions of the 2 folds" in out
+    assert "PARTIAL" not in protocol.format_tables(full)
+    with pytest.raises(SystemExit) as stop:
+        protocol.main(["--preset", "tiny", "--out", str(tmp_path), "--only-fold", "6"])
+    assert stop.value.code == 2 and "folds are numbered 1-5" in capsys.readouterr().err
+
+
 def test_an_interrupted_segmentation_training_resumes_from_its_checkpoint(tiny_run, tmp_path, capsys, caplog):
     """The full run takes many hours: a training cut short goes on from its checkpoint, not from zero."""
     from training import train_segmentation
