@@ -53,7 +53,9 @@ def test_tiny_protocol_prints_the_papers_tables(tiny_run, capsys):
         assert words in text
 
 
-def test_a_second_run_reuses_every_trained_model(tiny_run, monkeypatch, capsys):
+@pytest.fixture
+def no_retraining(monkeypatch):
+    """Any training command called fails the test: everything must come from the cache."""
     from training import train_ln_classifier, train_patient_classifier, train_segmentation
 
     def no_training(*a, **k):
@@ -61,6 +63,9 @@ def test_a_second_run_reuses_every_trained_model(tiny_run, monkeypatch, capsys):
 
     for module in (train_segmentation, train_ln_classifier, train_patient_classifier):
         monkeypatch.setattr(module, "main", no_training)
+
+
+def test_a_second_run_reuses_every_trained_model(tiny_run, no_retraining, capsys):
     assert protocol.main(["--preset", "tiny", "--out", str(tiny_run["out"]), "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "training " not in out
@@ -76,15 +81,8 @@ def test_a_second_run_reuses_every_trained_model(tiny_run, monkeypatch, capsys):
         assert f"({len(rows)} patients," in summary
 
 
-def test_only_some_folds_gives_their_patients_tables_marked_partial(tiny_run, tmp_path, monkeypatch, capsys):
+def test_only_some_folds_gives_their_patients_tables_marked_partial(tiny_run, no_retraining, tmp_path, capsys):
     """Finished folds of a long run can be read on their own, from the cache, while the rest go on."""
-    from training import train_ln_classifier, train_patient_classifier, train_segmentation
-
-    def no_training(*a, **k):
-        raise AssertionError("a model was trained again although it is cached")
-
-    for module in (train_segmentation, train_ln_classifier, train_patient_classifier):
-        monkeypatch.setattr(module, "main", no_training)
     res_path = tmp_path / "partial.json"
     assert protocol.main(["--preset", "tiny", "--out", str(tiny_run["out"]), "--threads", "1", "--only-fold", "4",
                           "2", "--json", str(res_path)]) == 0
