@@ -9,7 +9,8 @@ own validation split (``--val-fraction 0.2``: 64% training, 16% validation). Per
 - three LN segmentation models (``training.train_segmentation --task lymph_nodes``): the paper's
   attention-guided network with informative negative selection ("ours"), the same without
   informative negative selection (``--no-ins``, "ours w/o INS") and the plain network without
-  attention (``--no-attention``, the nnU-Net-like baseline);
+  attention (``--no-attention``, the nnU-Net-like baseline); both baselines draw their patches from
+  the whole body (``--sample-region body``), as nnU-Net does;
 - the LN identification model on "ours" (``training.train_ln_classifier``);
 - the patient classifier, combined (tumour patches + largest positive LN volume) and tumour-only
   (``training.train_patient_classifier --mode combined / tumour_only``); the nodes-only rule
@@ -76,8 +77,11 @@ log = logging.getLogger("evaluation.protocol")
 
 LN_DATASET = "Dataset502_PancreasLymphNodes"
 PDAC_DATASET = "Dataset503_PancreasTumour"
-VARIANTS = {"plain": ("Plain U-Net (w/o attention)", ["--no-attention"]),
-            "no_ins": ("Ours w/o INS", ["--no-ins"]),
+# --sample-region body is the trainer's default without INS; it is written out so that models trained
+# before that default (on the attended crop, which made "w/o INS" the same training as "ours") get a
+# new command hash and are trained again.
+VARIANTS = {"plain": ("Plain U-Net (w/o attention)", ["--no-attention", "--sample-region", "body"]),
+            "no_ins": ("Ours w/o INS", ["--no-ins", "--sample-region", "body"]),
             "ours": ("Ours (attention + INS)", [])}
 REFERENCE = "ours"
 PATIENT_METHODS = {"tumour_only": "ClsfromPDAC (tumour only)", "nodes_only": "ClsbyLNSeg w/ Attn (nodes only)",

@@ -90,6 +90,8 @@ def test_lymph_node_models_attention_flags_and_sampling(trained):
     assert meta["architecture"]["attention"] is True and meta["training"]["informative_negative_selection"] is True
     assert base["architecture"]["attention"] is False and base["training"]["informative_negative_selection"] is False
     assert meta["training"]["per_node_sampling"] is True and base["training"]["per_node_sampling"] is False
+    # the baseline draws from the whole body, as nnU-Net does; only INS narrows it to the attended region
+    assert meta["training"]["sample_region"] == "attended" and base["training"]["sample_region"] == "body"
     assert meta["training"]["loss"] == "ce_tversky" and meta["training"]["tversky_alpha_beta_paper_eq4"] == [0.5, 1.5]
     assert "instance_recall" in summaries["ln_seg"]["validation"]
     assert summaries["ln_seg"]["sampler"]["patches"] == 10 * 2
@@ -259,11 +261,40 @@ def test_sampler_foreground_and_informative_negative_selection(tiny_nnunet):
         assert b[2]["label"].max() == 1  # nnU-Net: the last of 3 samples is forced to hold foreground
         plain_empty += sum(int(s["attention"].max() == 0) for s in b)
     assert ins_empty == 0 and plain_empty > 0
+    assert ins.stats["uninformative"] == 0 and plain.stats["uninformative"] == plain_empty  # counted as drawn
     # single-phase exposure: the venous patch in the arterial channel too
     single = PatchSampler(cases, (8, 16, 16), norm, single_phase_fraction=1.0, phase_channels=(0, 1), seed=2)
     s = single.batch(1)[0]
     np.testing.assert_array_equal(s["image"][0], s["image"][1])
     assert not np.array_equal(plain.batch(1)[0]["image"][0], plain.batch(1)[0]["image"][1])
+
+
+def test_cases_without_ins_keep_the_whole_body(tiny_nnunet, monkeypatch):
+    """The attended crop is itself a selection of informative patches: the ablation's networks without
+    INS must get the body box, of which the crop is a part, or "w/o INS" trains exactly like "ours"."""
+    from lnmet.config import load_settings
+
+    # the tiny studies fit inside the attended region's 60 mm margin; without the margin the crop is
+    # the attended region's own box, which leaves body out
+    monkeypatch.setattr("training.datasets.ATTENTION_MARGIN_MM", 0.0)
+
+    ds = tiny_nnunet / "Dataset502_PancreasLymphNodes"
+    meta = read_dataset_json(ds)
+    ids = list_cases(ds, meta)
+    args = (ds, ids, meta, TASKS["lymph_nodes"], (1.5, 1.5, 1.5), load_settings().attention)
+    cropped, body = load_cases(*args), load_cases(*args, crop_to_attention=False)
+    outside = 0
+    for c, b in zip(cropped, body):
+        assert all(n <= m for n, m in zip(c.image.shape, b.image.shape))
+        assert int((c.attention > 0).sum()) == int((b.attention > 0).sum())  # every attended voxel is kept
+        outside += int(b.attention.size - c.attention.size)
+    assert outside > 0  # the body holds voxels the crop leaves out
+
+
+def test_sample_region_is_only_for_the_node_task(tiny_nnunet, tmp_path):
+    with pytest.raises(SystemExit):
+        train_main(["--dataset", str(tiny_nnunet / "Dataset501_PancreasOrgans"), "--task", "organs",
+                    "--sample-region", "body", "--out", str(tmp_path / "m.ts")])
 
 
 def test_per_node_sampling_gives_small_nodes_their_share():

@@ -169,8 +169,11 @@ def _coords(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def load_case(dataset_dir: str | Path, case_id: str, meta: dict[str, Any], task: TaskSpec,
               spacing_mm: Sequence[float], attention_settings: AttentionSettings | None,
-              body_margin_mm: float = 15.0, seed: int = 0) -> CaseData:
-    """Read, resample (if needed) and crop one case. ``spacing_mm`` is [x, y, z]."""
+              body_margin_mm: float = 15.0, seed: int = 0, crop_to_attention: bool = True) -> CaseData:
+    """Read, resample (if needed) and crop one case. ``spacing_mm`` is [x, y, z]. LN-task cases are
+    cropped to the attended region (plus a margin) when ``crop_to_attention``, else to the body only:
+    the crop is itself a selection of informative patches, so networks trained without informative
+    negative selection (the ablation's plain U-Net and "w/o INS") must see the whole body."""
     root = Path(dataset_dir)
     ending = meta["file_ending"]
     n_ch = len(meta["channel_names"])
@@ -211,7 +214,9 @@ def load_case(dataset_dir: str | Path, case_id: str, meta: dict[str, Any], task:
             raise ValueError("load_case: the LN task needs the attention settings")
         organs = sitk.GetArrayFromImage(extra["organs"])
         full_attention = attention_array(organs, spacing_zyx, attention_settings)
-        box = _attended_box(full_attention > 0, box, [int(math.ceil(ATTENTION_MARGIN_MM / s)) for s in spacing_zyx])
+        if crop_to_attention:
+            box = _attended_box(full_attention > 0, box,
+                                [int(math.ceil(ATTENTION_MARGIN_MM / s)) for s in spacing_zyx])
         attention = full_attention[box].astype(np.float16)
         informative = _coords(attention > 0, rng)
         if "instances" in extra:
@@ -229,9 +234,9 @@ def load_case(dataset_dir: str | Path, case_id: str, meta: dict[str, Any], task:
 
 
 def _attended_box(attended: np.ndarray, body: tuple[slice, ...], margin: Sequence[int]) -> tuple[slice, ...]:
-    """The body box narrowed to the attended region grown by ``margin`` voxels: patches of the
-    attention-guided task always hold attended voxels (informative negative selection), so the
-    rest of the body is never sampled; keeping it out halves the memory of a case."""
+    """The body box narrowed to the attended region grown by ``margin`` voxels: with informative
+    negative selection every patch holds attended voxels, so the rest of the body is never sampled;
+    keeping it out halves the memory of a case."""
     if not attended.any():
         return body
     idx = np.nonzero(attended)
@@ -241,11 +246,12 @@ def _attended_box(attended: np.ndarray, body: tuple[slice, ...], margin: Sequenc
 
 def load_cases(dataset_dir: str | Path, case_ids: Sequence[str], meta: dict[str, Any], task: TaskSpec,
                spacing_mm: Sequence[float], attention_settings: AttentionSettings | None,
-               seed: int = 0) -> list[CaseData]:
+               seed: int = 0, crop_to_attention: bool = True) -> list[CaseData]:
     """Load several cases (logged by count, never by patient name)."""
     out = []
     for i, case_id in enumerate(case_ids):
-        out.append(load_case(dataset_dir, case_id, meta, task, spacing_mm, attention_settings, seed=seed + i))
+        out.append(load_case(dataset_dir, case_id, meta, task, spacing_mm, attention_settings, seed=seed + i,
+                             crop_to_attention=crop_to_attention))
         if (i + 1) % 10 == 0 or i + 1 == len(case_ids):
             mb = sum(c.image.nbytes + c.label.nbytes + (c.attention.nbytes if c.attention is not None else 0)
                      for c in out) / 2**20

@@ -73,8 +73,10 @@ class PatchSampler:
         self.phase_channels = phase_channels  # (arterial index, venous index)
         if self.single_phase_fraction > 0 and phase_channels is None:
             raise ValueError("PatchSampler: single-phase exposure needs the (arterial, venous) channel indices")
+        # "uninformative": patches with no attended voxel, the ones informative negative selection rejects
+        # (0 with it; without it, their share says how far the ablation's sampling differs)
         self.stats = {"patches": 0, "foreground": 0, "informative_retries": 0, "informative_fallback": 0,
-                      "single_phase": 0}
+                      "uninformative": 0, "single_phase": 0}
 
     def _forced_foreground(self, index: int, batch_size: int) -> bool:
         # nnU-Net: sample i is forced to contain foreground unless i < round(B * (1 - p))
@@ -151,6 +153,7 @@ class PatchSampler:
         out = {"image": normalize_ct(img, self.normalization), "label": label[None].astype(np.float32)}
         if case.attention is not None:
             out["attention"] = extract_box(case.attention, start, self.patch, 0)[None].astype(np.float32)
+            self.stats["uninformative"] += int(not (out["attention"] > 0).any())
         self.stats["patches"] += 1
         return out
 

@@ -13,7 +13,8 @@ checkpoints (``--checkpoint``, ``--resume``) and exports the model file with its
 ``--task lymph_nodes`` trains the paper's attention-guided LN network (Eq. 3) with informative
 negative selection and CE + Tversky; ``--no-attention`` trains the plain baseline of the ablation
 (Table 3) with the same data and loss; ``--no-ins`` keeps the attention but samples patches
-without informative negative selection ("ours w/o INS").
+without informative negative selection ("ours w/o INS"). Both baselines draw patches from the whole
+body; with INS the cases are also cropped to the attended region (``--sample-region``).
 """
 
 from __future__ import annotations
@@ -76,6 +77,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "with '+finetuned', e.g. 0.2.0+finetuned, so that it is never mistaken for a trained release)")
     p.add_argument("--no-attention", action="store_true", help="lymph_nodes: plain baseline without attention")
     p.add_argument("--no-ins", action="store_true", help="lymph_nodes: no informative negative selection")
+    p.add_argument("--sample-region", choices=["attended", "body"],
+                   help="lymph_nodes: where patches are drawn: the attended region plus a margin, or the whole "
+                        "body (default: attended with informative negative selection, else body)")
     p.add_argument("--per-node-sampling", action="store_true",
                    help="lymph_nodes: centre foreground patches on a node drawn uniformly (not on a voxel), "
                         "so small nodes get as many patches as large ones")
@@ -117,8 +121,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--synthetic", choices=["auto", "yes", "no"], default="auto",
                    help="whether the data are the project's synthetic studies (metadata)")
     args = p.parse_args(argv)
-    if args.task != "lymph_nodes" and (args.no_attention or args.no_ins or args.per_node_sampling):
-        p.error("--no-attention, --no-ins and --per-node-sampling only apply to --task lymph_nodes")
+    if args.task != "lymph_nodes" and (args.no_attention or args.no_ins or args.per_node_sampling
+                                       or args.sample_region):
+        p.error("--no-attention, --no-ins, --sample-region and --per-node-sampling only apply to --task lymph_nodes")
     if not 0 <= args.val_fraction < 1:
         p.error("--val-fraction must be in [0, 1)")
     if args.init_from and args.resume:
@@ -222,6 +227,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit(f"error: --randomise: {exc}") from None
     attention = task.name == "lymph_nodes" and not args.no_attention
     informative = attention and not args.no_ins
+    sample_region = args.sample_region or ("attended" if informative else "body")
     checkpoint = Path(args.checkpoint) if args.checkpoint else Path("build") / "checkpoints" / f"{name}.pt"
 
     dataset = Path(args.dataset)
@@ -232,10 +238,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         cases = cases[: args.max_cases]
     refuse_test_seeds(cohort_seeds(read_patients_json(dataset.parent), cases), "training")  # thresholds are chosen on them
     train_ids, val_ids = split_cases(cases, args.val_fraction, args.seed)
-    log.info("task %s, preset %s on %s: %d training and %d validation cases, attention %s, INS %s",
-             task.name, preset.name, device, len(train_ids), len(val_ids), attention, informative)
+    log.info("task %s, preset %s on %s: %d training and %d validation cases, attention %s, INS %s%s",
+             task.name, preset.name, device, len(train_ids), len(val_ids), attention, informative,
+             f", patches from the {sample_region} region" if task.has_organs else "")
     att_settings = load_settings().attention if task.has_organs else None
-    train_cases = load_cases(dataset, train_ids, meta, task, preset.spacing_mm, att_settings, seed=args.seed)
+    train_cases = load_cases(dataset, train_ids, meta, task, preset.spacing_mm, att_settings, seed=args.seed,
+                             crop_to_attention=sample_region == "attended")
     val_cases = load_cases(dataset, val_ids[: max(args.val_max_cases, 0)], meta, task, preset.spacing_mm,
                            att_settings, seed=args.seed + 7919)
 
@@ -397,6 +405,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "iterations": iteration, "batch_size": preset.batch_size, "optimizer": preset.optimizer,
             "initial_lr": preset.learning_rate, "loss": task.loss, "deep_supervision_outputs": net.num_outputs,
             "informative_negative_selection": informative, "per_node_sampling": bool(args.per_node_sampling),
+            "sample_region": sample_region if task.has_organs else None,
             "augmentation": preset.augmentation,
             "domain_randomisation": preset.randomisation.to_json() if preset.randomisation is not None else None,
             "tissue_maps": sum(c.tissue_is_anatomy for c in train_cases),
