@@ -25,7 +25,10 @@ ground truth or the bundled PDAC model; patient models). Printed as the paper's 
   of the three segmentation models, class-agnostic and, after identification by the round's
   identification model, for positive and negative nodes; averaged over the folds; Wilcoxon
   signed-rank tests (``scipy.stats.wilcoxon``) of "ours" against each other model on the per-patient
-  voxel Dice and instance F1 of all test patients (``*`` p < 0.05, ``NS`` otherwise);
+  voxel Dice and instance F1 of all test patients (``*`` p < 0.05, ``NS`` otherwise); below it, how
+  many of the "w/o INS" network's training patches held no attended voxel (the ones INS rejects):
+  where none did, as on the generated studies, "w/o INS" is trained like "ours" and the two differ
+  only by run-to-run noise;
 - Table 4 style: balanced accuracy, AUC, accuracy, sensitivity and specificity of combined,
   tumour-only and nodes-only on the pooled test predictions of the 5 folds (each fold's model at its
   own stored threshold), 95% bootstrap CIs (1,000 resamples); as the paper, a Wilcoxon signed-rank
@@ -446,6 +449,30 @@ def segmentation_validation(paths: dict[str, Path]) -> dict[str, Any]:
     return out
 
 
+def segmentation_sampling(paths: dict[str, Path]) -> dict[str, Any]:
+    """Each LN segmentation model's patch counts from its metadata (``training.sampler``; None for a
+    model trained before they were recorded): "uninformative" counts the patches without an attended
+    voxel, the ones informative negative selection rejects."""
+    from lnmet.model_io import read_metadata
+
+    return {key: read_metadata(paths[key]).get("training", {}).get("sampler") for key in VARIANTS}
+
+
+def ins_note(sampling: Sequence[dict[str, Any]]) -> str | None:
+    """What "w/o INS" drew that INS would have rejected, pooled over the folds, in one sentence; on a
+    cohort where every patch holds attended voxels the ablation cannot differ from "ours" by design."""
+    stats = [fold.get("no_ins") for fold in sampling if fold.get("no_ins")]
+    if not stats:
+        return None
+    bad, total = sum(int(s.get("uninformative", 0)) for s in stats), sum(int(s["patches"]) for s in stats)
+    note = (f"Informative negative selection: {VARIANTS['no_ins'][0]} drew {bad} of {total} training patches "
+            f"({100 * bad / max(total, 1):.1f}%) without an attended voxel, the ones INS rejects")
+    if bad == 0:
+        note += (" - none: on this cohort every patch holds attended voxels, so it is trained like 'ours' and "
+                 "any difference between the two is run-to-run noise, not the effect of INS")
+    return note + "."
+
+
 def did_not_learn(validation: dict[str, Any] | None) -> bool:
     """A model that marked no node at all on its validation patients: at a small iteration budget a
     network can still sit on the all-background plateau (loss about 1), and its test figures then say
@@ -453,11 +480,13 @@ def did_not_learn(validation: dict[str, Any] | None) -> bool:
     return bool(validation) and validation.get("predicted_instances") == 0
 
 
-def fold_summary(rows: Sequence[dict[str, Any]], validation: dict[str, Any] | None = None) -> str:
+def fold_summary(rows: Sequence[dict[str, Any]], validation: dict[str, Any] | None = None,
+                 sampling: dict[str, Any] | None = None) -> str:
     """One round's test figures in a few lines, printed as each fold ends so a long run's progress can
     be read before its tables: class-agnostic instance F1 / recall / precision (pooled over the fold's
     patients) of each LN segmentation variant (with the model's own validation Dice, and a warning
-    where it did not learn), identification AUC on the true nodes, patient AUC per method. A fold of
+    where it did not learn, and the share of its training patches without an attended voxel),
+    identification AUC on the true nodes, patient AUC per method. A fold of
     ~30 patients is a noisy sample; the tables average and test over all folds."""
     lines = []
     for key, (title, _) in VARIANTS.items():
@@ -470,6 +499,9 @@ def fold_summary(rows: Sequence[dict[str, Any]], validation: dict[str, Any] | No
             line += f"; its validation Dice {_fmt3(v.get('mean_dice', float('nan')))}"
             if did_not_learn(v):
                 line += " (DID NOT LEARN: no node marked on its validation patients)"
+        drawn = (sampling or {}).get(key)
+        if drawn and drawn.get("patches"):
+            line += f"; {int(drawn.get('uninformative', 0))} of its {int(drawn['patches'])} patches had no attended voxel"
         lines.append(line)
     y_nodes = [lab for r in rows for lab in r["gt_nodes"]["labels"]]
     auc_nodes = roc_auc(y_nodes, [p for r in rows for p in r["gt_nodes"]["probabilities"]])
@@ -526,6 +558,9 @@ def format_tables(res: dict[str, Any]) -> str:
         lines.append(f"  Did not learn at {res.get('segmentation_iterations')} iterations (no node marked on its own "
                      f"validation patients; its test rows count as all missed): " + ", ".join(stuck)
                      + ". Read the comparison with that in mind, or rerun with more --segmentation-iterations.")
+    note = ins_note(res.get("segmentation_sampling", []))
+    if note:
+        lines.append("  " + note)
     lines.append("")
     t4 = res["table4"]
     lines.append(f"Table 4 style: patient-level prediction on the pooled test predictions of the {len(run)} folds "
@@ -631,6 +666,7 @@ def run_protocol(preset: ProtocolPreset, out: Path, threads: int | None = None, 
     run = sorted(set(only_folds)) if only_folds else list(range(1, preset.folds + 1))
     fold_rows: list[list[dict[str, Any]]] = []
     validations: list[dict[str, Any]] = []  # per fold run: each LN segmentation model's own validation
+    sampling: list[dict[str, Any]] = []  # per fold run: each LN segmentation model's patch counts
     for k, test in enumerate(folds):
         if k + 1 not in run:
             continue
@@ -654,8 +690,9 @@ def run_protocol(preset: ProtocolPreset, out: Path, threads: int | None = None, 
             rows.append(r)
         fold_rows.append(rows)
         validations.append(segmentation_validation(paths))
+        sampling.append(segmentation_sampling(paths))
         print(f"fold {k + 1}/{preset.folds} done in {time.perf_counter() - t:.0f} s; its test patients:", flush=True)
-        print(fold_summary(rows, validations[-1]), flush=True)
+        print(fold_summary(rows, validations[-1], sampling[-1]), flush=True)
     all_rows = [r for f in fold_rows for r in f]
     y_nodes = [lab for r in all_rows for lab in r["gt_nodes"]["labels"]]
     p_nodes = [p for r in all_rows for p in r["gt_nodes"]["probabilities"]]
@@ -669,6 +706,7 @@ def run_protocol(preset: ProtocolPreset, out: Path, threads: int | None = None, 
                        "auc_mean": float(np.nanmean(auc_folds)) if any(np.isfinite(auc_folds)) else float("nan"),
                        "auc_pooled": roc_auc(y_nodes, p_nodes), "nodes": len(y_nodes), "positive": int(sum(y_nodes))},
             "table3": table3(fold_rows), "table4": table4(all_rows, seed), "segmentation_validation": validations,
+            "segmentation_sampling": sampling,
             "segmentation_iterations": _option(preset.segmentation_args, "--iterations"),
             "seconds": time.perf_counter() - t0, "machine": f"{os.cpu_count()} CPU cores, torch threads {threads}",
             "patients_rows": all_rows}

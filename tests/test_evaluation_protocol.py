@@ -68,13 +68,15 @@ def no_retraining(monkeypatch):
 def test_a_second_run_reuses_every_trained_model(tiny_run, no_retraining, capsys):
     assert protocol.main(["--preset", "tiny", "--out", str(tiny_run["out"]), "--threads", "1"]) == 0
     out = capsys.readouterr().out
-    assert "training " not in out
+    assert "    training " not in out  # the line each training prints as it starts
     # each fold's test figures are printed as it ends, from that fold's own patients
     assert out.count("its test patients:") == 5
     for k in range(5):
         rows = [r for r in tiny_run["res"]["patients_rows"] if r["fold"] == k]
-        summary = protocol.fold_summary(rows, tiny_run["res"]["segmentation_validation"][k])
+        summary = protocol.fold_summary(rows, tiny_run["res"]["segmentation_validation"][k],
+                                        tiny_run["res"]["segmentation_sampling"][k])
         assert summary in out and summary.count("its validation Dice") == len(protocol.VARIANTS)
+        assert summary.count("patches had no attended voxel") == len(protocol.VARIANTS)
         n_gt = sum(r["segmentation"]["ours"]["agnostic"]["counts"][0] for r in rows)
         n_nodes = sum(len(r["gt_nodes"]["labels"]) for r in rows)
         assert f"of {n_gt} nodes" in summary and f"({n_nodes} nodes," in summary
@@ -164,6 +166,28 @@ def test_the_tables_say_which_segmentation_model_did_not_learn(tiny_run):
     text = protocol.format_tables(res)
     assert "Did not learn at 4 iterations" in text and "Ours w/o INS in fold 3" in text
     assert "Plain U-Net (w/o attention) in fold 3" not in text
+
+
+def test_the_tables_say_what_informative_negative_selection_rejected(tiny_run):
+    """Where every patch holds attended voxels, INS rejects nothing and "w/o INS" is "ours" trained
+    again: the tables must say so rather than present the difference as the effect of INS."""
+    res = json.loads(json.dumps(tiny_run["res"]))
+    sampling = res["segmentation_sampling"]
+    assert len(sampling) == 5 and all(fold["ours"]["uninformative"] == 0 for fold in sampling)  # INS at work
+    drawn = [fold["no_ins"] for fold in sampling]
+    bad, total = sum(d["uninformative"] for d in drawn), sum(d["patches"] for d in drawn)
+    assert total == 5 * 4 * 2  # 4 iterations of batch 2 per fold (the tiny preset)
+    text = protocol.format_tables(res)
+    assert f"Ours w/o INS drew {bad} of {total} training patches" in text
+    for fold in sampling:
+        fold["no_ins"]["uninformative"] = 0
+    assert "any difference between the two is run-to-run noise" in protocol.format_tables(res)
+    sampling[0]["no_ins"]["uninformative"] = 3
+    text = protocol.format_tables(res)
+    assert f"drew 3 of {total} training patches" in text and "run-to-run noise" not in text
+    for fold in sampling:  # models trained before the counts were recorded: no sentence
+        fold["no_ins"] = None
+    assert "Informative negative selection" not in protocol.format_tables(res)
 
 
 def test_the_protocol_refuses_test_seeds(tmp_path, capsys):

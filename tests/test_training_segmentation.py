@@ -95,6 +95,9 @@ def test_lymph_node_models_attention_flags_and_sampling(trained):
     assert meta["training"]["loss"] == "ce_tversky" and meta["training"]["tversky_alpha_beta_paper_eq4"] == [0.5, 1.5]
     assert "instance_recall" in summaries["ln_seg"]["validation"]
     assert summaries["ln_seg"]["sampler"]["patches"] == 10 * 2
+    # the metadata says how many patches held no attended voxel: none with INS
+    assert meta["training"]["sampler"] == summaries["ln_seg"]["sampler"] and meta["training"]["sampler"]["uninformative"] == 0
+    assert base["training"]["sampler"]["patches"] > 0 and "uninformative" in base["training"]["sampler"]
 
 
 def test_resume_continues_from_the_checkpoint(tiny_nnunet, tmp_path):

@@ -417,6 +417,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             "validation_cases": len(val_cases),
             "seconds": round(train_seconds, 1), "final_loss": history[-1]["loss"] if history else None,
             "validation": final_val,
+            "sampler": dict(sampler.stats),
         },
     })
     example = [torch.zeros((1, len(chans)) + preset.patch_zyx, device=device)]
@@ -435,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     args._argv = None if argv is None else list(argv)
     summary = train(args)
-    print(json.dumps({k: summary[k] for k in ("model", "sha256", "iterations", "validation", "seconds")}))
+    print(json.dumps({k: summary[k] for k in ("model", "sha256", "iterations", "validation", "seconds", "sampler")}))
     return summary
 
 
