@@ -205,7 +205,8 @@ def trained(out_dir: Path, name: str, argv: list[str], run: Callable[[list[str]]
     """The model file of ``run(argv + --out ...)``, trained once: the folder name holds a hash of the
     command, so a changed setting trains anew and an interrupted protocol resumes. A segmentation
     training interrupted part-way goes on from its last checkpoint (every 100 iterations: weights,
-    optimiser, iteration and the patch sampler's random state), so a run of many hours can be
+    optimiser, iteration and the random states of the sampler, augmentation and randomiser, so that
+    it goes on exactly as an unbroken run would), so a run of many hours can be
     spread over several sittings."""
     folder = out_dir / f"{name}_{_tag(argv)}"
     model = folder / "model.ts"

@@ -124,6 +124,43 @@ def test_resume_continues_from_the_checkpoint(tiny_nnunet, tmp_path):
     assert load_model(second["model"])[1]["training"]["seconds"] == round(second["seconds"], 1)
 
 
+def test_a_resumed_training_is_the_unbroken_one(tiny_nnunet, tmp_path, monkeypatch):
+    """Resumed from its checkpoint, a training draws the same patches, augmentations and domain
+    randomisations as one that ran through: the protocol's multi-sitting runs stay comparable."""
+    args = ["--dataset", str(tiny_nnunet / "Dataset502_PancreasLymphNodes"), "--task", "lymph_nodes",
+            "--val-fraction", "0", "--randomise", "probability=1", "--checkpoint-every", "2", "--iterations", "4",
+            *SMALL, "--log-every", "1"]
+    real_save = torch.save
+
+    def keep_iteration_2(obj, f, *a, **k):  # the checkpoint of iteration 2, as a run cut there leaves it
+        real_save(obj, f, *a, **k)
+        if isinstance(obj, dict) and obj.get("iteration") == 2:
+            real_save(obj, tmp_path / "at2.pt")
+
+    monkeypatch.setattr(torch, "save", keep_iteration_2)
+    whole = train_main(args + ["--out", str(tmp_path / "a" / "model.ts"), "--checkpoint", str(tmp_path / "a.pt")])
+    monkeypatch.setattr(torch, "save", real_save)
+    state = torch.load(tmp_path / "at2.pt", map_location="cpu", weights_only=False)
+    assert state["augment"] is not None and state["randomiser_rng"] is not None
+
+    def resume(name: str, checkpoint: dict) -> dict:
+        real_save(checkpoint, tmp_path / f"{name}.pt")
+        return train_main(args + ["--resume", "--out", str(tmp_path / name / "model.ts"),
+                                  "--checkpoint", str(tmp_path / f"{name}.pt")])
+
+    resumed = resume("b", state)
+    assert resumed["randomiser"]["patches"] > 0  # the randomiser was at work in the resumed leg
+    losses = [h["loss"] for h in whole["history"]]
+    assert len(losses) == 4 and [h["loss"] for h in resumed["history"]] == pytest.approx(losses, abs=1e-6)
+    a, b = load_model(whole["model"])[0].state_dict(), load_model(resumed["model"])[0].state_dict()
+    for key, value in a.items():
+        assert torch.allclose(value, b[key], atol=1e-6), key
+    # a checkpoint without those states (as written before they were kept) replays the draws: it differs
+    old = {k: v for k, v in state.items() if k not in ("augment", "randomiser_rng")}
+    replayed = resume("c", old)
+    assert [h["loss"] for h in replayed["history"]][2:] != pytest.approx(losses[2:], abs=1e-6)
+
+
 def test_init_from_starts_from_a_models_weights(trained, tiny_nnunet, tmp_path):
     """Fine-tuning: the weights and normalisation of the given model, a fresh schedule, provenance kept;
     a model of another task or architecture is refused by name."""

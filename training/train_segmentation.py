@@ -314,6 +314,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         planned = args.iterations if args.iterations else state["planned"]  # --iterations extends a run
         sampler.rng.bit_generator.state = state["sampler_rng"]
         torch.set_rng_state(state["torch_rng"])
+        # the augmentation's and the randomiser's draws go on where they stopped (checkpoints written
+        # before they were saved replay them from the start: the run then differs from an unbroken one)
+        if augment is not None and state.get("augment") is not None:
+            augment = state["augment"]
+        if randomiser is not None and state.get("randomiser_rng") is not None:
+            randomiser.rng.bit_generator.state = state["randomiser_rng"]
         log.info("resumed from %s at iteration %d of %d", checkpoint, iteration, planned)
 
     synthetic, seed_range = synthetic_provenance(read_patients_json(dataset.parent), cases)
@@ -337,6 +343,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
                     "attention": attention, "sampler_rng": sampler.rng.bit_generator.state,
                     "initialised_from": initialised_from, "seconds": seconds_before + time.perf_counter() - t_start,
                     "torch_rng": torch.get_rng_state(), "preset": preset.name,
+                    "augment": augment,  # the MONAI transforms with their random states, pickled whole
+                    "randomiser_rng": randomiser.rng.bit_generator.state if randomiser is not None else None,
                     "learning_rate": preset.learning_rate}, tmp)
         os.replace(tmp, checkpoint)
 
