@@ -366,12 +366,9 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     T["uncinate"] = Tube(P([-30, 6, -18], [-18, 14, -30], [-6, 12, -34], sd=2.0), [11, 9, 6])
     a.pancreas_path, a.pancreas_radii = pan, pr
     a.pancreas_lobulation = WaveField.sample(rng, (5.0, 11.0))
-    # Fatty infiltration grows with age and is common in the (mostly older) patients this product
-    # reads (generator 2.4): 40% near none, 30% moderate, 30% marked, where the interlobular fat and
-    # the fat-laden lobules leave an unenhanced gland near water density (same draws as before).
     u = rng.uniform()
-    a.pancreas_fat_fraction = float(rng.uniform(0.02, 0.12) if u < 0.4 else rng.uniform(0.12, 0.3) if u < 0.7
-                                    else rng.uniform(0.3, 0.55))
+    a.pancreas_fat_fraction = float(rng.uniform(0.02, 0.12) if u < 0.6 else rng.uniform(0.12, 0.3) if u < 0.9
+                                    else rng.uniform(0.3, 0.5))
     lo, hi = np.minimum(pan.min(0), [-50, -20, -50]) - 25, np.maximum(pan.max(0), [-50, -20, -50]) + 25
     n_lob = int(np.prod(hi - lo) / 7.0 ** 3)
     a.lobule_centres = lo + rng.uniform(size=(n_lob, 3)) * (hi - lo)

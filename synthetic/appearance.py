@@ -78,11 +78,6 @@ TISSUES: dict[str, tuple[float, float, float, float, float]] = {
 
 # How much a tissue's arterial-phase enhancement grows when the arterial scan is late (timing +1)
 # and shrinks when it is early (-1): veins and liver fill later than arteries.
-# Fat within the lobules, finer than any voxel, lowers the pancreatic parenchyma's own unenhanced
-# attenuation by this many HU per unit of the gland's fat fraction (generator 2.4: -30 HU at a
-# fraction of 0.5; 2.3: 25), on top of the interlobular fat the anatomy draws.
-PANCREAS_FAT_HU_PER_FRACTION = 60.0
-
 ARTERIAL_TIMING_SENSITIVITY = {"portal_splenic_vein": 0.45, "other_vein": 0.5, "hepatic_vein": 0.6, "ivc": 0.5,
                                "liver": 0.35, "kidney_medulla": 0.4, "spleen": 0.1, "pancreas": 0.1,
                                "aorta": -0.1, "sma": -0.1, "tc_sa": -0.1, "lga": -0.1, "cha_pha": -0.1,
@@ -121,8 +116,7 @@ class Contrast:
             c.native_offset[name] = fat + float(rng.normal(0, 3))
         if rng.uniform() < 0.2:  # hepatic steatosis
             c.native_offset["liver"] = float(rng.uniform(-45, -12))
-        c.native_offset["pancreas"] = (c.native_offset.get("pancreas", 0.0)
-                                       - PANCREAS_FAT_HU_PER_FRACTION * pancreas_fat_fraction)
+        c.native_offset["pancreas"] = c.native_offset.get("pancreas", 0.0) - 25.0 * pancreas_fat_fraction
         c.native_offset["pancreas_fat"] = c.native_offset["pancreas_fat"] + 15.0
         if rng.uniform() < 0.2:  # positive oral contrast in the stomach and bowel
             oral = float(rng.uniform(140, 340))

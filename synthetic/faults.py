@@ -21,7 +21,6 @@ import dataclasses
 import numpy as np
 import SimpleITK as sitk
 from lnmet.labels import ANATOMY_LABELS, ORGAN_BY_KEY
-from synthetic.appearance import PANCREAS_FAT_HU_PER_FRACTION
 from synthetic.grid import Grid
 
 # Unenhanced attenuation of the tissues that take up contrast medium.
@@ -71,11 +70,8 @@ def _shift_to(hu: np.ndarray, labels: np.ndarray, targets: dict[int, float]) -> 
 
 def remove_contrast(study):
     """Both phases at unenhanced attenuation: every contrast-taking tissue shifted to its
-    :data:`NON_CONTRAST_HU` value; the pancreas lowered further by the patient's fatty infiltration
-    (:data:`synthetic.appearance.PANCREAS_FAT_HU_PER_FRACTION`), as the generator renders it."""
+    :data:`NON_CONTRAST_HU` value."""
     targets = {ANATOMY_LABELS[name]: hu for name, hu in NON_CONTRAST_HU.items() if name in ANATOMY_LABELS}
-    fat_fraction = float(study.extras.get("habitus", {}).get("pancreas_fat_fraction", 0.0))
-    targets[ANATOMY_LABELS["pancreas"]] -= PANCREAS_FAT_HU_PER_FRACTION * fat_fraction
     venous = sitk.GetArrayFromImage(study.venous).astype(np.float32)
     arterial = sitk.GetArrayFromImage(study.arterial).astype(np.float32)
     anatomy_v = sitk.GetArrayFromImage(study.anatomy)

@@ -26,9 +26,7 @@ from synthetic.lesions import Lesions, organ_map, sample_lesions
 # 2.1.0: the spleen posterolateral along the 10th rib; duodenal gas of supine patients.
 # 2.2.0: the spleen's broad upper pole under the left dome (medial, posterior, against the diaphragm).
 # 2.3.0: the upper left quadrant: the fundus back against the spleen's gastric surface, the splenic flexure high beside them.
-# 2.4.0: fatty infiltration of the pancreas as common and as marked as in older patients (30% marked,
-#        the unenhanced gland near water density).
-GENERATOR_VERSION = "2.4.0"
+GENERATOR_VERSION = "2.3.0"
 DEFORMATION_SPACING_MM = 4.0
 
 

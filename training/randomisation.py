@@ -46,7 +46,7 @@ import numpy as np
 from scipy import ndimage
 
 from lnmet.labels import ANATOMY_LABELS
-from synthetic.appearance import FIXED, PANCREAS_FAT_HU_PER_FRACTION, TISSUES, Contrast
+from synthetic.appearance import FIXED, TISSUES, Contrast
 from synthetic.scanner import kernel_noise
 
 NAME_BY_LABEL = {v: k for k, v in ANATOMY_LABELS.items()}
@@ -127,13 +127,6 @@ def tissue_medians(image: np.ndarray, tissue: np.ndarray) -> np.ndarray:
     return out
 
 
-def _pancreas_fat_fraction(tissue: np.ndarray) -> float:
-    """Share of the gland's voxels in a tissue map that are interlobular fat (0 without a gland)."""
-    gland = int(np.count_nonzero(tissue == ANATOMY_LABELS["pancreas"]))
-    fat = int(np.count_nonzero(tissue == ANATOMY_LABELS["pancreas_fat"]))
-    return fat / (gland + fat) if gland else 0.0
-
-
 class DomainRandomiser:
     """Applies the randomisation to HU patches ``[C, z, y, x]`` (see the module docstring)."""
 
@@ -149,10 +142,8 @@ class DomainRandomiser:
         self._no_contrast = False  # the last patch's tissue HU were a non-contrast scan's
 
     # -------------------------------------------------------------- tissue HU
-    def _targets(self, present: np.ndarray, medians: np.ndarray, anatomy: bool,
-                 pancreas_fat_fraction: float = 0.0) -> np.ndarray:
-        """Target HU ``[C, len(present)]`` for the tissues present; a fatty gland's parenchyma keeps
-        the lowering its fat fraction gives it (generator 2.4), so that randomising does not erase it."""
+    def _targets(self, present: np.ndarray, medians: np.ndarray, anatomy: bool) -> np.ndarray:
+        """Target HU ``[C, len(present)]`` for the tissues present."""
         rng, s = self.rng, self.s
         n_ch = medians.shape[0]
         out = medians[:, present].copy()
@@ -179,8 +170,6 @@ class DomainRandomiser:
             if name is None or name not in TISSUES or int(lab) in FIXED_LABELS:
                 continue
             con.native_offset[name] = float(rng.normal(0, s.organ_shift_hu))
-            if name == "pancreas":
-                con.native_offset[name] -= PANCREAS_FAT_HU_PER_FRACTION * pancreas_fat_fraction
             con.enhancement_factor[name] = float(np.exp(rng.normal(0, 0.15)))
             for c in range(n_ch):
                 out[c, k] = con.mean(name, "native" if strength == 0 else self.phases[c])
@@ -191,7 +180,7 @@ class DomainRandomiser:
         present = present[np.isfinite(medians[0, present])]
         if present.size == 0:
             return img
-        targets = self._targets(present, medians, anatomy, _pancreas_fat_fraction(tissue) if anatomy else 0.0)
+        targets = self._targets(present, medians, anatomy)
         lut = np.zeros((img.shape[0], 256), np.float32)
         lut[:, present] = targets - medians[:, present]
         sigma = [0.7 / sp for sp in self.spacing]
