@@ -230,7 +230,8 @@ def run_chain(case: Path, out: Path, models: AppModels, settings: Settings) -> d
     identifier = models.get("ln_cls")
     instances, nodes = identify_lymph_nodes(registered, probability, organs, identifier, settings, attention)
     lap("ln_identification")
-    _, pdac, _ = segment_pdac(registered, models.get("pdac_seg"), organs_working, settings.tumour_pancreas_reach_mm)
+    _, pdac, _ = segment_pdac(registered, models.get("pdac_seg"), organs_working, settings.tumour_pancreas_reach_mm,
+                              settings.tumour_min_density_hu)
     lap("pdac")
     patient_model = models.get("patient_cls")
     tumour, prediction = classify_patient(registered, pdac, nodes, patient_model, settings)

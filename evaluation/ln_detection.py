@@ -21,6 +21,10 @@ generator's perfectly aligned one (isolates the LN models from the registration)
   by ``training.train_segmentation --no-attention``), side by side; goal: attention at least as
   precise as the baseline.
 
+``--voxel-mm 3``: the preset's field scanned at 3 mm voxels (as the real CT), the nodes labelled and
+scored on that grid; with ``--sweep`` it also prints the app.yaml ``min_voxels`` sweep, how that
+setting is chosen (a node of one 3 mm voxel passes the 20 mm^3 minimum volume).
+
 Generated studies (nnU-Net layout) and the predictions (per model checksum) are cached under
 ``--cache``/generator_<version>, so a second run only computes what changed.
 
@@ -32,6 +36,7 @@ series' own grid (the node volume ratios are those of the volumes the app report
     python -m evaluation.ln_detection --count 20 --cache build/eval/ln \\
         [--models models] [--baseline-model build/models/ln_seg_plain.ts] [--json out.json]
     python -m evaluation.ln_detection --count 20 --mode app [--baseline-model ...]
+    python -m evaluation.ln_detection --seed-start 150000 --count 20 --voxel-mm 3 --sweep
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ from lnmet.attention import attention_map  # noqa: E402
 from lnmet.config import Settings, load_settings  # noqa: E402
 from lnmet.geometry import resample_image, resample_labels, working_grid  # noqa: E402
 from lnmet.inference import SegmentationModel, resolve_model_path  # noqa: E402
-from lnmet.instances import ln_instances  # noqa: E402
+from lnmet.instances import app_instances, ln_instances  # noqa: E402
 from lnmet.metrics import bootstrap_ci, detection_counts, detection_scores, match_instances, roc_auc  # noqa: E402
 from lnmet.model_io import sha256_file  # noqa: E402
 from lnmet.networks.ln_classifier import LNIdentifier, channel_stack, identify_instances  # noqa: E402
@@ -74,19 +79,24 @@ LN_DATASET = "Dataset502_PancreasLymphNodes"
 # Cached cohort and predictions (shared with evaluation.patient_prediction)
 # ------------------------------------------------------------------------------------------------
 
-def ensure_cohort(cache: Path, seeds: Sequence[int], preset: str, workers: int | None = None) -> tuple[Path, list[str]]:
+def ensure_cohort(cache: Path, seeds: Sequence[int], preset: str, workers: int | None = None,
+                  voxel_mm: float | None = None) -> tuple[Path, list[str]]:
     """Generate (once) the studies of ``seeds`` in nnU-Net layout under ``cache/data_<preset>``
-    (``workers`` processes, default up to 2); returns that folder and the case ids in seed order."""
+    (``workers`` processes, default up to 2; ``voxel_mm``: the preset's field scanned at isotropic
+    voxels of that size, in ``cache/data_<preset>_<voxel_mm>mm``); returns that folder and the case ids
+    in seed order."""
+    from evaluation.organ_segmentation import acquired_preset
     from synthetic.nnunet import export_nnunet
 
-    data = cache / f"data_{preset}"
+    data = cache / (f"data_{preset}" if voxel_mm is None else f"data_{preset}_{voxel_mm:g}mm")
     pj = data / "patients.json"
     patients = json.loads(pj.read_text()) if pj.is_file() else {}
     have = {int(v["seed"]): k for k, v in patients.items()}
     todo = [s for s in seeds if s not in have]
     if todo:
         print(f"generating {len(todo)} studies (preset {preset}) into {data} ...", flush=True)
-        export_nnunet(data, todo, preset=preset, workers=workers or max(1, min(2, os.cpu_count() or 1)))
+        export_nnunet(data, todo, preset=acquired_preset(preset, voxel_mm),
+                      workers=workers or max(1, min(2, os.cpu_count() or 1)))
         patients = json.loads(pj.read_text())
         have = {int(v["seed"]): k for k, v in patients.items()}
     return data, [have[s] for s in seeds]
@@ -184,15 +194,13 @@ def evaluate_case(cache: Path, case: str, data: Path, models: dict[str, Any], se
         if model is None:
             continue
         prob, secs = ln_probability(cache, case, model, models[key + "_sha"], models["organ_tag"], grid, ven, art, att)
-        inst = ln_instances(prob, c["venous"], det.probability_threshold, det.min_volume_mm3, det.min_density_hu,
-                         det.rim_fat_hu)
+        inst = app_instances(prob, c["venous"], det)
         arr = sitk.GetArrayFromImage(inst).astype(np.int64)
         counts = detection_counts(arr, gt)
         m = counts.pop("match")
         out[key] = {**counts, "seconds": secs}
         if det.min_density_hu is not None:  # the same without the density check, to show what it does
-            plain = ln_instances(prob, c["venous"], det.probability_threshold, det.min_volume_mm3, None,
-                                 det.rim_fat_hu)
+            plain = app_instances(prob, c["venous"], det, min_density_hu=None)
             counts_plain = detection_counts(sitk.GetArrayFromImage(plain).astype(np.int64), gt)
             counts_plain.pop("match")
             out[key + "_no_density_check"] = counts_plain
@@ -345,6 +353,41 @@ def postprocessing_sweep(cache: Path, data: Path, cases: Sequence[str], models: 
     return out
 
 
+SWEEP_MIN_VOXELS = (1, 2, 3, 4, 5)  # each x (1.5 mm)^3 <= 20 mm^3: acts only on grids coarser than the models'
+MIN_VOXELS_RECALL_MARGIN = 0.02  # recall may fall by at most this much against min_voxels 1
+
+
+def min_voxels_sweep(cache: Path, data: Path, cases: Sequence[str], models: dict[str, Any],
+                     settings: Settings) -> list[dict[str, Any]]:
+    """Detection figures of the LN model for each ``ln_detection.min_voxels`` of
+    :data:`SWEEP_MIN_VOXELS`, app.yaml's other filter values fixed: how ``min_voxels`` is chosen, on a
+    validation cohort scanned at a coarse voxel size (``--voxel-mm``)."""
+    gts, probs = [], []
+    for case in cases:
+        c = read_case(data, case)
+        path = cache / "pred" / f"ln_{models['ln_seg_sha'][:12]}_{models['organ_tag']}" / f"{case}.nii.gz"
+        probs.append((sitk.ReadImage(str(path)), c["venous"]))
+        gts.append(sitk.GetArrayFromImage(c["instances_gt"]).astype(np.int64))
+    out = []
+    for n in SWEEP_MIN_VOXELS:
+        tot = np.zeros(4, int)
+        for (prob, ref), gt in zip(probs, gts):
+            inst = app_instances(prob, ref, settings.ln_detection, min_voxels=n)
+            m = match_instances(sitk.GetArrayFromImage(inst).astype(np.int64), gt)
+            tot += [m.n_gt, m.n_detected, m.n_pred, m.n_true_positive_pred]
+        out.append({"min_voxels": n, "gt": int(tot[0]), "detected": int(tot[1]), "pred": int(tot[2]),
+                    **detection_scores(*tot)})
+    return out
+
+
+def choose_min_voxels(sweep: Sequence[dict[str, Any]], margin: float = MIN_VOXELS_RECALL_MARGIN) -> int:
+    """The ``min_voxels`` with the best F1 among those whose recall is at least the recall with
+    ``min_voxels`` 1 minus ``margin`` (ties: the smaller value)."""
+    base = next(r for r in sweep if r["min_voxels"] == 1)["recall"]
+    ok = [r for r in sweep if r["recall"] >= base - margin - 1e-12]
+    return int(max(ok, key=lambda r: (round(r["f1"], 6), -r["min_voxels"]))["min_voxels"])
+
+
 def _fmt(v: Any) -> str:
     return "  n/a" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:5.3f}"
 
@@ -371,7 +414,8 @@ def start_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> tupl
 
         torch.set_num_threads(args.threads)
     cache = cohort_cache(args.cache)
-    data, cases = ensure_cohort(cache, list(range(args.seed_start, args.seed_start + args.count)), args.preset)
+    data, cases = ensure_cohort(cache, list(range(args.seed_start, args.seed_start + args.count)), args.preset,
+                                voxel_mm=getattr(args, "voxel_mm", None))
     return load_settings(), cache, data, cases
 
 
@@ -393,8 +437,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sweep", action="store_true",
                    help="also print detection for a grid of app.yaml ln_detection settings and the one the rule "
                         "picks; refused on the held-out test seeds 100000-149999 (use e.g. --seed-start 150000)")
+    p.add_argument("--voxel-mm", type=float,
+                   help="model-grid mode: the preset's field scanned at isotropic voxels of this size (e.g. 3, as "
+                        "the real CT); the nodes are scored, and the app's filter applied, on that grid")
     add_app_arguments(p)
     args = p.parse_args(argv)
+    if args.voxel_mm is not None and (args.mode == "app" or not 0.5 <= args.voxel_mm <= 6.0):
+        p.error(f"--voxel-mm {args.voxel_mm}: expected 0.5-6 mm, in --mode model-grid")
     seeds = list(range(args.seed_start, args.seed_start + args.count))
     if args.mode == "app":
         if args.sweep or args.organs != "model":
@@ -450,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         print(line + f" [{time.perf_counter() - t:.1f} s]", flush=True)
 
     det, ident, goals = report(rows, settings, threshold,
-                               f"{len(rows)} {seed_set_name(seeds)} studies (seeds {seeds[0]}-{seeds[-1]}, preset {args.preset}, "
+                               f"{len(rows)} {seed_set_name(seeds)} studies (seeds {seeds[0]}-{seeds[-1]}, preset {args.preset}"
+                               + (f" scanned at {args.voxel_mm:g} mm voxels" if args.voxel_mm else "") + ", "
                                f"organs {'predicted' if args.organs == 'model' else 'ground truth'}, arterial phase "
                                "perfectly aligned, on the models' grid)")
     sweeps = {}
@@ -474,6 +524,14 @@ def main(argv: list[str] | None = None) -> int:
               "for app.yaml, on a validation cohort): "
               + ("none" if best is None else f"probability_threshold {best['probability_threshold']}, "
                  f"min_volume_mm3 {best['min_volume_mm3']:.0f}, min_density_hu {best['min_density_hu']}"))
+        sweeps["min_voxels"] = min_voxels_sweep(cache, data, cases, models, settings)
+        print(f"\nFewest voxels of the scanned grid per node (app.yaml min_voxels, now {det_now.min_voxels}; the "
+              "other filter values as app.yaml):")
+        print(f"  {'min_voxels':>10s}{'recall':>8s}{'precision':>10s}{'F1':>7s}{'predicted':>11s}")
+        for r in sweeps["min_voxels"]:
+            print(f"  {r['min_voxels']:>10d}{r['recall']:>8.3f}{r['precision']:>10.3f}{r['f1']:>7.3f}{r['pred']:>11d}")
+        print(f"Best F1 with recall at most {MIN_VOXELS_RECALL_MARGIN} below min_voxels 1's (the rule for app.yaml "
+              f"min_voxels, on a validation cohort scanned at a coarse voxel size): {choose_min_voxels(sweeps['min_voxels'])}")
     if args.json:
         Path(args.json).write_text(json.dumps({"detection": det, "identification": ident, "goals": goals,
                                                "sweeps": sweeps, "studies": rows}, indent=1, default=float))

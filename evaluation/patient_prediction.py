@@ -80,10 +80,12 @@ def evaluate_patient(cache: Path, data: Path, case: str, m: dict[str, Any], sett
         from training.train_patient_classifier import predicted_labels
 
         labels = predicted_labels(m["pdac"], c["venous"], c["arterial"])
-        kept, _ = keep_primary_tumour(labels, organs, settings.tumour_pancreas_reach_mm)
+        kept, _ = keep_primary_tumour(labels, organs, settings.tumour_pancreas_reach_mm, c["venous"],
+                                      settings.tumour_min_density_hu)
         return kept  # as the app: the primary tumour, anchored to the (predicted) pancreas
 
-    mask = _cached_image(cache / "pred" / f"pdac_primary_{m['pdac_sha'][:12]}_{organ_tag}" / f"{case}.nii.gz", pdac)
+    mask = _cached_image(cache / "pred" / f"pdac_primary_{m['pdac_sha'][:12]}_{organ_tag}{tumour_rule_tag(settings)}"
+                         / f"{case}.nii.gz", pdac)
     pd, gt = sitk.GetArrayViewFromImage(mask) > 0, sitk.GetArrayViewFromImage(c["pdac_gt"]) > 0
     row: dict[str, Any] = {"case": case, "largest_positive_volume_mm3": volume, "pdac_dice": dice(pd, gt),
                            "tumour_found": bool(pd.any()), "ln_instances": len(ln.ids),
@@ -154,13 +156,19 @@ def report_app(cases: list[dict[str, Any]], args: argparse.Namespace, settings: 
                                     "operators)")
 
 
+def tumour_rule_tag(settings: Any) -> str:
+    """Cache-name suffix of the tumour rule's density check (empty when off)."""
+    d = settings.tumour_min_density_hu
+    return "" if d is None else f"_d{d:g}"
+
+
 def _cache_key(paths: list[str | None], settings: Any) -> str:
     import hashlib
 
     det = settings.ln_detection
     parts = [sha256_file(p) if p else "-" for p in paths] + [str(det.probability_threshold), str(det.min_volume_mm3),
                                                               str(det.min_density_hu), str(det.positive_threshold),
-                                                              str(det.rim_fat_hu)]
+                                                              str(det.rim_fat_hu), str(det.min_voxels)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 

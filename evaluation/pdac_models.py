@@ -37,6 +37,7 @@ from lnmet.config import load_settings  # noqa: E402
 from lnmet.geometry import resample_labels  # noqa: E402
 from lnmet.inference import SegmentationModel, resolve_model_path, segment_registered  # noqa: E402
 from lnmet.metrics import dice  # noqa: E402
+from lnmet.tumour import solid_components  # noqa: E402
 from lnmet.seeds import FIRST_VALIDATION_SEED, TestSeedError, refuse_test_seeds  # noqa: E402
 from evaluation.organ_segmentation import acquired_preset, registered_from_study  # noqa: E402
 
@@ -44,9 +45,12 @@ CONDITIONS = ("as generated", "registered", "coarse", "no contrast")
 
 
 def score_study(study: Any, organ_model: SegmentationModel, models: dict[str, SegmentationModel],
-                reach_mm: float, registration: str = "perfect") -> dict[str, dict[str, Any]]:
+                reach_mm: float, registration: str = "perfect",
+                min_density_hu: float | None = None) -> dict[str, dict[str, Any]]:
     """Every PDAC model on one study (organs segmented once; ``registration`` as
-    :func:`evaluation.organ_segmentation.registered_from_study`): the figures of one row per model."""
+    :func:`evaluation.organ_segmentation.registered_from_study`): the figures of one row per model.
+    ``min_density_hu``: the app's density check (app.yaml), in the kept tumour and in the false
+    components it leaves."""
     from operators.organ_segmentation import segment_organs
     from operators.pdac_segmentation import keep_primary_tumour
 
@@ -57,15 +61,21 @@ def score_study(study: Any, organ_model: SegmentationModel, models: dict[str, Se
     rows = {}
     for name, model in models.items():
         raw, raw_img, _ = segment_registered(registered, model)
-        kept_img, _ = keep_primary_tumour(raw_img, organs, reach_mm)
+        kept_img, _ = keep_primary_tumour(raw_img, organs, reach_mm, registered.working_venous, min_density_hu)
         kept = sitk.GetArrayViewFromImage(kept_img) > 0
         comps, n = ndimage.label(raw > 0, structure=np.ones((3, 3, 3), bool))
         sizes = np.bincount(comps.ravel(), minlength=n + 1)
         touching = set(np.unique(comps[truth]).tolist()) - {0}
+        solid = np.concatenate([[False], solid_components(comps, n, sitk.GetArrayViewFromImage(
+            registered.working_venous), min_density_hu) if n and min_density_hu is not None else np.ones(n, bool)])
         false_ml = [float(sizes[i]) * voxel_ml for i in range(1, n + 1) if i not in touching]
+        false_solid_ml = [float(sizes[i]) * voxel_ml for i in range(1, n + 1) if i not in touching and solid[i]]
         rows[name] = {"kept_dice": dice(kept, truth), "tumour_kept": bool((kept & truth).any()),
                       "raw_dice": dice(raw > 0, truth), "false_over_1ml": sum(v > 1.0 for v in false_ml),
-                      "false_ml": sum(false_ml), "raw_ml": float((raw > 0).sum()) * voxel_ml}
+                      "false_ml": sum(false_ml), "raw_ml": float((raw > 0).sum()) * voxel_ml,
+                      # the density check: components touching the tumour it sets aside, false ones it leaves
+                      "tumour_parts_not_solid": sum(1 for i in touching if not solid[i]),
+                      "false_solid_over_1ml": sum(v > 1.0 for v in false_solid_ml)}
     return rows
 
 
@@ -75,7 +85,9 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "tumours_kept": sum(r["tumour_kept"] for r in rows),
             "raw_dice_median": float(np.median([r["raw_dice"] for r in rows])),
             "false_over_1ml": sum(r["false_over_1ml"] for r in rows),
-            "false_ml": sum(r["false_ml"] for r in rows), "raw_ml": sum(r["raw_ml"] for r in rows)}
+            "false_ml": sum(r["false_ml"] for r in rows), "raw_ml": sum(r["raw_ml"] for r in rows),
+            "tumour_parts_not_solid": sum(r["tumour_parts_not_solid"] for r in rows),
+            "false_solid_over_1ml": sum(r["false_solid_over_1ml"] for r in rows)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     for i, path in enumerate(args.models):
         m = SegmentationModel.load(Path(path))
         models[f"{i + 1}: {m.name} {m.metadata.get('version')}"] = m
-    reach = load_settings().tumour_pancreas_reach_mm
+    settings = load_settings()
+    reach, density = settings.tumour_pancreas_reach_mm, settings.tumour_min_density_hu
     per: dict[str, dict[str, list]] = {c: {name: [] for name in models} for c in CONDITIONS}
     for seed in seeds:
         study = generate_study(seed, args.preset)
@@ -115,19 +128,22 @@ def main(argv: list[str] | None = None) -> int:
                                       ("no contrast", remove_contrast(study), "perfect"),
                                       ("coarse", generate_study(seed, acquired_preset(args.preset, args.coarse_mm)),
                                        "perfect")):
-            for name, row in score_study(s, organ_model, models, reach, registration).items():
+            for name, row in score_study(s, organ_model, models, reach, registration, density).items():
                 per[cond][name].append({"seed": seed, **row})
         print(f"seed {seed}: " + "; ".join(f"{n.split(':')[0]} kept Dice {per['as generated'][n][-1]['kept_dice']:.2f}"
                                            for n in models), flush=True)
     out = {cond: {name: summarize(rows) for name, rows in by.items()} for cond, by in per.items()}
     print(f"\nPDAC models on {len(seeds)} studies (seeds {seeds[0]}-{seeds[-1]}, preset {args.preset}; coarse: "
           f"{args.coarse_mm:g} mm voxels; organs by {organ_model.name} {organ_model.metadata.get('version')})")
+    print(f"density check (app.yaml pdac_segmentation.min_density_hu): {density}; 'solid': the false components over "
+          "1 ml it leaves; 'tumour set aside': components touching the tumour it sets aside")
     print(f"{'condition':13s} {'model':28s} {'kept Dice':>9s} {'kept':>6s} {'raw Dice':>8s} {'false>1ml':>9s} "
-          f"{'false ml':>8s} {'raw ml':>7s}")
+          f"{'false ml':>8s} {'raw ml':>7s} {'solid':>6s} {'tumour set aside':>16s}")
     for cond, by in out.items():
         for name, s in by.items():
             print(f"{cond:13s} {name:28s} {s['kept_dice_median']:9.2f} {s['tumours_kept']:>3d}/{s['studies']:<2d} "
-                  f"{s['raw_dice_median']:8.2f} {s['false_over_1ml']:9d} {s['false_ml']:8.1f} {s['raw_ml']:7.1f}")
+                  f"{s['raw_dice_median']:8.2f} {s['false_over_1ml']:9d} {s['false_ml']:8.1f} {s['raw_ml']:7.1f} "
+                  f"{s['false_solid_over_1ml']:6d} {s['tumour_parts_not_solid']:16d}")
     if args.json:
         Path(args.json).write_text(json.dumps({"seeds": seeds, "preset": args.preset, "coarse_mm": args.coarse_mm,
                                                "models": list(models), "summary": out, "studies": per}, indent=1))

@@ -280,7 +280,7 @@ def _class_maps(inst: np.ndarray, ids: Sequence[int], positive: Sequence[bool]) 
 def evaluate_test_case(cache: Path, data: Path, case: str, m: dict[str, Any], settings: Any) -> dict[str, Any]:
     """Every figure of one test patient of a round (models of that round in ``m``)."""
     from evaluation.ln_detection import ln_probability, predicted_organs, read_case, working_inputs
-    from lnmet.instances import ln_instances
+    from lnmet.instances import app_instances
     from lnmet.networks.ln_classifier import channel_stack, identify_instances
     from lnmet.networks.patient_classifier import nodes_only_score
 
@@ -298,8 +298,7 @@ def evaluate_test_case(cache: Path, data: Path, case: str, m: dict[str, Any], se
     for key in VARIANTS:
         model = m["seg"][key]
         prob, _ = ln_probability(cache, case, model, m["seg_sha"][key], m["organ_tag"], grid, ven, art, att)
-        inst_img = ln_instances(prob, c["venous"], det.probability_threshold, det.min_volume_mm3, det.min_density_hu,
-                                det.rim_fat_hu)
+        inst_img = app_instances(prob, c["venous"], det)
         inst = sitk.GetArrayFromImage(inst_img).astype(np.int64)
         ids, probs = identify_instances(ident, inst_img, grid, image, att, batch_size=8)
         positive = [bool(p >= m["ln_threshold"]) for p in probs]
@@ -333,10 +332,14 @@ def _predicted_pdac(cache: Path, case: str, m: dict[str, Any], c: dict[str, Any]
         from training.train_patient_classifier import predicted_labels
 
         labels = predicted_labels(m["pdac"], c["venous"], c["arterial"])
-        kept, _ = keep_primary_tumour(labels, organs, settings.tumour_pancreas_reach_mm)
+        kept, _ = keep_primary_tumour(labels, organs, settings.tumour_pancreas_reach_mm, c["venous"],
+                                      settings.tumour_min_density_hu)
         return kept
 
-    return _cached_image(cache / "pred" / f"pdac_primary_{m['pdac_sha'][:12]}_{m['organ_tag']}" / f"{case}.nii.gz", compute)
+    from evaluation.patient_prediction import tumour_rule_tag
+
+    return _cached_image(cache / "pred" / f"pdac_primary_{m['pdac_sha'][:12]}_{m['organ_tag']}{tumour_rule_tag(settings)}"
+                         / f"{case}.nii.gz", compute)
 
 
 def load_fold_models(paths: dict[str, Path], organ_model: Path | None, pdac_model: Path | None,

@@ -46,7 +46,8 @@ if str(ROOT) not in sys.path:
 from lnmet.attention import attention_map  # noqa: E402
 from lnmet.config import load_settings  # noqa: E402
 from lnmet.inference import SegmentationModel, resolve_model_path, segment_registered  # noqa: E402
-from lnmet.instances import instance_ids, ln_instances  # noqa: E402
+from lnmet.instances import app_instances, instance_ids  # noqa: E402
+from lnmet.tumour import solid_components  # noqa: E402
 from lnmet.labels import ORGAN_BY_KEY  # noqa: E402
 from lnmet.metrics import dice  # noqa: E402
 from lnmet.quality import EDGE_MARGIN_MM, largest_piece_fraction  # noqa: E402
@@ -103,18 +104,23 @@ def evaluate(models: Path, data: Path) -> dict[str, Any]:
     att = attention_map(organs_working, settings.attention) if ln_model.uses_attention else None
     prob, _ = segment_lymph_nodes(registered, att, ln_model)
     det = settings.ln_detection
-    inst = ln_instances(prob, ct, det.probability_threshold, det.min_volume_mm3, det.min_density_hu,
-                        det.rim_fat_hu)
+    inst = app_instances(prob, ct, det)
     ids = instance_ids(inst)
     inst_arr = sitk.GetArrayFromImage(inst)
     node_ml = [round(float((inst_arr == i).sum()) * voxel_ml, 2) for i in ids]
 
     pdac_model = SegmentationModel.load(resolve_model_path("pdac_seg", models / "pdac_seg" / "model.ts"))
     raw, raw_img, _ = segment_registered(registered, pdac_model)
-    kept, choice = keep_primary_tumour(raw_img, organs_working, settings.tumour_pancreas_reach_mm)
+    density = settings.tumour_min_density_hu
+    kept, choice = keep_primary_tumour(raw_img, organs_working, settings.tumour_pancreas_reach_mm,
+                                       registered.working_venous, density)
     comps, n = ndimage.label(raw > 0, structure=np.ones((3, 3, 3), bool))
     w_ml = float(np.prod(registered.working_venous.GetSpacing())) / 1000.0
-    pdac_ml = sorted((round(float(v) * w_ml, 2) for v in np.bincount(comps.ravel())[1:]), reverse=True) if n else []
+    sizes_ml = np.bincount(comps.ravel(), minlength=n + 1)[1:] * w_ml
+    pdac_ml = sorted((round(float(v), 2) for v in sizes_ml), reverse=True) if n else []
+    solid = (solid_components(comps, n, sitk.GetArrayViewFromImage(registered.working_venous), density)
+             if n and density is not None else np.ones(n, bool))
+    solid_ml = sorted((round(float(v), 2) for v in sizes_ml[solid]), reverse=True)
     liver = ref == 5
     return {
         "data": str(data), "models": {m.name: m.metadata.get("version") for m in (organ_model, ln_model, pdac_model)},
@@ -123,6 +129,9 @@ def evaluate(models: Path, data: Path) -> dict[str, Any]:
                         "inside_liver": int(sum(bool(liver[inst_arr == i].mean() > 0.5) for i in ids))},
         "pdac": {"components_ml": pdac_ml[:10], "components_over_1ml": sum(v > PDAC_GOAL_ML for v in pdac_ml),
                  "goal": "no component > 1 ml",
+                 # the components the app's density check leaves (app.yaml pdac_segmentation.min_density_hu)
+                 "min_density_hu": density, "solid_components_ml": solid_ml[:10],
+                 "solid_components_over_1ml": sum(v > PDAC_GOAL_ML for v in solid_ml),
                  # what the app would report as the tumour (lnmet/tumour.py: anchored to the pancreas)
                  "kept_ml": round(float(sitk.GetArrayViewFromImage(kept).sum()) * w_ml, 2),
                  "kept_rule": choice.describe(settings.tumour_pancreas_reach_mm)},
@@ -173,7 +182,11 @@ def format_report(r: dict[str, Any]) -> str:
                  f"{ln['inside_liver']} inside the liver), largest ml {ln['volumes_ml'][:8]}")
     pd = r["pdac"]
     lines.append(f"PDAC components (raw tumour segmentation): {pd['components_over_1ml']} over 1 ml (goal: none); "
-                 f"largest ml {pd['components_ml'][:5]}; the app keeps {pd['kept_ml']} ml ({pd['kept_rule']})")
+                 f"largest ml {pd['components_ml'][:5]}")
+    if pd.get("min_density_hu") is not None:
+        lines.append(f"  of soft-tissue density (the app's check, upper-quartile venous HU >= {pd['min_density_hu']:g}): "
+                     f"{pd['solid_components_over_1ml']} over 1 ml; largest ml {pd['solid_components_ml'][:5]}")
+    lines.append(f"  the app keeps {pd['kept_ml']} ml ({pd['kept_rule']})")
     return "\n".join(lines)
 
 

@@ -68,6 +68,7 @@ class LNDetectionSettings:
     positive_threshold: float | None
     min_density_hu: float | None = None  # components of fat density (upper-quartile venous HU below) dropped
     rim_fat_hu: float | None = None  # node voxels below this HU within one working voxel of the edge trimmed
+    min_voxels: int = 1  # a node has at least this many voxels of the venous series' own grid
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,9 @@ class Settings:
     # How far (mm) from the segmented pancreas a tumour component may lie when none overlaps it
     # (lnmet.tumour.primary_tumour).
     tumour_pancreas_reach_mm: float = 10.0
+    # Tumour components whose upper quartile of venous HU is below this are fluid or fat, not a solid
+    # tumour, and are set aside (lnmet.tumour); None: no density check.
+    tumour_min_density_hu: float | None = None
 
 
 def _get(d: Any, path: str, key: str) -> Any:
@@ -375,6 +379,7 @@ def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
                                allow_none=True),
         rim_fat_hu=_number(det.get("rim_fat_hu"), "ln_detection.rim_fat_hu", lo=-1024.0, hi=3071.0,
                            allow_none=True),
+        min_voxels=int(_number(det.get("min_voxels", 1), "ln_detection.min_voxels", lo=1, integer=True)),
     )
 
     pc = _get(raw, "", "patient_classifier")
@@ -387,6 +392,8 @@ def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
     if not isinstance(pdac, dict):
         raise SettingsError(f"app.yaml: 'pdac_segmentation' must be a mapping, got {pdac!r}")
     reach = _number(pdac.get("pancreas_reach_mm", 10.0), "pdac_segmentation.pancreas_reach_mm", lo=0.0, hi=100.0)
+    tumour_density = _number(pdac.get("min_density_hu"), "pdac_segmentation.min_density_hu", lo=-1024.0, hi=3071.0,
+                             allow_none=True)
 
     outputs_raw = _get(raw, "", "outputs")
     outputs: dict[str, bool] = {}
@@ -406,6 +413,7 @@ def parse_settings(raw: Any, source: str = "app.yaml") -> Settings:
         resources=resources, phase_content_check=content_check, phase_content_margin_hu=content_margin,
         quality_gate=quality_gate, organ_source=organ_source, organ_nifti_path=organ_nifti_path,
         patient_borderline_margin=float(borderline_margin), tumour_pancreas_reach_mm=float(reach),
+        tumour_min_density_hu=None if tumour_density is None else float(tumour_density),
     )
 
 

@@ -23,19 +23,29 @@ voxels of a node below ``rim_fat_hu`` that lie within one working voxel of the n
 (a benign node's fatty hilum) stays, and no node is removed: the density check already drops the
 components that are mostly fat.
 
+Coarse scans (``min_voxels``): nodes are labelled on the acquired grid, where ``min_volume_mm3`` (20
+mm^3, chosen on 1.5 mm studies) is less than one voxel of a 3 mm scan, so a single thresholded voxel
+of the interpolated probability would count as a node there. ``min_voxels`` asks for a few voxels of
+that grid; its values are chosen so that it only acts on grids coarser than the models' 1.5 mm.
+
 For speed on a 512x512x200 reference grid, only the bounding box of the working voxels above the
 threshold (plus one voxel, the reach of linear interpolation) is resampled.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
 from lnmet.geometry import index_to_physical, physical_to_index, voxel_volume_mm3
+
+if TYPE_CHECKING:
+    from lnmet.config import LNDetectionSettings
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +81,16 @@ def _reference_box(probability: sitk.Image, reference: sitk.Image, threshold: fl
     return [int(v) for v in start[::-1]], [int(v) for v in size[::-1]]
 
 
-def label_components(mask: sitk.Image, min_volume_mm3: float) -> sitk.Image:
-    """26-connected components of a binary mask, those below ``min_volume_mm3`` dropped, numbered
-    1..N by decreasing size, ties in raster order of their first voxel (uint16)."""
+def label_components(mask: sitk.Image, min_volume_mm3: float, min_voxels: int = 1) -> sitk.Image:
+    """26-connected components of a binary mask, those below ``min_volume_mm3`` or of fewer than
+    ``min_voxels`` voxels dropped, numbered 1..N by decreasing size, ties in raster order of their
+    first voxel (uint16)."""
     cc = sitk.ConnectedComponent(sitk.Cast(mask > 0, sitk.sitkUInt8), True)  # raster-order labels
     arr = sitk.GetArrayViewFromImage(cc)
     sizes = np.bincount(arr.ravel())
     sizes[0] = 0
-    min_voxels = min_volume_mm3 / voxel_volume_mm3(mask) - 1e-9
-    keep = np.flatnonzero(sizes >= max(min_voxels, 1))
+    min_volume_voxels = min_volume_mm3 / voxel_volume_mm3(mask) - 1e-9
+    keep = np.flatnonzero(sizes >= max(min_volume_voxels, min_voxels, 1))
     if len(keep) > MAX_INSTANCES:
         raise ValueError(f"{len(keep)} LN instances exceed the uint16 instance map ({MAX_INSTANCES}); "
                          "the LN probability map looks wrong")
@@ -154,7 +165,7 @@ def trim_fat_rim(labels: sitk.Image, venous: sitk.Image, rim_fat_hu: float, dept
 
 def ln_instances(ln_probability: sitk.Image, reference: sitk.Image, probability_threshold: float,
                  min_volume_mm3: float, min_density_hu: float | None = None,
-                 rim_fat_hu: float | None = None) -> sitk.Image:
+                 rim_fat_hu: float | None = None, min_voxels: int = 1) -> sitk.Image:
     """The uint16 LN instance map on ``reference``'s grid (0 background, 1..N by decreasing volume).
 
     ``ln_probability``: float LN probability on the working grid (any grid sharing physical space).
@@ -162,7 +173,8 @@ def ln_instances(ln_probability: sitk.Image, reference: sitk.Image, probability_
     ``probability_threshold``. ``min_density_hu``: drop the components of fat density (module
     docstring), read from ``reference``'s own values, which must then be the venous image in HU.
     ``rim_fat_hu``: trim each node's rim of partial-volume fat, one working voxel (the largest spacing
-    of ``ln_probability``) deep (module docstring); also reads ``reference``'s HU.
+    of ``ln_probability``) deep (module docstring); also reads ``reference``'s HU. ``min_voxels``: the
+    fewest reference voxels a node may have (module docstring: coarse scans).
     """
     if ln_probability.GetDimension() != 3 or reference.GetDimension() != 3:
         raise ValueError("ln_instances expects 3D images")
@@ -178,7 +190,7 @@ def ln_instances(ln_probability: sitk.Image, reference: sitk.Image, probability_
     grid.SetDirection(reference.GetDirection())
     grid.SetOrigin(reference.TransformIndexToPhysicalPoint(start))
     prob = sitk.Resample(ln_probability, grid, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    labels = label_components(prob > probability_threshold, min_volume_mm3)
+    labels = label_components(prob > probability_threshold, min_volume_mm3, min_voxels)
     if min_density_hu is not None or rim_fat_hu is not None:
         venous = sitk.RegionOfInterest(reference, size, start)
         if min_density_hu is not None:
@@ -188,6 +200,16 @@ def ln_instances(ln_probability: sitk.Image, reference: sitk.Image, probability_
     out = sitk.Paste(out, labels, labels.GetSize(), [0, 0, 0], start)
     log.debug("LN instances: %d components", int(sitk.GetArrayViewFromImage(labels).max(initial=0)))
     return out
+
+
+def app_instances(ln_probability: sitk.Image, reference: sitk.Image, settings: LNDetectionSettings,
+                  **overrides: Any) -> sitk.Image:
+    """:func:`ln_instances` with app.yaml's ``ln_detection`` filter (``settings``), as the app applies
+    it; ``overrides`` replace single values (e.g. ``min_density_hu=None``: the filter without the
+    density check)."""
+    s = dataclasses.replace(settings, **overrides)
+    return ln_instances(ln_probability, reference, s.probability_threshold, s.min_volume_mm3, s.min_density_hu,
+                        s.rim_fat_hu, s.min_voxels)
 
 
 def instance_ids(instances: sitk.Image | np.ndarray) -> list[int]:

@@ -12,8 +12,8 @@ Ports:
   the same two with the organ map and the model, for the patient classifier).
 
 Steps: connected components of the thresholded probability (:func:`lnmet.instances.ln_instances`,
-app.yaml ``ln_detection.probability_threshold``, ``min_volume_mm3``, ``min_density_hu`` and the fat-rim
-trim ``rim_fat_hu``); a crop centred on every
+app.yaml ``ln_detection.probability_threshold``, ``min_volume_mm3``, ``min_voxels``, ``min_density_hu``
+and the fat-rim trim ``rim_fat_hu``); a crop centred on every
 instance (with the instance's own mask, for a model that pools over it) through the LN
 identification model, batched (:class:`lnmet.networks.ln_classifier.LNIdentifier`);
 a node is positive when its probability reaches the model's stored threshold, unless app.yaml
@@ -37,7 +37,7 @@ from lnmet.attention import attention_map
 from lnmet.config import Settings, load_settings
 from lnmet.geometry import resample_image, resample_labels
 from lnmet.inference import model_inputs, resolve_model_path
-from lnmet.instances import ln_instances
+from lnmet.instances import app_instances
 from lnmet.measurements import measure_lymph_nodes
 from lnmet.model_io import sha256_file
 from lnmet.networks.ln_classifier import LNIdentifier, identify_instances
@@ -69,8 +69,7 @@ def identify_lymph_nodes(registered: RegisteredPhases, ln_probability: sitk.Imag
         raise ValueError("LN identification: the organ label map is not on the reference (venous) grid "
                          f"(size {organs.GetSize()} vs {reference.GetSize()})")
     det = settings.ln_detection
-    instances = ln_instances(ln_probability, reference, det.probability_threshold, det.min_volume_mm3,
-                             det.min_density_hu, det.rim_fat_hu)
+    instances = app_instances(ln_probability, reference, det)
     channels, grid = model_inputs(registered, identifier)
     att_arr = None
     if identifier.uses_attention:

@@ -344,6 +344,8 @@ def tumour_text(t: TumourFinding) -> str:
     if not t.found:
         if t.selection_rule == "none_near_pancreas":
             return f"no tumour kept ({n} region{'s' if n != 1 else ''} found, all away from the pancreas)"
+        if t.selection_rule == "none_solid":
+            return f"no tumour kept ({n} region{'s' if n != 1 else ''} found, none of soft-tissue density)"
         return "no tumour found"
     text = f"tumour (PDAC) {t.volume_mm3 / 1000:.1f} mL, maximum axial diameter {t.max_axial_diameter_mm:.0f} mm"
     chosen = {"pancreas_overlap": "the one in the pancreas", "near_pancreas": "the largest next to the pancreas",

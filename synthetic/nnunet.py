@@ -27,13 +27,16 @@ import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import SimpleITK as sitk
 
 from lnmet.labels import ORGAN_CLASSES
 from synthetic.study import GENERATOR_VERSION
+
+if TYPE_CHECKING:
+    from synthetic.grid import Preset
 
 ORGANS = "Dataset501_PancreasOrgans"
 LYMPH_NODES = "Dataset502_PancreasLymphNodes"
@@ -51,7 +54,9 @@ def _link(target: Path, link: Path) -> None:
     os.symlink(os.path.relpath(target, link.parent), link)
 
 
-def export_case(out: Path, seed: int, preset: str, acquisition: str = "preset") -> tuple[str, dict]:
+def export_case(out: Path, seed: int, preset: "str | Preset", acquisition: str = "preset") -> tuple[str, dict]:
+    """Write one study (module docstring); ``preset``: a preset's name, or a :class:`synthetic.grid.Preset`
+    (e.g. a preset's field scanned at other voxels, :meth:`synthetic.acquisition.Acquisition.preset`)."""
     from lnmet.geometry import resample_image, working_grid
     from lnmet.labels import ANATOMY_LABELS
     from synthetic import generate_study
@@ -60,9 +65,9 @@ def export_case(out: Path, seed: int, preset: str, acquisition: str = "preset") 
     from synthetic.lesions import organ_map
     from synthetic.study import render_labels, sample_patient
 
-    base = PRESETS[preset]
+    base = PRESETS[preset] if isinstance(preset, str) else preset
     acq = sample_acquisition(np.random.default_rng([20241, int(seed), 11]), base) if acquisition == "random" else None
-    s = generate_study(seed, acq.preset(base) if acq is not None else preset)
+    s = generate_study(seed, acq.preset(base) if acq is not None else base)
     case = s.case_id
     arterial, venous = s.arterial_aligned, s.venous
     anatomy, organs, pdac, inst = s.anatomy, s.organs, s.pdac, s.ln_instances
@@ -90,7 +95,7 @@ def export_case(out: Path, seed: int, preset: str, acquisition: str = "preset") 
     _write(inst, ln / "instancesTr" / f"{case}.nii.gz", sitk.sitkUInt16)
     (ln / "lymph_nodes" / f"{case}.json").write_text(json.dumps(s.lymph_nodes, indent=1))
     _write(pdac, out / TUMOUR / "labelsTr" / f"{case}.nii.gz", sitk.sitkUInt8)
-    row = {"seed": seed, "preset": preset, "generator_version": GENERATOR_VERSION, **s.patient,
+    row = {"seed": seed, "preset": base.name, "generator_version": GENERATOR_VERSION, **s.patient,
            "contrast": s.extras.get("contrast"), "scanner": s.extras.get("scanner")}
     if acq is not None:
         row["acquisition"] = acq.to_json()
@@ -105,7 +110,7 @@ def _dataset_json(folder: Path, labels: dict[str, int], description: str) -> Non
     }, indent=1))
 
 
-def export_nnunet(out: Path, seeds: Iterable[int], preset: str = "train", workers: int = 1,
+def export_nnunet(out: Path, seeds: Iterable[int], preset: "str | Preset" = "train", workers: int = 1,
                   acquisition: str = "preset") -> None:
     """Export the studies of ``seeds`` (see the module docstring); ``acquisition``: "preset" (every case
     on the preset's grid) or "random" (acquisition randomisation, :mod:`synthetic.acquisition`)."""
@@ -131,4 +136,4 @@ def export_nnunet(out: Path, seeds: Iterable[int], preset: str = "train", worker
     _dataset_json(out / LYMPH_NODES, {"background": 0, "lymph_node": 1},
                   "Lymph nodes (class-agnostic); instancesTr and lymph_nodes/ give instances and classes.")
     _dataset_json(out / TUMOUR, {"background": 0, "pdac": 1}, "Pancreatic ductal adenocarcinoma.")
-    print(f"exported {len(results)} case(s) ({preset}) to {out}; {len(patients)} in total")
+    print(f"exported {len(results)} case(s) ({preset if isinstance(preset, str) else preset.name}) to {out}; {len(patients)} in total")

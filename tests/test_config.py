@@ -52,6 +52,16 @@ def test_fat_rim_trim_is_optional():
     assert parse_settings(_with("ln_detection.rim_fat_hu!", None)).ln_detection.rim_fat_hu is None
 
 
+def test_min_voxels_defaults_to_one_and_must_be_a_positive_integer():
+    """A missing ``min_voxels`` keeps every node of the volume filter; 0 or a fraction is refused."""
+    assert parse_settings(RAW).ln_detection.min_voxels == RAW["ln_detection"].get("min_voxels", 1)
+    assert parse_settings(_with("ln_detection.min_voxels!", None)).ln_detection.min_voxels == 1
+    assert parse_settings(_with("ln_detection.min_voxels", 3)).ln_detection.min_voxels == 3
+    for bad in (0, 2.5, "two"):
+        with pytest.raises(SettingsError, match="ln_detection.min_voxels"):
+            parse_settings(_with("ln_detection.min_voxels", bad))
+
+
 def test_attention_table7_values():
     """Table 7 of the paper, as shipped."""
     table7 = {"spleen": (0, 16), "esophagus": (0, 25), "stomach": (-2, 18), "aorta": (0, 28),
@@ -81,6 +91,8 @@ def test_attention_table7_values():
     ("ln_detection.probability_threshold", 1.5, "ln_detection.probability_threshold"),
     ("ln_detection.min_density_hu", "fat", "ln_detection.min_density_hu"),
     ("ln_detection.rim_fat_hu", "fat", "ln_detection.rim_fat_hu"),
+    ("ln_detection.min_voxels", -1, "ln_detection.min_voxels"),
+    ("pdac_segmentation.min_density_hu", "fluid", "pdac_segmentation.min_density_hu"),
     ("patient_classifier.threshold", "high", "patient_classifier.threshold"),
     ("outputs.pdf", "yes", "outputs.pdf"),
 ])

@@ -189,3 +189,25 @@ def test_fat_rim_trim_renumbers_by_trimmed_volume():
     out = sitk.GetArrayFromImage(trim_fat_rim(labels, venous, -30.0, 1.5))
     assert np.bincount(out.ravel()).tolist() == [out.size - 189, 125, 64]
     assert out[4, 13, 4] == 1 and out[4, 4, 4] == 2
+
+
+def test_min_voxels_drops_single_voxels_of_a_coarse_scan_only():
+    """On a 3 mm scan 20 mm^3 is less than one voxel: ``min_voxels`` drops one-voxel components there,
+    and on a 1.5 mm grid, where 20 mm^3 is about six voxels, values up to 5 change nothing."""
+    for spacing, kept_with_3 in ((3.0, [False, True]), (1.5, [True, True])):
+        ref = _reference(size=(40, 40, 30), spacing=(spacing,) * 3)
+        prob = np.zeros(ref.GetSize()[::-1], np.float32)
+        prob[10, 10, 10] = 1.0                      # one voxel (27 or 3.4 mm^3)
+        prob[20:22, 20:22, 20:22] = 1.0             # eight voxels
+        if spacing == 1.5:
+            prob[10:12, 10:12, 10:12] = 1.0         # 27 mm^3 at 1.5 mm too: above min_volume_mm3
+        img = sitk.GetImageFromArray(prob)
+        img.CopyInformation(ref)
+        centres = [(10, 10, 10), (20, 20, 20)]
+        for n, expected in ((1, [True, True]), (3, kept_with_3), (5, kept_with_3)):
+            arr = sitk.GetArrayFromImage(ln_instances(img, ref, 0.5, min_volume_mm3=20.0, min_voxels=n))
+            assert [bool(arr[c]) for c in centres] == expected, (spacing, n)
+        # the labelling on its own: components smaller than min_voxels go, whatever their volume
+        lab = sitk.GetArrayFromImage(label_components(img > 0.5, 0.0, min_voxels=9))
+        assert lab.max() == 0
+

@@ -130,3 +130,64 @@ def test_a_large_region_touching_the_pancreas_loses_to_one_mostly_inside():
     choice = primary_tumour(tumour, pancreas, SPACING)
     assert choice.rule == "pancreas_overlap" and choice.components == 3
     assert choice.mask.sum() == 600 and choice.mask[15, 30, 65] == 1
+
+
+def _hu(shape, regions):
+    """A venous image: -100 HU fat, with (slices, HU) regions painted in."""
+    hu = np.full(shape, -100.0, np.float32)
+    for box, value in regions:
+        hu[box] = value
+    return hu
+
+
+def test_density_check_sets_fluid_aside_and_keeps_a_solid_tumour_spilling_into_fat():
+    """A fluid-filled region in the pancreas (water, 8 HU) loses to a solid tumour (40 HU) outside it
+    but within reach, even though only the fluid one overlaps the gland; the tumour's fatty edge
+    (a third of it at -100 HU) does not take its upper quartile below 20 HU."""
+    shape = (30, 40, 60)
+    pancreas = np.zeros(shape, bool)
+    pancreas[10:16, 15:22, 5:35] = True
+    mask = np.zeros(shape, bool)
+    fluid = (slice(10, 16), slice(15, 22), slice(20, 30))  # inside the pancreas
+    solid = (slice(10, 16), slice(24, 30), slice(5, 11))  # 4 mm below it
+    mask[fluid] = mask[solid] = True
+    hu = _hu(shape, [(fluid, 8.0), (solid, 40.0), ((slice(10, 12), slice(24, 30), slice(5, 11)), -100.0)])
+    off = primary_tumour(mask, pancreas, SPACING, 10.0)
+    assert off.rule == "pancreas_overlap" and off.mask[fluid].all()
+    on = primary_tumour(mask, pancreas, SPACING, 10.0, hu, 20.0)
+    assert on.rule == "near_pancreas" and on.components == 2 and on.mask[solid].all() and not on.mask[fluid].any()
+
+
+def test_density_check_keeps_nothing_when_every_region_is_fluid_or_fat():
+    tumour, pancreas = _scene()
+    hu = _hu(tumour.shape, [((slice(11, 17), slice(18, 25), slice(10, 16)), 10.0)])  # the far blob stays fat
+    choice = primary_tumour(tumour, pancreas, SPACING, 10.0, hu, 20.0)
+    assert choice.rule == "none_solid" and choice.components == 2 and choice.mask.sum() == 0
+    text = selection_statement(choice.selection(10.0))
+    assert "2 regions, none of soft-tissue density" in text and "lymph nodes only" in text
+    assert "none_solid" in RULES
+    with pytest.raises(ValueError, match="venous image"):
+        primary_tumour(tumour, pancreas, SPACING, 10.0, None, 20.0)
+
+
+def test_keep_primary_tumour_reads_the_venous_image_on_any_grid():
+    """The operator's wrapper resamples a venous image on another grid to the mask's before the check."""
+    tumour, pancreas = _scene()
+    labels = sitk.GetImageFromArray(tumour.astype(np.uint8))
+    labels.SetSpacing(SPACING)
+    organs = sitk.GetImageFromArray(np.where(pancreas, PANCREAS_LABEL, 0).astype(np.uint8))
+    organs.CopyInformation(labels)
+
+    def venous_at_half_spacing(regions):
+        coarse = sitk.GetImageFromArray(_hu(tumour.shape, regions))
+        coarse.CopyInformation(labels)
+        return sitk.Resample(coarse, [2 * s for s in labels.GetSize()], sitk.Transform(), sitk.sitkNearestNeighbor,
+                             labels.GetOrigin(), [s / 2 for s in SPACING], labels.GetDirection(), -100.0)
+
+    in_pancreas, far = (slice(11, 17), slice(18, 25), slice(10, 16)), (slice(2, 10), slice(2, 10), slice(45, 55))
+    _, choice = keep_primary_tumour(labels, organs, 10.0, venous_at_half_spacing([(in_pancreas, 5.0)]), 20.0)
+    assert choice.rule == "none_solid"  # the pancreas blob is fluid, the far one fat
+    kept, choice = keep_primary_tumour(labels, organs, 30.0, venous_at_half_spacing([(in_pancreas, 5.0), (far, 45.0)]),
+                                       20.0)
+    assert choice.rule == "near_pancreas" and sitk.GetArrayFromImage(kept)[5, 5, 50] == 1
+    assert sitk.GetArrayFromImage(kept)[12, 20, 12] == 0

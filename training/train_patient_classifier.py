@@ -180,7 +180,7 @@ def _cache_key(args: argparse.Namespace, settings: Any) -> str:
     parts = [sha256_file(args.ln_seg_model), sha256_file(args.ln_cls_model),
              sha256_file(args.organ_model) if args.organ_model else "gt-organs",
              f"{det.probability_threshold}", f"{det.min_volume_mm3}", f"{det.min_density_hu}", f"{det.positive_threshold}",
-             f"{det.rim_fat_hu}"]
+             f"{det.rim_fat_hu}", f"{det.min_voxels}"]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
 
 
@@ -261,16 +261,17 @@ class PredictedMasks:
     """The PDAC model's tumour of each case (``--pdac-model``), as the app keeps it: of the model's
     components the primary tumour against the pancreas of the organ map the LN chain uses
     (``organsTr``, or ``--organ-model``'s prediction; :func:`operators.pdac_segmentation.keep_primary_tumour`,
-    app.yaml ``pdac_segmentation.pancreas_reach_mm``). The model's raw label maps are cached under
+    app.yaml ``pdac_segmentation.pancreas_reach_mm`` and ``min_density_hu``). The model's raw label maps are cached under
     ``--cache/pdac_masks_<model sha>/``, so that several trainings on the same cohort (combined,
     tumour-only) run the model once; the model is loaded only for a missing map."""
 
-    def __init__(self, args: argparse.Namespace, reach_mm: float):
+    def __init__(self, args: argparse.Namespace, reach_mm: float, min_density_hu: float | None = None):
         self._args = args
         self._folder = Path(args.cache) / f"pdac_masks_{sha256_file(args.pdac_model)[:12]}"
         self._model: Any = None
         self._organ_model: Any = None
         self.reach_mm = float(reach_mm)
+        self.min_density_hu = min_density_hu
         self.rules: dict[str, str] = {}
 
     def _raw(self, case: str, venous: sitk.Image, arterial: sitk.Image | None) -> sitk.Image:
@@ -301,7 +302,7 @@ class PredictedMasks:
         from operators.pdac_segmentation import keep_primary_tumour
 
         kept, choice = keep_primary_tumour(self._raw(case, venous, arterial), self._organs(case, venous, arterial),
-                                           self.reach_mm)
+                                           self.reach_mm, venous, self.min_density_hu)
         self.rules[case] = choice.rule
         return kept
 
@@ -313,7 +314,7 @@ def _masks_record(args: argparse.Namespace, pdac_masks: PredictedMasks | None) -
     rules = sorted(set(pdac_masks.rules.values()))
     return {"source": f"PDAC model {sha256_file(args.pdac_model)[:12]}, primary tumour as the app keeps it",
             "pancreas": "organ model " + sha256_file(args.organ_model)[:12] if args.organ_model else "ground truth organsTr",
-            "pancreas_reach_mm": pdac_masks.reach_mm,
+            "pancreas_reach_mm": pdac_masks.reach_mm, "min_density_hu": pdac_masks.min_density_hu,
             "rules": {r: sum(v == r for v in pdac_masks.rules.values()) for r in rules}}
 
 
@@ -471,7 +472,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         return {"model": str(out), "sha256": sha, "mode": args.mode, "threshold": 0.5,
                 "nodes_only_threshold_mm3": nodes_t, "validation": nodes_eval}
 
-    pdac_masks = PredictedMasks(args, settings.tumour_pancreas_reach_mm) if args.pdac_model else None
+    pdac_masks = PredictedMasks(args, settings.tumour_pancreas_reach_mm, settings.tumour_min_density_hu) if args.pdac_model else None
     data_cases: list[PatientCase] = []
     for c in cases:
         try:

@@ -435,13 +435,14 @@ class LNPipeline:
 
     def __init__(self, segmentation: Any, identifier: LNIdentifier, probability_threshold: float,
                  min_volume_mm3: float, attention_settings: Any, positive_threshold: float | None = None,
-                 min_density_hu: float | None = None, rim_fat_hu: float | None = None):
+                 min_density_hu: float | None = None, rim_fat_hu: float | None = None, min_voxels: int = 1):
         self.segmentation = segmentation  # lnmet.inference.SegmentationModel
         self.identifier = identifier
         self.probability_threshold = float(probability_threshold)
         self.min_volume_mm3 = float(min_volume_mm3)
         self.min_density_hu = None if min_density_hu is None else float(min_density_hu)
         self.rim_fat_hu = None if rim_fat_hu is None else float(rim_fat_hu)
+        self.min_voxels = int(min_voxels)
         self.attention_settings = attention_settings
         self.threshold = float(identifier.threshold if positive_threshold is None else positive_threshold)
 
@@ -454,7 +455,7 @@ class LNPipeline:
         det = settings.ln_detection
         return cls(SegmentationModel.load(ln_seg_path, device), LNIdentifier.load(ln_cls_path, device),
                    det.probability_threshold, det.min_volume_mm3, settings.attention, det.positive_threshold,
-                   det.min_density_hu, det.rim_fat_hu)
+                   det.min_density_hu, det.rim_fat_hu, det.min_voxels)
 
     def run(self, venous: sitk.Image, arterial: sitk.Image | None, organs: sitk.Image,
             batch_size: int = 8, probability: sitk.Image | None = None) -> LNPipelineResult:
@@ -494,7 +495,7 @@ class LNPipeline:
         seconds["segmentation"] = time.perf_counter() - t
         t = time.perf_counter()
         instances = ln_instances(prob, venous, self.probability_threshold, self.min_volume_mm3, self.min_density_hu,
-                                 self.rim_fat_hu)
+                                 self.rim_fat_hu, self.min_voxels)
         seconds["instances"] = time.perf_counter() - t
         t = time.perf_counter()
         ids, probabilities = identify_instances(self.identifier, instances, grid, image, att, batch_size)
