@@ -325,6 +325,27 @@ def choose_filter(sweep: Sequence[dict[str, Any]], min_recall: float = SELECTION
     return max(ok, key=lambda r: (round(r["f1"], 6), r["min_volume_mm3"], r["probability_threshold"]))
 
 
+def _cached_maps(cache: Path, data: Path, cases: Sequence[str], models: dict[str, Any], key: str
+                 ) -> list[tuple[sitk.Image, sitk.Image, np.ndarray]]:
+    """Model ``key``'s cached LN probability, the venous image and the ground-truth instances of
+    each case: what the filter sweeps score."""
+    out = []
+    for case in cases:
+        c = read_case(data, case)
+        path = cache / "pred" / f"ln_{models[key + '_sha'][:12]}_{models['organ_tag']}" / f"{case}.nii.gz"
+        out.append((sitk.ReadImage(str(path)), c["venous"], sitk.GetArrayFromImage(c["instances_gt"]).astype(np.int64)))
+    return out
+
+
+def _pooled_scores(maps: Sequence[tuple[sitk.Image, sitk.Image, np.ndarray]], instances) -> dict[str, Any]:
+    """Detection figures pooled over ``maps`` with ``instances(probability, venous)`` as the filter."""
+    tot = np.zeros(4, int)
+    for prob, ref, gt in maps:
+        m = match_instances(sitk.GetArrayFromImage(instances(prob, ref)).astype(np.int64), gt)
+        tot += [m.n_gt, m.n_detected, m.n_pred, m.n_true_positive_pred]
+    return {"gt": int(tot[0]), "detected": int(tot[1]), "pred": int(tot[2]), **detection_scores(*tot)}
+
+
 def postprocessing_sweep(cache: Path, data: Path, cases: Sequence[str], models: dict[str, Any], key: str,
                          densities: Sequence[float | None] = (None,),
                          rim_fat_hu: float | None = None) -> list[dict[str, Any]]:
@@ -333,24 +354,10 @@ def postprocessing_sweep(cache: Path, data: Path, cases: Sequence[str], models: 
     maps: how the instance filter is chosen, on a validation cohort (never on the held-out test seeds).
     ``rim_fat_hu``: the fat-rim trim the app applies after the filter (app.yaml), so that the IoU
     matching scores the node extents the app reports."""
-    gts, probs = [], []
-    for case in cases:
-        c = read_case(data, case)
-        path = cache / "pred" / f"ln_{models[key + '_sha'][:12]}_{models['organ_tag']}" / f"{case}.nii.gz"
-        probs.append((sitk.ReadImage(str(path)), c["venous"]))
-        gts.append(sitk.GetArrayFromImage(c["instances_gt"]).astype(np.int64))
-    out = []
-    for density in densities:
-        for thr in SWEEP_THRESHOLDS:
-            for vol in SWEEP_MIN_VOLUMES_MM3:
-                tot = np.zeros(4, int)
-                for (prob, ref), gt in zip(probs, gts):
-                    inst = ln_instances(prob, ref, thr, vol, density, rim_fat_hu)
-                    m = match_instances(sitk.GetArrayFromImage(inst).astype(np.int64), gt)
-                    tot += [m.n_gt, m.n_detected, m.n_pred, m.n_true_positive_pred]
-                out.append({"probability_threshold": thr, "min_volume_mm3": vol, "min_density_hu": density,
-                            **detection_scores(*tot)})
-    return out
+    maps = _cached_maps(cache, data, cases, models, key)
+    return [{"probability_threshold": thr, "min_volume_mm3": vol, "min_density_hu": density,
+             **_pooled_scores(maps, lambda prob, ref: ln_instances(prob, ref, thr, vol, density, rim_fat_hu))}
+            for density in densities for thr in SWEEP_THRESHOLDS for vol in SWEEP_MIN_VOLUMES_MM3]
 
 
 SWEEP_MIN_VOXELS = (1, 2, 3, 4, 5)  # each x (1.5 mm)^3 <= 20 mm^3: acts only on grids coarser than the models'
@@ -362,22 +369,10 @@ def min_voxels_sweep(cache: Path, data: Path, cases: Sequence[str], models: dict
     """Detection figures of the LN model for each ``ln_detection.min_voxels`` of
     :data:`SWEEP_MIN_VOXELS`, app.yaml's other filter values fixed: how ``min_voxels`` is chosen, on a
     validation cohort scanned at a coarse voxel size (``--voxel-mm``)."""
-    gts, probs = [], []
-    for case in cases:
-        c = read_case(data, case)
-        path = cache / "pred" / f"ln_{models['ln_seg_sha'][:12]}_{models['organ_tag']}" / f"{case}.nii.gz"
-        probs.append((sitk.ReadImage(str(path)), c["venous"]))
-        gts.append(sitk.GetArrayFromImage(c["instances_gt"]).astype(np.int64))
-    out = []
-    for n in SWEEP_MIN_VOXELS:
-        tot = np.zeros(4, int)
-        for (prob, ref), gt in zip(probs, gts):
-            inst = app_instances(prob, ref, settings.ln_detection, min_voxels=n)
-            m = match_instances(sitk.GetArrayFromImage(inst).astype(np.int64), gt)
-            tot += [m.n_gt, m.n_detected, m.n_pred, m.n_true_positive_pred]
-        out.append({"min_voxels": n, "gt": int(tot[0]), "detected": int(tot[1]), "pred": int(tot[2]),
-                    **detection_scores(*tot)})
-    return out
+    maps = _cached_maps(cache, data, cases, models, "ln_seg")
+    return [{"min_voxels": n, **_pooled_scores(
+        maps, lambda prob, ref: app_instances(prob, ref, settings.ln_detection, min_voxels=n))}
+        for n in SWEEP_MIN_VOXELS]
 
 
 def choose_min_voxels(sweep: Sequence[dict[str, Any]], margin: float = MIN_VOXELS_RECALL_MARGIN) -> int:
