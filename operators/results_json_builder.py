@@ -40,7 +40,7 @@ from operators.sr_builder import ln_tracking_id
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1.7.0"
+SCHEMA_VERSION = "1.8.0"
 
 
 class ResultsDocumentError(ValueError):
