@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import highdicom as hd
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
 from monai.deploy.core import Fragment, Operator, OperatorSpec
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
@@ -59,7 +60,9 @@ def nodes_in_report_order(results: AnalysisResults) -> list[LymphNodeFinding]:
 class _Segment:
     key: str
     label: str
-    mask: np.ndarray  # bool [z, y, x]
+    source: np.ndarray  # the label map that holds it [z, y, x] (a view, not a copy)
+    value: int  # its voxels: source == value (0: source > 0, the tumour mask)
+    box: tuple[slice, ...] | None  # where it lies in source; None: nowhere (an empty segment)
     category: hd.sr.CodedConcept
     prop_type: hd.sr.CodedConcept
     anatomic_regions: list | None
@@ -67,31 +70,55 @@ class _Segment:
     modifier: hd.sr.CodedConcept | None = None
     tracking_uid: str | None = None  # None: a new UID
 
+    def fill(self, out: np.ndarray, mark: int | bool = True) -> None:
+        """Write ``mark`` into ``out`` (the source's shape) where the segment lies; nothing else is
+        touched. Only the segment's box is read, so a node costs its own size, not the volume's."""
+        if self.box is None:
+            return
+        region = self.source[self.box]
+        inside = region > 0 if self.value == 0 else region == self.value
+        out[self.box][inside] = mark
+
+
+def _label_boxes(labels: np.ndarray, values: list[int]) -> dict[int, tuple[slice, ...] | None]:
+    """The bounding box of each of ``values`` in the label map (None for a value it lacks)."""
+    present = [v for v in values if v > 0]
+    if not present:
+        return {v: None for v in values}
+    found = ndimage.find_objects(labels, max_label=max(present))
+    return {v: (found[v - 1] if v > 0 else None) for v in values}
+
 
 def _segments(results: AnalysisResults) -> list[_Segment]:
+    """Every segment the SEG may hold, in SEG order; the empty ones have no box."""
     organs = sitk.GetArrayViewFromImage(results.organs)
     pdac = sitk.GetArrayViewFromImage(results.pdac_mask)
     lns = sitk.GetArrayViewFromImage(results.ln_instances)
+    organ_boxes = _label_boxes(organs, [c.label for c in ORGAN_CLASSES])
+    nodes = nodes_in_report_order(results)
+    node_boxes = _label_boxes(lns, [n.index for n in nodes])
+    pdac_box = ndimage.find_objects((pdac > 0).view(np.uint8))
     out = []
     for c in ORGAN_CLASSES:
         out.append(_Segment(
-            key=f"organ:{c.key}", label=c.name, mask=organs == c.label,
+            key=f"organ:{c.key}", label=c.name, source=organs, value=c.label, box=organ_boxes[c.label],
             category=hd.sr.CodedConcept.from_code(codes.ANATOMICAL_STRUCTURE),
             prop_type=codes.structure_concept(c.key), anatomic_regions=None,
             rgb=style.ORGAN_RGB[c.key], modifier=codes.structure_modifier(c.key)))
     out.append(_Segment(
-        key=PDAC_KEY, label="PDAC (predicted)", mask=pdac > 0,
+        key=PDAC_KEY, label="PDAC (predicted)", source=pdac, value=0, box=pdac_box[0] if pdac_box else None,
         category=hd.sr.CodedConcept.from_code(codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE),
         prop_type=hd.sr.CodedConcept.from_code(codes.NEOPLASM),
         anatomic_regions=[codes.PANCREAS], rgb=style.PDAC_RGB))
-    for node in nodes_in_report_order(results):
+    for node in nodes:
         if node.positive:  # "a secondary neoplasm located in a lymph node"
             category, prop, regions = (codes.MORPHOLOGICALLY_ABNORMAL_STRUCTURE, codes.NEOPLASM_SECONDARY,
                                        [codes.LYMPH_NODE])
         else:
             category, prop, regions = codes.ANATOMICAL_STRUCTURE, codes.LYMPH_NODE, None
         out.append(_Segment(
-            key=ln_segment_key(node), label=ln_segment_label(node), mask=lns == node.index,
+            key=ln_segment_key(node), label=ln_segment_label(node), source=lns, value=node.index,
+            box=node_boxes[node.index],
             category=hd.sr.CodedConcept.from_code(category), prop_type=hd.sr.CodedConcept.from_code(prop),
             anatomic_regions=regions, rgb=style.LN_POSITIVE_RGB if node.positive else style.LN_NEGATIVE_RGB,
             tracking_uid=node.tracking_uid))
@@ -117,13 +144,18 @@ def omitted_segments(seg: Dataset) -> list[str]:
     return [k for k in FIXED_SEGMENT_KEYS if k not in present]
 
 
-def _any_overlap(masks: list[np.ndarray]) -> bool:
-    """Whether two of the boolean masks share a voxel (one pass, no per-voxel count array)."""
-    seen = np.zeros(masks[0].shape, dtype=bool)
-    for m in masks:
-        if np.logical_and(seen, m).any():
+def _any_overlap(segments: list[_Segment], shape: tuple[int, ...]) -> bool:
+    """Whether two segments share a voxel. Segments of one label map never overlap each other, so
+    the label maps' segment voxels are compared, one map at a time, with those of the maps before."""
+    seen = np.zeros(shape, dtype=bool)
+    for source in {id(s.source): s.source for s in segments}.values():
+        mine = np.zeros(shape, dtype=bool)
+        for s in segments:
+            if s.source is source:
+                s.fill(mine)
+        if np.logical_and(seen, mine).any():
             return True
-        seen |= m
+        seen |= mine
     return False
 
 
@@ -131,7 +163,7 @@ def build_seg(results: AnalysisResults) -> hd.seg.Segmentation:
     """Build the DICOM SEG of ``results`` on the venous source series (pure function)."""
     results.validate()
     headers = dicom_common.check_source_geometry(results)
-    segments = [s for s in _segments(results) if s.mask.any()]
+    segments = [s for s in _segments(results) if s.box is not None]
     if not segments:
         raise AnalysisResultsError(
             f"venous series {results.venous.series.series_instance_uid}: every label map is empty "
@@ -151,18 +183,22 @@ def build_seg(results: AnalysisResults) -> hd.seg.Segmentation:
             anatomic_regions=s.anatomic_regions,
             display_color=hd.color.CIELabColor.from_rgb(*s.rgb),
         ))
-    masks = [s.mask for s in segments]
-    overlap = _any_overlap(masks)
+    shape = segments[0].source.shape
+    overlap = _any_overlap(segments, shape)
     if overlap:
-        # Some segments overlap (e.g. PDAC inside the pancreas): one binary plane per segment. Each
-        # segment's planes contiguous in memory (stacked first, the segment axis moved last as a
-        # view): highdicom reads a frame of one segment at a time (2.8 s instead of 4.9 s for the
-        # standard study's SEG).
-        pixel_array = np.moveaxis(np.stack(masks, axis=0), 0, -1)
+        # Some segments overlap (e.g. PDAC inside the pancreas): one binary plane per segment, filled
+        # in place (no per-segment copy: a study with many nodes would hold each twice). Each
+        # segment's planes contiguous in memory (segment axis first, moved last as a view):
+        # highdicom reads a frame of one segment at a time (2.8 s instead of 4.9 s for the standard
+        # study's SEG).
+        planes = np.zeros((len(segments),) + shape, dtype=bool)
+        for plane, s in zip(planes, segments):
+            s.fill(plane)
+        pixel_array = np.moveaxis(planes, 0, -1)
     else:
-        pixel_array = np.zeros(masks[0].shape, np.uint8)
-        for number, m in enumerate(masks, start=1):
-            pixel_array[m] = number
+        pixel_array = np.zeros(shape, np.uint8 if len(segments) < 256 else np.uint16)
+        for number, s in enumerate(segments, start=1):
+            s.fill(pixel_array, number)
     synthetic = results.synthetic_training_data
     seg = hd.seg.Segmentation(
         source_images=headers,

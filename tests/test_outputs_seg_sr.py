@@ -85,6 +85,7 @@ def test_seg_frames_rebuild_the_label_maps(results, seg_file):
     assert results.positive_nodes and results.negative_nodes, "the tiny study should have both LN classes"
     # The generator's pancreas label includes the tumour: overlapping segments must survive.
     assert (masks["organ:pancreas"] & masks[PDAC_KEY]).any()
+    assert seg.SegmentsOverlap == "YES"
     for key, mask in masks.items():
         if not mask.any():
             assert key not in numbers
@@ -93,6 +94,29 @@ def test_seg_frames_rebuild_the_label_maps(results, seg_file):
             source_sop_instance_uids=results.venous.sop_instance_uids,
             segment_numbers=[numbers[key]], combine_segments=False)
         assert planes.shape == mask.shape + (1,)
+        np.testing.assert_array_equal(planes[..., 0].astype(bool), mask, err_msg=key)
+
+
+def test_seg_without_overlap_is_one_label_map_and_rebuilds_the_same_masks(results, tmp_path):
+    # The tumour and the nodes cut out of the organ map: no voxel in two segments, so the SEG is
+    # built from one label map (the other path of build_seg) and must still give every mask back.
+    organs = sitk.GetArrayFromImage(results.organs)
+    organs[(sitk.GetArrayFromImage(results.pdac_mask) > 0) | (sitk.GetArrayFromImage(results.ln_instances) > 0)] = 0
+    apart = sitk.GetImageFromArray(organs)
+    apart.CopyInformation(results.organs)
+    separate = dataclasses.replace(results, organs=apart)
+    path = tmp_path / "seg.dcm"
+    build_seg(separate).save_as(path, enforce_file_format=True)
+    seg = hd.seg.segread(path)
+    assert seg.SegmentsOverlap == "NO"
+    numbers = segment_numbers(seg)
+    for key, mask in expected_masks(separate).items():
+        if not mask.any():
+            assert key not in numbers
+            continue
+        planes = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=results.venous.sop_instance_uids,
+            segment_numbers=[numbers[key]], combine_segments=False)
         np.testing.assert_array_equal(planes[..., 0].astype(bool), mask, err_msg=key)
 
 
