@@ -162,6 +162,8 @@ def _print_result_differences(baseline_out: Path, this_out: Path) -> None:
         print("\nresults: a results.json is missing; nothing compared")
         return
     print("\nresults, baseline -> this checkout:")
+    for doc in (a, b):  # a results.json from before the quality gate has no status
+        doc.setdefault("status", f"n/a (schema {doc.get('schema_version', '?')})")
     print(f"  status {a['status']} -> {b['status']}; decision {a['patient']['decision']} -> "
           f"{b['patient']['decision']}; patient probability {a['patient']['probability']} -> "
           f"{b['patient']['probability']}")
