@@ -20,12 +20,20 @@ one-phase study) together reproduce how ``../shared/real-ct-validation`` was sca
 figure beside :mod:`evaluation.real_ct`'s separates what the acquisition costs from what the
 anatomy costs.
 
+``--slab-mm 90``: the real CT also covers only 90 mm. Each study is segmented twice, whole and cut to
+a slab of that thickness centred on the pancreas (:func:`synthetic.faults.slab_around_pancreas`),
+and both are scored on the slab's slices: what the short coverage alone costs the model.
+``--stomach-filled``: the stomach's water and gas at the wall's unenhanced 35 HU, as after a meal
+(the real CT's stomach holds no water or gas cap).
+
 ``--mode app`` (:mod:`evaluation.app_chain`): standard 0.7 mm DICOM studies through the app's own
 intake, registration and organ segmentation; Dice on the venous series' own grid.
 
     python evaluation/organ_segmentation.py --count 10 [--models models] [--json out.json]
     python evaluation/organ_segmentation.py --count 10 --mode app
     python evaluation/organ_segmentation.py --count 10 --no-contrast --voxel-mm 3 --single-phase
+    python evaluation/organ_segmentation.py --count 10 --no-contrast --voxel-mm 3 --single-phase --slab-mm 90
+    python evaluation/organ_segmentation.py --count 10 --no-contrast --voxel-mm 3 --single-phase --stomach-filled
 """
 
 from __future__ import annotations
@@ -109,6 +117,8 @@ def acquisition_label(args: argparse.Namespace) -> str:
     """How the studies were scanned and registered, in words (the report's header)."""
     parts = [f"{args.voxel_mm:g} mm voxels"] if args.voxel_mm is not None else []
     parts += ["no contrast"] if args.no_contrast else []
+    parts += [f"{args.slab_mm:g} mm slab"] if getattr(args, "slab_mm", None) is not None else []
+    parts += ["stomach full (35 HU)"] if getattr(args, "stomach_filled", False) else []
     parts += ["venous phase alone"] if args.single_phase else [f"registration {args.registration}"]
     return ", ".join(parts)
 
@@ -138,6 +148,42 @@ def evaluate_study(study: Any, model: SegmentationModel, registration: str,
             "ln_voxels_reference": int(ln_ref.sum()),
             "coverage_gt": float((att_gt[ln_working] > 0).mean()) if n_ln else float("nan"),
             "coverage_pred": float((att_pred[ln_working] > 0).mean()) if n_ln else float("nan")}
+
+
+def slab_dice(study: Any, model: SegmentationModel, registration: str, single_phase: bool,
+              slab_mm: float) -> dict[str, dict[str, float]]:
+    """Dice per class on the slices of a ``slab_mm`` slab around the pancreas: the whole study
+    segmented (``whole``) and the slab segmented alone (``slab``), against the same truth."""
+    from operators.organ_segmentation import segment_organs
+    from synthetic.faults import slab_around_pancreas
+
+    slab = slab_around_pancreas(study, slab_mm)
+    start = int(round(study.venous.TransformPhysicalPointToContinuousIndex(slab.venous.GetOrigin())[2]))
+    count = slab.venous.GetSize()[2]
+    truth = sitk.GetArrayFromImage(slab.organs)
+    out = {}
+    for name, source, crop in (("whole", study, slice(start, start + count)), ("slab", slab, slice(None))):
+        _, ref = segment_organs(registered_from_study(source, model.spacing_mm, registration, single_phase), model)
+        pred = sitk.GetArrayFromImage(ref)[crop]
+        out[name] = {c.key: (dice(pred == c.label, truth == c.label) if (truth == c.label).any() else float("nan"))
+                     for c in ORGAN_CLASSES}
+    return out
+
+
+def report_slab(rows: list[dict[str, dict[str, float]]], slab_mm: float, header: str) -> dict[str, Any]:
+    """Mean Dice per class on the slabs, whole study against slab alone."""
+    def mean(values: list[float]) -> float:  # NaN where no slab holds the class (e.g. the esophagus)
+        finite = [v for v in values if np.isfinite(v)]
+        return float(np.mean(finite)) if finite else float("nan")
+
+    means = {name: {c.key: mean([r[name][c.key] for r in rows]) for c in ORGAN_CLASSES} for name in ("whole", "slab")}
+    print(f"Dice on a {slab_mm:g} mm slab around the pancreas over {len(rows)} {header}:")
+    print(f"  {'class':<38s} {'whole scan':>10s} {'slab alone':>10s}")
+    for c in ORGAN_CLASSES:
+        whole, alone = (f"{means[n][c.key]:10.3f}" if np.isfinite(means[n][c.key]) else f"{'n/a':>10s}"
+                        for n in ("whole", "slab"))
+        print(f"  {c.name:<38s} {whole} {alone}")
+    return {"slab_mm": slab_mm, "studies": len(rows), "dice": means}
 
 
 def summarize(results: list[dict[str, Any]]) -> dict[str, Any]:
@@ -185,17 +231,25 @@ def main(argv: list[str] | None = None) -> int:
                    help="--mode model-grid: the product's registration or the generator's perfect alignment")
     p.add_argument("--no-contrast", action="store_true",
                    help="--mode model-grid: contrast-taking tissues at unenhanced HU (a non-contrast scan)")
+    p.add_argument("--stomach-filled", action="store_true",
+                   help="--mode model-grid: the stomach's water and gas at 35 HU, as after a meal "
+                        "(synthetic.faults.fill_stomach; the real CT's stomach holds neither)")
     p.add_argument("--voxel-mm", type=float,
                    help="--mode model-grid: generate the studies at this isotropic voxel size (e.g. 3)")
     p.add_argument("--single-phase", action="store_true",
                    help="--mode model-grid: the venous series alone (a one-phase study)")
+    p.add_argument("--slab-mm", type=float,
+                   help="--mode model-grid: also segment a slab of this thickness around the pancreas alone "
+                        "and compare it with the whole study on the slab's slices (the real CT covers 90 mm)")
     p.add_argument("--device")
     p.add_argument("--threads", type=int)
     p.add_argument("--json", help="also write the results to this file")
     add_app_arguments(p)
     args = p.parse_args(argv)
     acquisition = [f for f, on in (("--no-contrast", args.no_contrast), ("--voxel-mm", args.voxel_mm is not None),
-                                   ("--single-phase", args.single_phase)) if on]
+                                   ("--single-phase", args.single_phase), ("--slab-mm", args.slab_mm is not None),
+                                   ("--stomach-filled", args.stomach_filled))
+                   if on]
     if args.mode == "app" and acquisition:
         p.error(f"{', '.join(acquisition)}: only with --mode model-grid (the app mode scores the studies as generated)")
     if args.voxel_mm is not None and not 0.5 <= args.voxel_mm <= 6.0:
@@ -219,19 +273,36 @@ def main(argv: list[str] | None = None) -> int:
     model = SegmentationModel.load(resolve_model_path("organ_seg", args.models), args.device)
     print(f"organ model {model.name} {model.metadata['version']} ({model.metadata['trained_on']})")
     preset = acquired_preset(args.preset, args.voxel_mm)
-    results = []
+    if args.slab_mm is not None and args.slab_mm <= 0:
+        p.error(f"--slab-mm {args.slab_mm}: expected a thickness in mm > 0")
+    results, slabs = [], []
     for seed in range(args.seed_start, args.seed_start + args.count):
         study = generate_study(seed, preset)
         if args.no_contrast:
             from synthetic.faults import remove_contrast
 
             study = remove_contrast(study)
+        if args.stomach_filled:
+            from synthetic.faults import fill_stomach
+
+            study = fill_stomach(study)
+        if args.slab_mm is not None:
+            slabs.append(slab_dice(study, model, args.registration, args.single_phase, args.slab_mm))
+            print(f"seed {seed}: mean Dice on the slab, whole scan {np.nanmean(list(slabs[-1]['whole'].values())):.3f}, "
+                  f"slab alone {np.nanmean(list(slabs[-1]['slab'].values())):.3f}", flush=True)
+            continue
         r = evaluate_study(study, model, args.registration, args.single_phase)
         results.append(r)
         print(f"seed {seed}: mean Dice {np.nanmean(list(r['dice'].values())):.3f}, LN attention coverage "
               f"GT {r['coverage_gt']:.3f} / predicted {r['coverage_pred']:.3f} ({r['seconds']:.1f} s)", flush=True)
-    s = summarize(results)
     seeds = range(args.seed_start, args.seed_start + args.count)
+    if slabs:
+        s = report_slab(slabs, args.slab_mm, f"{seed_set_name(seeds)} studies (seeds {seeds[0]}-{seeds[-1]}, preset "
+                                             f"{args.preset}, {acquisition_label(args)})")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"slab": s, "studies": slabs}, indent=1))
+        return 0
+    s = summarize(results)
     report(s, f"{seed_set_name(seeds)} studies (seeds {seeds[0]}-{seeds[-1]}, preset {args.preset}, "
               f"{acquisition_label(args)})")
     if args.json:

@@ -10,7 +10,8 @@ models' working grid by the app's own code, and segmented by the operators' own 
 - organ Dice per class against TotalSegmentator (goals: spleen >= 0.70, stomach >= 0.50, aorta >=
   0.60, pancreas and duodenum >= 0.30) with predicted and reference volumes, and the share of each
   mask in its largest connected piece (the quality gate's ``organ_connectivity`` measure) for the
-  model's mask and for the reference;
+  model's mask and for the reference; and where along the scan the reference is found: the share of
+  its voxels the model marks in the lower, middle and upper third of the slices (feet to head);
 - lymph-node detections after the app's filters (goal <= 5: the patient has no known nodes);
 - PDAC components of the raw tumour segmentation and their volumes (goal: none > 1 ml), and the
   one the app keeps as the tumour (anchored to the segmented pancreas, lnmet/tumour.py).
@@ -81,6 +82,17 @@ def venous_phase(image: sitk.Image) -> PhaseVolume:
                        sop_class_uid="1.2.840.10008.5.1.4.1.1.2", frame_of_reference_uid="")
 
 
+def found_by_third(predicted: np.ndarray, reference: np.ndarray) -> list[float | None]:
+    """Share of the reference's voxels that are predicted, in the lower, middle and upper third of
+    the slices (arrays [Z, Y, X] of a grid whose z grows towards the head, as LPS); None for a third
+    without reference voxels."""
+    out = []
+    for part in np.array_split(np.arange(reference.shape[0]), 3):
+        t = reference[part]
+        out.append(round(float(predicted[part][t].mean()), 3) if t.any() else None)
+    return out
+
+
 def evaluate(models: Path, data: Path) -> dict[str, Any]:
     settings = load_settings()
     ct, ts = load_real_ct(data)
@@ -98,7 +110,8 @@ def evaluate(models: Path, data: Path) -> dict[str, Any]:
                      "reference_ml": round(float(t.sum()) * voxel_ml, 1), "goal": GOALS.get(key),
                      # the quality gate's organ_connectivity measure, on the model's mask and on the reference
                      "one_piece": round(largest_piece_fraction(p, zyx, EDGE_MARGIN_MM), 3) if p.any() else None,
-                     "reference_one_piece": round(largest_piece_fraction(t, zyx, EDGE_MARGIN_MM), 3) if t.any() else None}
+                     "reference_one_piece": round(largest_piece_fraction(t, zyx, EDGE_MARGIN_MM), 3) if t.any() else None,
+                     "found_by_third": found_by_third(p, t) if t.any() else None}
 
     ln_model = SegmentationModel.load(resolve_model_path("ln_seg", models / "ln_seg" / "model.ts"))
     att = attention_map(organs_working, settings.attention) if ln_model.uses_attention else None
@@ -173,6 +186,11 @@ def format_report(r: dict[str, Any]) -> str:
         ref = "" if row.get("reference_one_piece") is None else f"{row['reference_one_piece']:.3f}"
         same = "" if not gen else (f" {'n/a':>21}" if gen["dice"][key] is None else f" {gen['dice'][key]:>21.3f}")
         lines.append(f"{key:<10} {d:>6} {g:>6} {row['predicted_ml']:>9} {row['reference_ml']:>8} {one:>10} {ref:>6}{same}")
+    thirds = {k: row["found_by_third"] for k, row in r["organs"].items() if row.get("found_by_third")}
+    if thirds:
+        lines.append("share of the reference found, by third of the scan (feet / middle / head): "
+                     + "; ".join(f"{k} " + " / ".join("-" if v is None else f"{v:.2f}" for v in third)
+                                 for k, third in thirds.items()))
     if gen:
         lines.append(f"generated, same scan: the organ model on held-out generated studies {gen['seeds'][0]}-"
                      f"{gen['seeds'][1]} (preset {gen['preset']}) scanned as this volume was: venous phase alone, "

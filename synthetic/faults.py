@@ -80,6 +80,19 @@ def remove_contrast(study):
                            arterial=_like(_shift_to(arterial, anatomy_a, targets), study.arterial))
 
 
+def fill_stomach(study, hu: float = 35.0):
+    """A stomach full of food: its lumen and gas at ``hu`` (soft tissue; the wall's unenhanced value
+    by default) in both phases, their texture kept; the labels do not change. The generator's
+    stomachs hold water and a gas cap; a real one after a meal shows neither."""
+    targets = {ANATOMY_LABELS["stomach_lumen"]: hu, ANATOMY_LABELS["stomach_gas"]: hu}
+    venous = sitk.GetArrayFromImage(study.venous).astype(np.float32)
+    arterial = sitk.GetArrayFromImage(study.arterial).astype(np.float32)
+    anatomy_v = sitk.GetArrayFromImage(study.anatomy)
+    anatomy_a = sitk.GetArrayFromImage(_arterial_labels(study, study.anatomy))
+    return _replace_images(study, venous=_like(_shift_to(venous, anatomy_v, targets), study.venous),
+                           arterial=_like(_shift_to(arterial, anatomy_a, targets), study.arterial))
+
+
 def remove_organ(study, key: str):
     """The organ ``key`` (an ``lnmet.labels`` organ key) removed as after its resection: in both
     phases its voxels take the attenuation of the study's body fat (its texture and noise kept),
@@ -116,7 +129,22 @@ def crop_slices(study, start: int, stop: int):
     for name in ("venous", "arterial", "organs", "anatomy", "pdac", "ln_instances", "arterial_organs"):
         image = getattr(study, name)
         images[name] = image[:, :, start:stop]
+    if study.arterial_aligned is not None:  # the undeformed arterial phase shares the grid too
+        images["arterial_aligned"] = study.arterial_aligned[:, :, start:stop]
     return dataclasses.replace(study, grid=grid, **images)
+
+
+def slab_around_pancreas(study, slab_mm: float):
+    """Only a ``slab_mm`` thick slab of slices centred on the pancreas (a scan of short coverage,
+    as ../shared/real-ct-validation's 90 mm); the whole study when it is not longer than that."""
+    organs = sitk.GetArrayViewFromImage(study.organs)
+    zs = np.flatnonzero((organs == ORGAN_BY_KEY["pancreas"].label).any(axis=(1, 2)))
+    if zs.size == 0:
+        raise ValueError("slab_around_pancreas: the study has no pancreas")
+    n = organs.shape[0]
+    count = min(n, max(1, int(round(slab_mm / study.grid.spacing[2]))))
+    start = int(np.clip(round((zs[0] + zs[-1]) / 2 - count / 2), 0, n - count))
+    return crop_slices(study, start, start + count)
 
 
 def crop_out_pancreas(study, min_slices: int = 20):

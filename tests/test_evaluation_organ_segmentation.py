@@ -59,3 +59,30 @@ def test_report_header_names_the_acquisition():
     assert acquisition_label(plain) == "registration perfect"
     assert acquisition_label(Namespace(**{**vars(plain), "voxel_mm": 3.0, "single_phase": True})) == \
         "3 mm voxels, venous phase alone"
+
+
+def test_slab_compares_the_whole_scan_with_the_slab_alone(tmp_path, monkeypatch, capsys):
+    import evaluation.organ_segmentation as organ_eval
+    import synthetic.faults as faults
+
+    slabs = []
+    cut = faults.slab_around_pancreas
+
+    def spy(study, slab_mm):
+        slabs.append(cut(study, slab_mm))
+        return slabs[-1]
+
+    monkeypatch.setattr(faults, "slab_around_pancreas", spy)
+    whole_study = tmp_path / "whole.json"
+    args = ["--count", "1", "--preset", "tiny", "--voxel-mm", "3", "--single-phase", "--threads", "2"]
+    # a slab longer than the scan is the scan: both runs see the same input and must agree exactly
+    assert organ_eval.main(args + ["--slab-mm", "10000", "--json", str(whole_study)]) == 0
+    same = json.loads(whole_study.read_text())["slab"]["dice"]
+    np.testing.assert_equal(same["whole"], same["slab"])  # absent classes are NaN in both
+    assert 0.0 < same["whole"]["aorta"] <= 1.0
+    thin = tmp_path / "thin.json"
+    assert organ_eval.main(args + ["--slab-mm", "30", "--json", str(thin)]) == 0
+    assert slabs[-1].venous.GetSize()[2] == 10  # 30 mm of 3 mm slices
+    r = json.loads(thin.read_text())
+    assert r["slab"]["slab_mm"] == 30 and set(r["slab"]["dice"]) == {"whole", "slab"}
+    assert "30 mm slab" in capsys.readouterr().out

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 
 from lnmet.labels import ORGAN_BY_KEY
 from synthetic import write_study
-from synthetic.faults import crop_out_pancreas, remove_contrast, remove_organ, swap_phases
+from synthetic.faults import crop_out_pancreas, fill_stomach, remove_contrast, remove_organ, slab_around_pancreas, swap_phases
 
 
 def _arr(image: sitk.Image) -> np.ndarray:
@@ -59,3 +59,37 @@ def test_crop_out_pancreas_writes_a_shorter_series(tiny_study, tmp_path):
     assert faulty.venous.TransformIndexToPhysicalPoint((0, 0, 19)) == pytest.approx(top)
     case = write_study(faulty, tmp_path)
     assert len(list((case / "dicom" / "venous").glob("*.dcm"))) == 20
+
+
+def test_slab_around_pancreas_keeps_every_image_on_one_shorter_grid(tiny_study):
+    dz = tiny_study.grid.spacing[2]
+    slab = slab_around_pancreas(tiny_study, 12 * dz)
+    assert slab.grid.shape[0] == 12
+    for name in ("venous", "arterial", "arterial_aligned", "organs", "anatomy", "pdac", "ln_instances",
+                 "arterial_organs"):
+        image = getattr(slab, name)
+        assert image.GetSize()[2] == 12, name
+        assert image.GetOrigin() == pytest.approx(slab.venous.GetOrigin()), name
+    # centred on the pancreas: its middle slice lies in the slab's middle third
+    full = (_arr(tiny_study.organs) == ORGAN_BY_KEY["pancreas"].label).any(axis=(1, 2)).nonzero()[0]
+    mid_z = tiny_study.venous.TransformIndexToPhysicalPoint((0, 0, int((full[0] + full[-1]) // 2)))[2]
+    first_z = slab.venous.GetOrigin()[2]
+    assert 4 * dz <= mid_z - first_z <= 8 * dz
+    whole = slab_around_pancreas(tiny_study, 10_000.0)
+    assert whole.grid.shape[0] == tiny_study.grid.shape[0]
+
+
+def test_fill_stomach_brings_its_water_and_gas_to_soft_tissue(tiny_study):
+    from lnmet.labels import ANATOMY_LABELS
+
+    anatomy = _arr(tiny_study.anatomy)
+    lumen = np.isin(anatomy, [ANATOMY_LABELS["stomach_lumen"], ANATOMY_LABELS["stomach_gas"]])
+    assert lumen.any() and (_arr(tiny_study.venous)[anatomy == ANATOMY_LABELS["stomach_gas"]] < -500).any()
+    full = fill_stomach(tiny_study, hu=35.0)
+    hu = _arr(full.venous)
+    for name in ("stomach_lumen", "stomach_gas"):
+        part = anatomy == ANATOMY_LABELS[name]
+        if part.any():
+            assert np.median(hu[part]) == pytest.approx(35.0, abs=1.0), name
+    assert np.array_equal(hu[~lumen], _arr(tiny_study.venous)[~lumen])  # nothing else moves
+    assert full.organs is tiny_study.organs  # the labels stay
