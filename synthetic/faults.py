@@ -68,29 +68,28 @@ def _shift_to(hu: np.ndarray, labels: np.ndarray, targets: dict[int, float]) -> 
     return out
 
 
-def remove_contrast(study):
-    """Both phases at unenhanced attenuation: every contrast-taking tissue shifted to its
-    :data:`NON_CONTRAST_HU` value."""
-    targets = {ANATOMY_LABELS[name]: hu for name, hu in NON_CONTRAST_HU.items() if name in ANATOMY_LABELS}
+def _shift_tissues(study, targets: dict[int, float]):
+    """Both phases with each anatomy label of ``targets`` shifted to its HU (texture kept)."""
     venous = sitk.GetArrayFromImage(study.venous).astype(np.float32)
     arterial = sitk.GetArrayFromImage(study.arterial).astype(np.float32)
     anatomy_v = sitk.GetArrayFromImage(study.anatomy)
     anatomy_a = sitk.GetArrayFromImage(_arterial_labels(study, study.anatomy))
     return _replace_images(study, venous=_like(_shift_to(venous, anatomy_v, targets), study.venous),
                            arterial=_like(_shift_to(arterial, anatomy_a, targets), study.arterial))
+
+
+def remove_contrast(study):
+    """Both phases at unenhanced attenuation: every contrast-taking tissue shifted to its
+    :data:`NON_CONTRAST_HU` value."""
+    targets = {ANATOMY_LABELS[name]: hu for name, hu in NON_CONTRAST_HU.items() if name in ANATOMY_LABELS}
+    return _shift_tissues(study, targets)
 
 
 def fill_stomach(study, hu: float = 35.0):
     """A stomach full of food: its lumen and gas at ``hu`` (soft tissue; the wall's unenhanced value
     by default) in both phases, their texture kept; the labels do not change. The generator's
     stomachs hold water and a gas cap; a real one after a meal shows neither."""
-    targets = {ANATOMY_LABELS["stomach_lumen"]: hu, ANATOMY_LABELS["stomach_gas"]: hu}
-    venous = sitk.GetArrayFromImage(study.venous).astype(np.float32)
-    arterial = sitk.GetArrayFromImage(study.arterial).astype(np.float32)
-    anatomy_v = sitk.GetArrayFromImage(study.anatomy)
-    anatomy_a = sitk.GetArrayFromImage(_arterial_labels(study, study.anatomy))
-    return _replace_images(study, venous=_like(_shift_to(venous, anatomy_v, targets), study.venous),
-                           arterial=_like(_shift_to(arterial, anatomy_a, targets), study.arterial))
+    return _shift_tissues(study, {ANATOMY_LABELS["stomach_lumen"]: hu, ANATOMY_LABELS["stomach_gas"]: hu})
 
 
 def remove_organ(study, key: str):

@@ -71,21 +71,10 @@ def expected_masks(results) -> dict[str, np.ndarray]:
     return out
 
 
-# ---------------------------------------------------------------------------------------- SEG
-def test_seg_passes_dciodvfy(seg_file):
-    errors, warnings = dciodvfy(seg_file)
-    assert errors == [], errors
-    assert warnings == [], warnings  # none today; docs/OUTPUTS.md lists what to expect otherwise
-
-
-def test_seg_frames_rebuild_the_label_maps(results, seg_file):
-    seg = hd.seg.segread(seg_file)
+def assert_frames_rebuild(seg, results, masks: dict[str, np.ndarray]) -> None:
+    """Each non-empty mask is its segment's frames read back on the venous series; an empty one has
+    no segment."""
     numbers = segment_numbers(seg)
-    masks = expected_masks(results)
-    assert results.positive_nodes and results.negative_nodes, "the tiny study should have both LN classes"
-    # The generator's pancreas label includes the tumour: overlapping segments must survive.
-    assert (masks["organ:pancreas"] & masks[PDAC_KEY]).any()
-    assert seg.SegmentsOverlap == "YES"
     for key, mask in masks.items():
         if not mask.any():
             assert key not in numbers
@@ -95,6 +84,23 @@ def test_seg_frames_rebuild_the_label_maps(results, seg_file):
             segment_numbers=[numbers[key]], combine_segments=False)
         assert planes.shape == mask.shape + (1,)
         np.testing.assert_array_equal(planes[..., 0].astype(bool), mask, err_msg=key)
+
+
+# ---------------------------------------------------------------------------------------- SEG
+def test_seg_passes_dciodvfy(seg_file):
+    errors, warnings = dciodvfy(seg_file)
+    assert errors == [], errors
+    assert warnings == [], warnings  # none today; docs/OUTPUTS.md lists what to expect otherwise
+
+
+def test_seg_frames_rebuild_the_label_maps(results, seg_file):
+    seg = hd.seg.segread(seg_file)
+    masks = expected_masks(results)
+    assert results.positive_nodes and results.negative_nodes, "the tiny study should have both LN classes"
+    # The generator's pancreas label includes the tumour: overlapping segments must survive.
+    assert (masks["organ:pancreas"] & masks[PDAC_KEY]).any()
+    assert seg.SegmentsOverlap == "YES"
+    assert_frames_rebuild(seg, results, masks)
 
 
 def test_seg_without_overlap_is_one_label_map_and_rebuilds_the_same_masks(results, tmp_path):
@@ -109,15 +115,7 @@ def test_seg_without_overlap_is_one_label_map_and_rebuilds_the_same_masks(result
     build_seg(separate).save_as(path, enforce_file_format=True)
     seg = hd.seg.segread(path)
     assert seg.SegmentsOverlap == "NO"
-    numbers = segment_numbers(seg)
-    for key, mask in expected_masks(separate).items():
-        if not mask.any():
-            assert key not in numbers
-            continue
-        planes = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=results.venous.sop_instance_uids,
-            segment_numbers=[numbers[key]], combine_segments=False)
-        np.testing.assert_array_equal(planes[..., 0].astype(bool), mask, err_msg=key)
+    assert_frames_rebuild(seg, separate, expected_masks(separate))
 
 
 def test_seg_references_and_identification(results, seg_file):
