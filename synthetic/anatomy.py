@@ -26,6 +26,9 @@ from synthetic.shapes import Ellipsoid, Tube, WaveField
 # The reference layout was drawn for a cavity reaching this far in front of the spine and to each side.
 REFERENCE_FRONT_DEPTH_MM = 140.0
 REFERENCE_HALF_WIDTH_MM = 122.0
+# Share of patients whose stomach body and antrum are empty and collapsed (generator 2.5), as after the
+# usual fasting before a pancreas CT; the rest are distended by water, food or gas.
+STOMACH_COLLAPSED_SHARE = 0.5
 
 
 @dataclass
@@ -60,6 +63,7 @@ class Anatomy:
     pancreas_fat_fraction: float = 0.05  # share of the gland's outline that is interlobular fat
     lobule_centres: np.ndarray | None = None
     bowel_mottle: WaveField | None = None
+    stomach_collapsed: bool = False  # body and antrum empty and collapsed (generator 2.5)
     stomach_gas_level: float = 0.0  # y above which (anterior, smaller y) the stomach lumen holds gas
     duodenum_gas_level: float = -1e3  # the same for the duodenum (the bulb, most anterior, fills first)
     kidney_hilum: dict[str, np.ndarray] = field(default_factory=dict)
@@ -350,9 +354,20 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
     # draw of a seed is the one of 2.2.
     fundus = rng.spawn(1)[0]
     body_pts[0] += [fundus.uniform(0.0, 8.0), fundus.uniform(10.0, 22.0), 0.0]
-    T["stomach"] = Tube(np.vstack([ge + [10, 4, 2], body_pts, pylorus]),
-                        np.array([14, 34, 34, 29, 20, 11]) * st_r, wall=rng.uniform(3.0, 5.5), step=4.0)
+    st_radii, st_wall = np.array([14, 34, 34, 29, 20, 11]) * st_r, rng.uniform(3.0, 5.5)
     a.stomach_gas_level = -46.0 + rng.normal(0, 8)
+    # Generator 2.5: an empty stomach. Fasting, the body and antrum lie collapsed, a soft-tissue band of
+    # thick folded wall with little or no lumen (about 2-3 cm across), while the fundus keeps its gas and
+    # fluid; 2.3 always drew a distended stomach. Drawn from a spawned stream, so every other draw of a
+    # seed is the one of 2.3.
+    empty = rng.spawn(1)[0]
+    a.stomach_collapsed = bool(empty.uniform() < STOMACH_COLLAPSED_SHARE)
+    if a.stomach_collapsed:
+        st_radii[2:5] *= empty.uniform(0.35, 0.6, 3)
+        st_wall = empty.uniform(5.0, 8.0)
+        if empty.uniform() < 0.5:  # the gas stays in the fundus, above the body's collapsed lumen
+            a.stomach_gas_level -= empty.uniform(0.0, 20.0)
+    T["stomach"] = Tube(np.vstack([ge + [10, 4, 2], body_pts, pylorus]), st_radii, wall=st_wall, step=4.0)
     # Supine, duodenal gas rises to the anterior lumen: none in some patients, a cap in the bulb in
     # others, a gas-filled duodenum in a few (generator 2.1).
     a.duodenum_gas_level = -1e3 if rng.uniform() < 0.4 else float(rng.uniform(-40.0, 24.0))

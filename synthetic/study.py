@@ -26,7 +26,9 @@ from synthetic.lesions import Lesions, organ_map, sample_lesions
 # 2.1.0: the spleen posterolateral along the 10th rib; duodenal gas of supine patients.
 # 2.2.0: the spleen's broad upper pole under the left dome (medial, posterior, against the diaphragm).
 # 2.3.0: the upper left quadrant: the fundus back against the spleen's gastric surface, the splenic flexure high beside them.
-GENERATOR_VERSION = "2.3.0"
+# 2.4.0: the fatty pancreas, a candidate rejected and reverted (docs/RESULTS.md).
+# 2.5.0: an empty stomach in half the patients: body and antrum collapsed to a thick-walled band.
+GENERATOR_VERSION = "2.5.0"
 DEFORMATION_SPACING_MM = 4.0
 
 
@@ -253,7 +255,8 @@ def generate_study(seed: int, preset: str | Preset = "tiny", attention: Attentio
         extras={"deformation": {"max_displacement_mm": round(float(np.linalg.norm(disp, axis=-1).max()), 3)},
                 "contrast": contrast.to_json(), "scanner": acq.to_json(),
                 "habitus": {"arms_down": anat.body.arms_down, "subcutaneous_fat_mm": round(anat.body.subcut, 1),
-                            "pancreas_fat_fraction": round(anat.pancreas_fat_fraction, 3)}},
+                            "pancreas_fat_fraction": round(anat.pancreas_fat_fraction, 3),
+                            "stomach_collapsed": anat.stomach_collapsed}},
     )
     return study
 

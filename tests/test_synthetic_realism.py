@@ -231,3 +231,21 @@ def test_random_acquisition_export_is_resampled_to_the_training_grid(tmp_path):
     assert np.median(a[l == 4]) > 150  # arterial channel: the aorta enhances
     row = json.loads((tmp_path / "patients.json").read_text())[case]
     assert row["acquisition"]["kind"] == "thick" and row["contrast"]["mean_hu"]["arterial"]["aorta"] > 150
+
+
+def test_an_empty_stomach_is_a_collapsed_thick_walled_band():
+    """Generator 2.5: fasting patients' stomach body and antrum are collapsed, with little lumen; the
+    others' are distended. Both kinds occur, and the collapsed ones hold far less lumen per stomach."""
+    anatomies = [sample_patient_anatomy(seed) for seed in range(40, 60)]
+    collapsed = [a.stomach_collapsed for a in anatomies]
+    assert 0.25 <= np.mean(collapsed) <= 0.75, collapsed
+    lumen_share = {True: [], False: []}
+    for a in [a for a in anatomies if a.stomach_collapsed][:2] + [a for a in anatomies if not a.stomach_collapsed][:2]:
+        labels = a.render(COARSE)
+        stomach = labels == L["stomach"]
+        lumen = np.isin(labels, [L["stomach_lumen"], L["stomach_gas"]])
+        # the antrum: the lower half of the stomach's slices (z grows to the head)
+        zs = np.nonzero((stomach | lumen).any(axis=(1, 2)))[0]
+        lower = slice(zs.min(), (zs.min() + zs.max()) // 2)
+        lumen_share[a.stomach_collapsed].append(lumen[lower].sum() / max((stomach[lower] | lumen[lower]).sum(), 1))
+    assert max(lumen_share[True]) < 0.4 < min(lumen_share[False]), lumen_share
