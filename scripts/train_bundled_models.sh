@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces every bundled model from scratch on the project's own synthetic studies. The generator
-# is now 2.3.0; organ_seg 0.7.0 was fine-tuned from 0.6.0 with the app's registration simulated (step
-# organs_registered); 0.6.0 was fine-tuned on 2.3.0 studies (step organs_g23) from 0.5.0, which
+# is now 2.5.0; organ_seg 0.9.0 was fine-tuned from 0.7.0 on 2.5.0 studies (step organs_g25), 0.7.0 from
+# 0.6.0 with the app's registration simulated (step organs_registered); 0.6.0 was fine-tuned on 2.3.0 studies (step organs_g23) from 0.5.0, which
 # was fine-tuned on 2.2.0 ones (step organs_g22; the generator of commit 365d0b2) from 0.4.0, which
 # was fine-tuned on 2.1.0 ones (step organs_g21; the generator of commit 61ea7c7), the other models
 # were trained on 2.0.0 ones (the generator before commit e0b796d: check that out to reproduce them
