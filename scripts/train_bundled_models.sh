@@ -13,7 +13,7 @@
 # the training commands on a GPU. Steps whose output exists are skipped, so a stopped run resumes.
 #
 #     bash scripts/train_bundled_models.sh            # everything
-#     STEP=organs bash scripts/train_bundled_models.sh   # one step: data organs organs_g21 organs_g22 organs_g23 organs_registered organs_g25 organs_g26 pdac ln ln_baseline ln_cls patient manifest heldout
+#     STEP=organs bash scripts/train_bundled_models.sh   # one step: data organs organs_g21 organs_g22 organs_g23 organs_registered organs_g25 pdac ln ln_baseline ln_cls patient manifest heldout
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -101,17 +101,6 @@ if want organs_g25 && [ ! -f build/train/organ_seg_g25.done ]; then
       --checkpoint build/checkpoints/organ_seg_g25.pt --init-from build/organ_seg_0.7.0/model.ts \
       --iterations 600 --randomise misalign_probability=0.5 --model-version 0.9.0 --out models/organ_seg/model.ts
   mkdir -p build/train && touch build/train/organ_seg_g25.done
-fi
-if want organs_g26 && [ ! -f build/train/organ_seg_g26.done ]; then
-  # 0.9.0 on 22 generator 2.6.0 cases (the antrum hanging below the pylorus; 2 held back), 0.9.0's recipe,
-  # 600 iterations (candidate 0.10.0).
-  [ -f data/nnunet_g26/Dataset501_PancreasOrgans/labelsTr/SYN000021.nii.gz ] ||
-    $PY -m synthetic export-nnunet --seed 0 --count 22 --preset train --acquisition random --out data/nnunet_g26 --workers 2
-  $PY -m training.train_segmentation --dataset data/nnunet_g26/Dataset501_PancreasOrgans --task organs --name organ_seg \
-      --lr 0.002 --single-phase-fraction 0.5 --val-fraction 0.1 --val-max-cases 2 --threads 2 --seed 0 --log-every 50 \
-      --checkpoint build/checkpoints/organ_seg_g26.pt --init-from models/organ_seg/model.ts \
-      --iterations 600 --randomise misalign_probability=0.5 --model-version 0.10.0 --out build/organ_seg_0.10.0/model.ts
-  mkdir -p build/train && touch build/train/organ_seg_g26.done
 fi
 if want pdac && [ ! -f build/train/pdac_seg.done ]; then
   # Leg 1: 3000 iterations; leg 2 resumes its checkpoint up to 6000 (the poly schedule is stretched).

@@ -367,13 +367,6 @@ def sample_anatomy(rng: np.random.Generator) -> Anatomy:
         st_wall = empty.uniform(5.0, 8.0)
         if empty.uniform() < 0.5:  # the gas stays in the fundus, above the body's collapsed lumen
             a.stomach_gas_level -= empty.uniform(0.0, 20.0)
-    # Generator 2.6: the antrum hangs. Lying supine the stomach is J-shaped: from the pylorus the antrum and
-    # the greater curvature sag below it, in front of the pancreatic head and the transverse mesocolon
-    # (Gray's: the lowest part at L2-L3), where 2.5's antrum stayed at the pylorus's level, above the
-    # head. The drop is drawn from a spawned stream, so every other draw of a seed is the one of 2.5.
-    sag = rng.spawn(1)[0].uniform(20.0, 60.0)
-    body_pts[3, 2] -= sag
-    body_pts[2, 2] -= sag / 2.0
     T["stomach"] = Tube(np.vstack([ge + [10, 4, 2], body_pts, pylorus]), st_radii, wall=st_wall, step=4.0)
     # Supine, duodenal gas rises to the anterior lumen: none in some patients, a cap in the bulb in
     # others, a gas-filled duodenum in a few (generator 2.1).

@@ -28,8 +28,7 @@ from synthetic.lesions import Lesions, organ_map, sample_lesions
 # 2.3.0: the upper left quadrant: the fundus back against the spleen's gastric surface, the splenic flexure high beside them.
 # 2.4.0: the fatty pancreas, a candidate rejected and reverted (docs/RESULTS.md).
 # 2.5.0: an empty stomach in half the patients: body and antrum collapsed to a thick-walled band.
-# 2.6.0: the antrum hangs below the pylorus, in front of the pancreatic head (a J-shaped stomach).
-GENERATOR_VERSION = "2.6.0"
+GENERATOR_VERSION = "2.5.0"
 DEFORMATION_SPACING_MM = 4.0
 
 
