@@ -80,27 +80,28 @@ if want organs_g23 && [ ! -f build/train/organ_seg_g23.done ]; then
   # iterations, resumed to 1200 (0.6.0).
   organ_finetune g23 data/nnunet_g23 build/organ_seg_0.5.0/model.ts 600 1200:0.6.0:build/organ_seg_0.6.0/model.ts
 fi
+# organ_registered STEP SOURCE COUNT DATA THREADS ITERATIONS VERSION OUT: fine-tunes organ_seg from SOURCE on COUNT
+# cases of the current generator exported to DATA (one in ten held back) with the recipe of 0.7.0 and after:
+# learning rate 0.002, the venous phase alone in half the patches, and in half of them the arterial
+# channel warped and padded as the app's registration leaves it (misalign_probability).
+organ_registered() {
+  local step=$1 source=$2 count=$3 data=$4 threads=$5 iters=$6 version=$7 out=$8
+  [ -f "$data/Dataset501_PancreasOrgans/labelsTr/SYN$(printf %06d $((count - 1))).nii.gz" ] ||
+    $PY -m synthetic export-nnunet --seed 0 --count "$count" --preset train --acquisition random --out "$data" --workers 2
+  $PY -m training.train_segmentation --dataset "$data/Dataset501_PancreasOrgans" --task organs --name organ_seg \
+      --lr 0.002 --single-phase-fraction 0.5 --val-fraction 0.1 --val-max-cases 2 --threads "$threads" --seed 0 \
+      --log-every 50 --checkpoint "build/checkpoints/organ_seg_$step.pt" --init-from "$source" --iterations "$iters" \
+      --randomise misalign_probability=0.5 --model-version "$version" --out "$out"
+  mkdir -p build/train && touch "build/train/organ_seg_$step.done"
+}
 if want organs_registered && [ ! -f build/train/organ_seg_registered.done ]; then
-  # 0.6.0 on 40 generator 2.3.0 cases (4 held back), the arterial channel warped and padded as the app's
-  # registration leaves it in half the patches (misalign_probability), 1200 iterations, one thread (the bundled 0.7.0).
-  [ -f data/nnunet_g23_40/Dataset501_PancreasOrgans/labelsTr/SYN000039.nii.gz ] ||
-    $PY -m synthetic export-nnunet --seed 0 --count 40 --preset train --acquisition random --out data/nnunet_g23_40 --workers 2
-  $PY -m training.train_segmentation --dataset data/nnunet_g23_40/Dataset501_PancreasOrgans --task organs --name organ_seg \
-      --lr 0.002 --single-phase-fraction 0.5 --val-fraction 0.1 --val-max-cases 2 --threads 1 --seed 0 --log-every 50 \
-      --checkpoint build/checkpoints/organ_seg_registered.pt --init-from build/organ_seg_0.6.0/model.ts \
-      --iterations 1200 --randomise misalign_probability=0.5 --model-version 0.7.0 --out build/organ_seg_0.7.0/model.ts
-  mkdir -p build/train && touch build/train/organ_seg_registered.done
+  # 0.6.0 on 40 generator 2.3.0 cases, 1200 iterations, one thread (0.7.0).
+  organ_registered registered build/organ_seg_0.6.0/model.ts 40 data/nnunet_g23_40 1 1200 0.7.0 build/organ_seg_0.7.0/model.ts
 fi
 if want organs_g25 && [ ! -f build/train/organ_seg_g25.done ]; then
-  # 0.7.0 on 22 generator 2.5.0 cases (an empty, collapsed stomach in half of them; 2 held back), the same
-  # recipe (venous alone in half the patches, the app's registration in half), 600 iterations (the bundled 0.9.0; 0.8.0 was candidate F, not shipped).
-  [ -f data/nnunet_g25/Dataset501_PancreasOrgans/labelsTr/SYN000021.nii.gz ] ||
-    $PY -m synthetic export-nnunet --seed 0 --count 22 --preset train --acquisition random --out data/nnunet_g25 --workers 2
-  $PY -m training.train_segmentation --dataset data/nnunet_g25/Dataset501_PancreasOrgans --task organs --name organ_seg \
-      --lr 0.002 --single-phase-fraction 0.5 --val-fraction 0.1 --val-max-cases 2 --threads 2 --seed 0 --log-every 50 \
-      --checkpoint build/checkpoints/organ_seg_g25.pt --init-from build/organ_seg_0.7.0/model.ts \
-      --iterations 600 --randomise misalign_probability=0.5 --model-version 0.9.0 --out models/organ_seg/model.ts
-  mkdir -p build/train && touch build/train/organ_seg_g25.done
+  # 0.7.0 on 22 generator 2.5.0 cases (an empty, collapsed stomach in half of them), 600 iterations, two
+  # threads (the bundled 0.9.0; 0.8.0 was candidate F, not shipped).
+  organ_registered g25 build/organ_seg_0.7.0/model.ts 22 data/nnunet_g25 2 600 0.9.0 models/organ_seg/model.ts
 fi
 if want pdac && [ ! -f build/train/pdac_seg.done ]; then
   # Leg 1: 3000 iterations; leg 2 resumes its checkpoint up to 6000 (the poly schedule is stretched).
